@@ -1,0 +1,1 @@
+//! Kisara benchmarks live in `benches/`.

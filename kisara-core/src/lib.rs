@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+mod error;
+pub mod lifecycle;
+pub mod memory;
+pub mod model;
+pub mod placement;
+mod secret;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod traits;
+
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use secret::Secret;
+pub use traits::*;

@@ -1,0 +1,88 @@
+//! Exposures: a container port reachable on a relay's public port.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ExposureId, Labels, Protocol};
+
+/// Limits of one exposure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExposureLimits {
+    /// Bandwidth in bytes per second, each direction; unlimited when `None`.
+    pub bandwidth: Option<u64>,
+    /// Concurrent connections (TCP) or peers (UDP); unlimited when `None`.
+    pub max_connections: Option<u32>,
+}
+
+/// What to expose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeRequest {
+    /// Where the service listens (the container's address and port).
+    pub target: SocketAddr,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Ask for this public port; any free one when `None`.
+    #[serde(default)]
+    pub public_port: Option<u16>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: ExposureLimits,
+    /// Labels (owner, container, ...), kept with the exposure.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+impl ExposeRequest {
+    /// Exposes `target` over `protocol` on any free public port, unlimited.
+    pub fn new(target: SocketAddr, protocol: Protocol) -> Self {
+        Self {
+            target,
+            protocol,
+            public_port: None,
+            limits: ExposureLimits::default(),
+            labels: Labels::new(),
+        }
+    }
+}
+
+/// A host and port on which visitors reach an exposure.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PublicAddress {
+    /// The relay's public host name or address.
+    pub host: String,
+    /// The public port.
+    pub port: u16,
+}
+
+impl fmt::Display for PublicAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An exposure in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exposure {
+    /// Its id.
+    pub id: ExposureId,
+    /// The relay that carries it.
+    pub relay: String,
+    /// Where visitors connect.
+    pub public: PublicAddress,
+    /// Where traffic goes.
+    pub target: SocketAddr,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Its limits.
+    pub limits: ExposureLimits,
+    /// Its labels.
+    pub labels: Labels,
+}

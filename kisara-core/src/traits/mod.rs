@@ -1,0 +1,24 @@
+//! The backend traits. Each is object safe, used as `Arc<dyn Trait>`, and
+//! states its guarantees in a `# Contract` section that the conformance
+//! suites in `testing` check.
+
+pub mod audit;
+pub mod auth;
+pub mod placement;
+pub mod runtime;
+pub mod subnet;
+pub mod tunnel;
+
+pub use audit::{
+    AuditEvent, AuditEventKind, AuditSink, CommandContext, CommandPolicy, PolicyDecision, SessionKind,
+};
+pub use auth::{
+    Authenticator, ConfigProvider, ConfigRequest, Credentials, Identity, SessionConfig, SessionTarget,
+};
+pub use placement::Placement;
+pub use runtime::{
+    BoxStream, ByteStream, ContainerRuntime, EventStream, ExecResult, ExecSession, ProgressStream,
+    RuntimeCapabilities, bytes_stream, collect_bytes, drain_progress, exec_to_end,
+};
+pub use subnet::{SubnetAllocator, SubnetUsage};
+pub use tunnel::Tunnel;
