@@ -1,1 +1,13 @@
-//! In-memory backends.
+//! In-memory implementations of every backend trait: the reference for each
+//! contract, and the backends the cluster layer is tested with.
+
+mod access;
+mod runtime;
+mod shell;
+mod subnet;
+mod tunnel;
+
+pub use access::{MemoryAuditSink, PrefixPolicy, StaticAuthenticator, StaticConfigProvider};
+pub use runtime::{DefaultLimits, MemoryRuntime};
+pub use subnet::MemorySubnetAllocator;
+pub use tunnel::LoopbackTunnel;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ContainerId, ContainerPort, ImageRef, Labels, NodeId, Timestamp, duration_secs, labels};
+use super::{
+    ContainerId, ContainerPort, ImageRef, Labels, NodeId, Timestamp, duration_secs, labels,
+};
 
 /// Resource limits of one container. `None` means the runtime's configured
 /// default, never "unlimited": see the runtime's contract.
@@ -131,7 +133,10 @@ impl ContainerSpec {
             all.insert(labels::NETWORK.to_owned(), network.clone());
         }
         if let Some(expires_at) = self.expires_at {
-            all.insert(labels::EXPIRES_AT.to_owned(), expires_at.unix_secs().to_string());
+            all.insert(
+                labels::EXPIRES_AT.to_owned(),
+                expires_at.unix_secs().to_string(),
+            );
         }
         all
     }
@@ -146,8 +151,13 @@ impl ContainerSpec {
         }
         if let Some(name) = &self.name {
             let valid = !name.is_empty()
-                && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
             if !valid {
                 return Err(crate::Error::invalid(
                     "container name",
@@ -307,10 +317,20 @@ mod tests {
     fn reserved_labels_and_bad_names_are_refused() {
         let mut spec = ContainerSpec::new(ImageRef::parse("busybox").unwrap());
         spec.labels.insert(labels::OWNER.into(), "x".into());
-        assert!(spec.validate().unwrap_err().to_string().contains("io.kisara.owner"));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("io.kisara.owner")
+        );
         spec.labels.clear();
         spec.name = Some("../x".into());
-        assert!(spec.validate().unwrap_err().to_string().contains("\"../x\""));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("\"../x\"")
+        );
     }
 
     #[test]

@@ -237,7 +237,10 @@ mod tests {
     fn timestamps_convert() {
         let t = Timestamp::from_unix_secs(10);
         assert_eq!(t.unix_millis(), 10_000);
-        assert_eq!(t.saturating_add(Duration::from_millis(1500)).unix_secs(), 11);
+        assert_eq!(
+            t.saturating_add(Duration::from_millis(1500)).unix_secs(),
+            11
+        );
         assert!(Timestamp::now() > t);
     }
 }

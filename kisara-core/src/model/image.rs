@@ -87,12 +87,17 @@ fn validate_name(name: &str) -> std::result::Result<(), String> {
         return Err("the repository name is empty".into());
     }
     if name.len() > 255 {
-        return Err(format!("the name is {} characters long; at most 255", name.len()));
+        return Err(format!(
+            "the name is {} characters long; at most 255",
+            name.len()
+        ));
     }
     let mut components: Vec<&str> = name.split('/').collect();
     let first = components[0];
     let has_domain = components.len() > 1
-        && (first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()));
+        && (first.contains(['.', ':'])
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase()));
     if has_domain {
         validate_domain(first)?;
         components.remove(0);
@@ -108,10 +113,10 @@ fn validate_domain(domain: &str) -> std::result::Result<(), String> {
         Some((host, port)) => (host, Some(port)),
         None => (domain, None),
     };
-    if let Some(port) = port {
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("registry port {port:?} is not a port number"));
-        }
+    if let Some(port) = port
+        && !matches!(port.parse::<u16>(), Ok(1..))
+    {
+        return Err(format!("registry port {port:?} is not a port number"));
     }
     let label_ok = |label: &str| {
         !label.is_empty()
@@ -169,7 +174,9 @@ fn validate_tag(tag: &str) -> std::result::Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!("tag {tag:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'"))
+        Err(format!(
+            "tag {tag:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+        ))
     }
 }
 
@@ -178,14 +185,16 @@ fn validate_digest(digest: &str) -> std::result::Result<(), String> {
         return Err(format!("digest {digest:?} must be algorithm:hex"));
     };
     let algorithm_ok = !algorithm.is_empty()
-        && algorithm
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '_' | '-'));
+        && algorithm.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '_' | '-')
+        });
     let hex_ok = hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit());
     if algorithm_ok && hex_ok {
         Ok(())
     } else {
-        Err(format!("digest {digest:?} must be algorithm:hex with at least 32 hex digits"))
+        Err(format!(
+            "digest {digest:?} must be algorithm:hex with at least 32 hex digits"
+        ))
     }
 }
 
@@ -296,7 +305,11 @@ mod tests {
         for (reference, name, tag) in [
             ("busybox", "busybox", Some("latest")),
             ("library/busybox:1.36", "library/busybox", Some("1.36")),
-            ("127.0.0.1:5000/ctf/web:v2", "127.0.0.1:5000/ctf/web", Some("v2")),
+            (
+                "127.0.0.1:5000/ctf/web:v2",
+                "127.0.0.1:5000/ctf/web",
+                Some("v2"),
+            ),
             ("localhost/a__b.c-d", "localhost/a__b.c-d", Some("latest")),
             ("Registry.Example/x", "Registry.Example/x", Some("latest")),
         ] {

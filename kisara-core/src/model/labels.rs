@@ -56,11 +56,13 @@ impl LabelFilter {
 
     /// Whether `labels` satisfy every condition.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.0.iter().all(|(key, wanted)| match (labels.get(key), wanted) {
-            (Some(value), Some(wanted)) => value == wanted,
-            (Some(_), None) => true,
-            (None, _) => false,
-        })
+        self.0
+            .iter()
+            .all(|(key, wanted)| match (labels.get(key), wanted) {
+                (Some(value), Some(wanted)) => value == wanted,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
     }
 
     /// The conditions, for backends that translate them into their own

@@ -13,13 +13,15 @@ mod node;
 mod port;
 
 pub use container::{
-    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LaunchRequest, Mount, NetworkAttachment,
-    ResourceLimits,
+    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LaunchRequest, Mount,
+    NetworkAttachment, ResourceLimits,
 };
 pub use event::{ContainerEvent, ContainerEventKind, NodeEvent};
 pub use exec::{ExecOutput, ExecSpec, ExecStatus, TtySize};
 pub use exposure::{ExposeRequest, Exposure, ExposureLimits, PublicAddress};
-pub use ids::{ContainerId, ExecId, ExposureId, NetworkId, NodeId, SessionId, Timestamp, duration_secs};
+pub use ids::{
+    ContainerId, ExecId, ExposureId, NetworkId, NodeId, SessionId, Timestamp, duration_secs,
+};
 pub use image::{BuildSpec, ImageInfo, ImageRef, Progress};
 pub use labels::{LabelFilter, Labels};
 pub use network::{NetworkDriver, NetworkInfo, NetworkSpec};

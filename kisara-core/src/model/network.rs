@@ -71,21 +71,31 @@ impl NetworkSpec {
     pub fn validate(&self) -> crate::Result<()> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 128
-            && self.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            && self
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !name_ok {
             return Err(crate::Error::invalid(
                 "network name",
-                format!("{:?} must be 1 to 128 of [A-Za-z0-9_.-], starting with a letter or digit", self.name),
+                format!(
+                    "{:?} must be 1 to 128 of [A-Za-z0-9_.-], starting with a letter or digit",
+                    self.name
+                ),
             ));
         }
-        if let (Some(subnet), Some(gateway)) = (self.subnet, self.gateway) {
-            if !subnet.contains(&gateway) {
-                return Err(crate::Error::invalid(
-                    "network gateway",
-                    format!("gateway {gateway} is outside subnet {subnet}"),
-                ));
-            }
+        if let (Some(subnet), Some(gateway)) = (self.subnet, self.gateway)
+            && !subnet.contains(&gateway)
+        {
+            return Err(crate::Error::invalid(
+                "network gateway",
+                format!("gateway {gateway} is outside subnet {subnet}"),
+            ));
         }
         if let Some(key) = self.labels.keys().find(|k| k.starts_with("io.kisara.")) {
             return Err(crate::Error::invalid(

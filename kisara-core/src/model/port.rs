@@ -129,8 +129,14 @@ mod tests {
 
     #[test]
     fn parses_and_displays() {
-        assert_eq!("80/tcp".parse::<ContainerPort>().unwrap(), ContainerPort::tcp(80));
-        assert_eq!(" 53 / UDP ".parse::<ContainerPort>().unwrap(), ContainerPort::udp(53));
+        assert_eq!(
+            "80/tcp".parse::<ContainerPort>().unwrap(),
+            ContainerPort::tcp(80)
+        );
+        assert_eq!(
+            " 53 / UDP ".parse::<ContainerPort>().unwrap(),
+            ContainerPort::udp(53)
+        );
         assert_eq!("22".parse::<ContainerPort>().unwrap().to_string(), "22/tcp");
     }
 

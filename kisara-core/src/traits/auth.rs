@@ -98,7 +98,11 @@ impl Identity {
 #[async_trait]
 pub trait Authenticator: Send + Sync + fmt::Debug {
     /// Checks `credentials` offered from `remote`.
-    async fn authenticate(&self, credentials: &Credentials, remote: Option<SocketAddr>) -> Result<Identity>;
+    async fn authenticate(
+        &self,
+        credentials: &Credentials,
+        remote: Option<SocketAddr>,
+    ) -> Result<Identity>;
 }
 
 /// Where a session runs.

@@ -10,10 +10,12 @@ pub mod subnet;
 pub mod tunnel;
 
 pub use audit::{
-    AuditEvent, AuditEventKind, AuditSink, CommandContext, CommandPolicy, PolicyDecision, SessionKind,
+    AuditEvent, AuditEventKind, AuditSink, CommandContext, CommandPolicy, PolicyDecision,
+    SessionKind,
 };
 pub use auth::{
-    Authenticator, ConfigProvider, ConfigRequest, Credentials, Identity, SessionConfig, SessionTarget,
+    Authenticator, ConfigProvider, ConfigRequest, Credentials, Identity, SessionConfig,
+    SessionTarget,
 };
 pub use placement::Placement;
 pub use runtime::{

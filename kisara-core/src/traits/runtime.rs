@@ -11,9 +11,9 @@ use futures::{Stream, StreamExt};
 use tokio::io::AsyncWrite;
 
 use crate::model::{
-    BuildSpec, ContainerEvent, ContainerId, ContainerInfo, ContainerSpec, ContainerStats, ExecId, ExecOutput,
-    ExecSpec, ExecStatus, ImageInfo, ImageRef, LabelFilter, NetworkId, NetworkInfo, NetworkSpec, NodeStats,
-    Progress, TtySize,
+    BuildSpec, ContainerEvent, ContainerId, ContainerInfo, ContainerSpec, ContainerStats, ExecId,
+    ExecOutput, ExecSpec, ExecStatus, ImageInfo, ImageRef, LabelFilter, NetworkId, NetworkInfo,
+    NetworkSpec, NodeStats, Progress, TtySize,
 };
 use crate::{Error, Result};
 
@@ -198,7 +198,11 @@ impl ExecSession {
     /// The exit code is read with [`ContainerRuntime::exec_status`] once the
     /// output ends; runtimes may report it a moment later, so this waits up to
     /// `status_wait` for it.
-    pub async fn collect(mut self, runtime: &dyn ContainerRuntime, status_wait: Duration) -> Result<ExecResult> {
+    pub async fn collect(
+        mut self,
+        runtime: &dyn ContainerRuntime,
+        status_wait: Duration,
+    ) -> Result<ExecResult> {
         let mut result = ExecResult::default();
         // Close stdin so commands that read it see end-of-file.
         if let Some(mut stdin) = self.stdin.take() {
@@ -261,5 +265,7 @@ pub async fn collect_bytes(mut stream: ByteStream) -> Result<Vec<u8>> {
 
 /// A byte stream of one buffer.
 pub fn bytes_stream(bytes: impl Into<Bytes>) -> ByteStream {
-    Box::pin(futures::stream::once(futures::future::ready(Ok(bytes.into()))))
+    Box::pin(futures::stream::once(futures::future::ready(Ok(
+        bytes.into()
+    ))))
 }

@@ -1,0 +1,408 @@
+//! Configuration: TOML on disk, defaults, `KISARA_*` environment overrides,
+//! and a [`Config::validate`] that reports every problem at once.
+//!
+//! A file holds Kisara's own sections (`[server]`, `[agent]`, `[network]`,
+//! `[relay]`, `[containers]`) and/or the sections of the Go original's
+//! `conf/kisara-conf.toml` (`[kisara]`, `[kisaraClient]`, `[kisaraServer]`,
+//! `[takina]`), which load unchanged. [`Config::resolve`] folds the legacy
+//! keys into Kisara's own and returns a [`ResolvedConfig`] that the rest of
+//! Kisara reads; a key set both ways to different values is a problem.
+//!
+//! Every section rejects unknown keys, naming the key and the file.
+//! Precedence: environment > file > defaults (see [`Config::load_with_env`]
+//! for the override rules).
+//!
+//! ```
+//! use kisara_core::config::Config;
+//!
+//! let text = r#"
+//! [kisara]
+//! mode = "prod"          # the default; "dev" turns weak tokens into warnings
+//!
+//! [server]
+//! listen = "0.0.0.0:7474"
+//! token = "a-long-random-shared-token"
+//!
+//! [agent]
+//! server_url = "wss://kisara.example.com:7474"
+//! token = "a-long-random-shared-token"
+//! state_dir = "/var/lib/kisara"
+//! max_containers = 120
+//! bandwidth_in = 104857600   # bytes/s
+//! bandwidth_out = 104857600
+//!
+//! [network]
+//! pools = ["10.[128-255].[0-255].0/24"]
+//!
+//! [relay]
+//! listen = "0.0.0.0:7000"
+//! public_host = "relay.example.com"
+//! port_range = "20000-50000"  # or { start = 20000, end = 50000 }
+//! token = "another-long-random-token"
+//!
+//! [containers]
+//! memory_bytes = 268435456
+//! cpu_millis = 500
+//! pids = 128
+//! dns = ["1.1.1.1"]
+//! mount_allow_list = ["/srv/challenges"]
+//! "#;
+//! let config = Config::from_toml_str(text, "kisara.toml")?;
+//! config.validate()?;
+//! let resolved = config.resolve()?;
+//! assert_eq!(resolved.agent.max_containers, 120);
+//! assert!(resolved.server.token.matches("a-long-random-shared-token"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod load;
+mod resolve;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::Secret;
+
+pub use resolve::{ConfigErrors, ConfigProblem, ResolvedConfig};
+
+/// A whole configuration file as written: the Go original's sections and
+/// Kisara's own, each defaulted when absent.
+///
+/// Read the effective values from [`Config::resolve`], not from here: a
+/// legacy key such as `kisaraClient.max_container` only reaches
+/// `agent.max_containers` there.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[kisara]`: shared token, run mode and DNS (Go original; `mode` is
+    /// also Kisara's).
+    pub kisara: LegacyKisara,
+    /// `[kisaraClient]`: the Go node agent's settings.
+    #[serde(rename = "kisaraClient")]
+    pub kisara_client: LegacyClient,
+    /// `[kisaraServer]`: the Go server's address.
+    #[serde(rename = "kisaraServer")]
+    pub kisara_server: LegacyServer,
+    /// `[takina]`: the Go tunnel's token.
+    pub takina: LegacyTakina,
+    /// `[server]`: the cluster server.
+    pub server: ServerConfig,
+    /// `[agent]`: a node agent (the Go original's "client").
+    pub agent: AgentConfig,
+    /// `[network]`: container networks.
+    pub network: NetworkConfig,
+    /// `[relay]`: the port relay (the Go original's Takina).
+    pub relay: RelayConfig,
+    /// `[containers]`: defaults and limits for every container.
+    pub containers: ContainerDefaults,
+}
+
+/// How strict [`Config::validate`] is about secrets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Development: weak or sample tokens are logged as warnings.
+    Dev,
+    /// Production (the default when `[kisara] mode` is unset): tokens shorter
+    /// than 16 bytes or copied from the Go sample are errors.
+    #[default]
+    Prod,
+}
+
+/// `[kisara]` of the Go original. Every key is optional so that "unset" can
+/// be told from "set".
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyKisara {
+    /// The shared token; folds into `server.token` and `agent.token`.
+    pub token: Option<Secret>,
+    /// `dev` or `prod`; unset means [`Mode::Prod`].
+    pub mode: Option<Mode>,
+    /// One DNS server IP for containers; folds into `containers.dns`.
+    pub dns: Option<String>,
+}
+
+/// `[kisaraClient]` of the Go original (the node agent).
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyClient {
+    /// Where the Go server reached the client. Unused: Kisara agents dial
+    /// the server, so no inbound address is needed.
+    pub address: Option<String>,
+    /// The port of `address`; unused for the same reason.
+    pub port: Option<u16>,
+    /// Inbound bandwidth in bytes/s; folds into `agent.bandwidth_in`.
+    pub network_in: Option<u64>,
+    /// Outbound bandwidth in bytes/s; folds into `agent.bandwidth_out`.
+    pub network_out: Option<u64>,
+    /// Container limit; folds into `agent.max_containers`.
+    pub max_container: Option<u32>,
+    /// The Go client's local database; folds into `agent.db_path`, where the
+    /// agent keeps its local store.
+    pub db_path: Option<PathBuf>,
+    /// One subnet pool pattern; folds into `network.pools`.
+    pub network_cidrs: Option<String>,
+}
+
+/// `[kisaraServer]` of the Go original.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyServer {
+    /// The server's IP; folds into `server.listen` and `agent.server_url`.
+    pub address: Option<String>,
+    /// The server's port; folds like `address`.
+    pub port: Option<u16>,
+}
+
+/// `[takina]` of the Go original (its tunnel).
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyTakina {
+    /// The tunnel token; folds into `relay.token`.
+    pub token: Option<Secret>,
+}
+
+/// `[server]`: the cluster server that agents dial.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where to accept agents and API calls; default `127.0.0.1:7474`
+    /// (loopback until asked otherwise).
+    pub listen: SocketAddr,
+    /// The token agents must present; required.
+    pub token: Secret,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7474),
+            token: Secret::default(),
+        }
+    }
+}
+
+/// `[agent]`: a node agent on one Docker host.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The server's WebSocket URL; default `ws://127.0.0.1:7474`.
+    pub server_url: String,
+    /// The token presented to the server; required.
+    pub token: Secret,
+    /// Where the agent persists its node id and state; default `state`.
+    pub state_dir: PathBuf,
+    /// A fixed node id; unset means one is generated and persisted in
+    /// `state_dir`.
+    pub node_id: Option<String>,
+    /// Most containers this node runs at once; default 80.
+    pub max_containers: u32,
+    /// Inbound bandwidth in bytes/s; default 52428800 (50 MiB/s).
+    pub bandwidth_in: u64,
+    /// Outbound bandwidth in bytes/s; default 52428800 (50 MiB/s).
+    pub bandwidth_out: u64,
+    /// The Docker endpoint; unset means the runtime's default
+    /// (`DOCKER_HOST` or the local socket).
+    pub docker_host: Option<String>,
+    /// Where the agent's local store lives; unset means inside `state_dir`
+    /// (see [`AgentConfig::store_path`]). Set by the Go `kisaraClient.db_path`.
+    pub db_path: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The agent's local store: `db_path`, else `<state_dir>/kisara.db`.
+    pub fn store_path(&self) -> PathBuf {
+        self.db_path
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("kisara.db"))
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server_url: "ws://127.0.0.1:7474".to_owned(),
+            token: Secret::default(),
+            state_dir: PathBuf::from("state"),
+            node_id: None,
+            max_containers: 80,
+            bandwidth_in: 52_428_800,
+            bandwidth_out: 52_428_800,
+            docker_host: None,
+            db_path: None,
+        }
+    }
+}
+
+/// `[network]`: where container networks come from.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Subnet pool patterns such as `10.[128-255].[0-255].0/24` or plain
+    /// CIDRs; default private space, unlike the Go original's public
+    /// `172.[128-255].[0-255].0/24`.
+    pub pools: Vec<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            pools: vec!["10.[128-255].[0-255].0/24".to_owned()],
+        }
+    }
+}
+
+/// `[relay]`: the relay that exposes container ports publicly.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Where the relay accepts agents; default `127.0.0.1:7000`.
+    pub listen: SocketAddr,
+    /// The host name users connect to; default `127.0.0.1`.
+    pub public_host: String,
+    /// Public ports handed out; default `20000-50000`.
+    pub port_range: PortRange,
+    /// The token agents present to the relay. Empty means this deployment
+    /// runs no relay; a relay must refuse to start without one.
+    pub token: Secret,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7000),
+            public_host: "127.0.0.1".to_owned(),
+            port_range: PortRange {
+                start: 20000,
+                end: 50000,
+            },
+            token: Secret::default(),
+        }
+    }
+}
+
+/// `[containers]`: defaults and limits applied to every container.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerDefaults {
+    /// Memory limit in bytes; default 536870912 (512 MiB), at least 4 MiB.
+    pub memory_bytes: u64,
+    /// CPU limit in thousandths of a core; default 1000 (one core).
+    pub cpu_millis: u32,
+    /// Process limit; default 256.
+    pub pids: u32,
+    /// DNS servers; default empty (the engine's default).
+    pub dns: Vec<IpAddr>,
+    /// Absolute host paths that may be mounted, with everything below them;
+    /// default empty, i.e. no host mounts.
+    pub mount_allow_list: Vec<PathBuf>,
+    /// Extra Linux capabilities; default none.
+    pub cap_add: Vec<String>,
+    /// Mount the root file system read-only; default false.
+    pub read_only_root: bool,
+}
+
+impl Default for ContainerDefaults {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 512 * 1024 * 1024,
+            cpu_millis: 1000,
+            pids: 256,
+            dns: Vec::new(),
+            mount_allow_list: Vec::new(),
+            cap_add: Vec::new(),
+            read_only_root: false,
+        }
+    }
+}
+
+/// An inclusive range of ports, written `"20000-50000"` or
+/// `{ start = 20000, end = 50000 }`.
+///
+/// Parsing checks only the shape; [`Config::validate`] checks that
+/// `1 <= start <= end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    /// The first port.
+    pub start: u16,
+    /// The last port, included.
+    pub end: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.start..=self.end).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = crate::Error;
+
+    fn from_str(text: &str) -> crate::Result<Self> {
+        let parse = |part: &str| part.trim().parse::<u16>().ok();
+        text.split_once('-')
+            .and_then(|(start, end)| Some((parse(start)?, parse(end)?)))
+            .map(|(start, end)| Self { start, end })
+            .ok_or_else(|| {
+                crate::Error::invalid(
+                    "port range",
+                    format!("{text:?}: expected \"start-end\" with ports 0-65535"),
+                )
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            start: u16,
+            end: u16,
+        }
+
+        struct RangeVisitor;
+
+        impl<'de> Visitor<'de> for RangeVisitor {
+            type Value = PortRange;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port range \"start-end\" or { start, end }")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<PortRange, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PortRange, A::Error> {
+                let Table { start, end } = Table::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(PortRange { start, end })
+            }
+        }
+
+        deserializer.deserialize_any(RangeVisitor)
+    }
+}
