@@ -68,11 +68,11 @@ pub trait Fixture: Clone + Send + Sync + 'static {
 /// Longest a single case may take.
 const CASE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Declares a suite's `CASES` table from its case functions.
+/// Declares a suite's table of cases from its case functions.
 macro_rules! cases {
-    ($fixture:ty: $($case:ident),+ $(,)?) => {
+    ($table:ident: $fixture:ty: $($case:ident),+ $(,)?) => {
         /// Every case of this suite, in order.
-        pub const CASES: &[$crate::testing::Case<$fixture>] = &[
+        pub const $table: &[$crate::testing::Case<$fixture>] = &[
             $($crate::testing::Case { name: stringify!($case), run: |f| Box::pin($case(f)) }),+
         ];
     };

@@ -9,7 +9,7 @@ use crate::{ErrorKind, Placement};
 
 impl Fixture for Arc<dyn Placement> {}
 
-cases!(Arc<dyn Placement>:
+cases!(CASES: Arc<dyn Placement>:
     explicit_node_is_honoured,
     explicit_node_refusals_name_the_node,
     full_and_offline_nodes_are_never_chosen,

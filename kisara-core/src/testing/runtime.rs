@@ -132,7 +132,7 @@ impl Fixture for RuntimeFixture {
     }
 }
 
-cases!(RuntimeFixture:
+cases!(CASES: RuntimeFixture:
     launch_and_inspect,
     launch_of_a_missing_image_is_not_found,
     duplicate_container_names_already_exist,

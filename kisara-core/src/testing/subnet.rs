@@ -13,7 +13,7 @@ use crate::{ErrorKind, SubnetAllocator};
 
 impl Fixture for Arc<dyn SubnetAllocator> {}
 
-cases!(Arc<dyn SubnetAllocator>:
+cases!(CASES: Arc<dyn SubnetAllocator>:
     allocate_is_idempotent,
     allocations_never_overlap,
     release_frees_the_subnet,
