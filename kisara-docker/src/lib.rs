@@ -1,1 +1,17 @@
 #![doc = include_str!("../README.md")]
+
+mod containers;
+mod error;
+mod events;
+mod exec;
+mod files;
+mod images;
+mod networks;
+mod runtime;
+mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use exec::EXEC_MARKER_ENV;
+pub use images::ImageGc;
+pub use runtime::{DockerOptions, DockerRuntime, DockerRuntimeBuilder};

@@ -324,7 +324,7 @@ pub async fn declared_decisions_hold_and_repeat(fx: PolicyFixture) -> Outcome {
         for (context, command) in &fx.denied {
             match fx.policy.check(context, command).await.unwrap() {
                 PolicyDecision::Deny { reason } => {
-                    assert!(!reason.is_empty(), "a denial names its rule")
+                    assert!(!reason.is_empty(), "a denial names its rule");
                 }
                 PolicyDecision::Allow => {
                     panic!("{command:?} as {} was allowed", context.identity.username)

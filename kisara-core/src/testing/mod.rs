@@ -97,7 +97,7 @@ where
         match outcome {
             Ok(Ok(Outcome::Passed)) => {}
             Ok(Ok(Outcome::NotApplicable(why))) => {
-                not_applicable.push(format!("{} ({why})", case.name))
+                not_applicable.push(format!("{} ({why})", case.name));
             }
             Ok(Err(panic)) => failures.push(format!("{}: {}", case.name, panic_message(&*panic))),
             Err(_) => failures.push(format!(

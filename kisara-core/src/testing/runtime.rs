@@ -195,7 +195,7 @@ async fn read_until(output: &mut BoxStream<ExecOutput>, seen: &mut Vec<u8>, need
         while !String::from_utf8_lossy(seen).contains(needle) {
             match output.next().await {
                 Some(Ok(ExecOutput::Stdout(bytes) | ExecOutput::Stderr(bytes))) => {
-                    seen.extend_from_slice(&bytes)
+                    seen.extend_from_slice(&bytes);
                 }
                 Some(Err(error)) => panic!("exec output error: {error}"),
                 None => panic!(
