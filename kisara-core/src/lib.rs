@@ -14,3 +14,8 @@ pub mod traits;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use secret::Secret;
 pub use traits::*;
+
+/// The workspace README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;

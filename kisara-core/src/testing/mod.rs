@@ -15,7 +15,7 @@
 //! use kisara_core::testing::subnet;
 //!
 //! subnet::all(|| async {
-//!     Arc::new(MemorySubnetAllocator::new("10.200.0.0/22".parse().unwrap(), 26).unwrap()) as _
+//!     Arc::new(MemorySubnetAllocator::new("10.200.0.0/18".parse().unwrap(), 24).unwrap()) as _
 //! })
 //! .await;
 //! # }
