@@ -1,1 +1,1 @@
-//! Kisara benchmarks live in `benches/`.
+#![doc = include_str!("../README.md")]
