@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::{Fixture, Outcome, cases, run_suite, unique_name};
+use super::{Fixture, Outcome, suite, unique_name};
 use crate::model::{SessionId, Timestamp};
 use crate::{
     AuditEvent, AuditEventKind, AuditSink, Authenticator, CommandContext, CommandPolicy,
@@ -28,19 +28,10 @@ pub struct AuthFixture {
 
 impl Fixture for AuthFixture {}
 
-cases!(AUTH_CASES: AuthFixture:
+suite!(authenticator, "Authenticator", AUTH_CASES: AuthFixture:
     accepted_credentials_give_their_identity,
     wrong_secrets_and_unknown_users_are_rejected_alike,
 );
-
-/// Runs every [`Authenticator`] case.
-pub async fn authenticator<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = AuthFixture>,
-{
-    run_suite("Authenticator", make, AUTH_CASES).await;
-}
 
 /// Every credential the fixture lists is accepted as its user.
 pub async fn accepted_credentials_give_their_identity(fx: AuthFixture) -> Outcome {
@@ -120,19 +111,10 @@ pub struct ConfigFixture {
 
 impl Fixture for ConfigFixture {}
 
-cases!(CONFIG_CASES: ConfigFixture:
+suite!(config_provider, "ConfigProvider", CONFIG_CASES: ConfigFixture:
     allowed_requests_get_a_usable_config,
     denied_requests_are_permission_denied,
 );
-
-/// Runs every [`ConfigProvider`] case.
-pub async fn config_provider<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = ConfigFixture>,
-{
-    run_suite("ConfigProvider", make, CONFIG_CASES).await;
-}
 
 /// The allowed request gets a configuration with a shell, the same twice.
 pub async fn allowed_requests_get_a_usable_config(fx: ConfigFixture) -> Outcome {
@@ -187,19 +169,10 @@ impl std::fmt::Debug for AuditFixture {
 
 impl Fixture for AuditFixture {}
 
-cases!(AUDIT_CASES: AuditFixture:
+suite!(audit_sink, "AuditSink", AUDIT_CASES: AuditFixture:
     recorded_events_read_back_in_order,
     concurrent_sessions_keep_their_own_order,
 );
-
-/// Runs every [`AuditSink`] case.
-pub async fn audit_sink<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = AuditFixture>,
-{
-    run_suite("AuditSink", make, AUDIT_CASES).await;
-}
 
 fn command_event(session: &SessionId, n: usize) -> AuditEvent {
     AuditEvent {
@@ -291,19 +264,10 @@ pub struct PolicyFixture {
 
 impl Fixture for PolicyFixture {}
 
-cases!(POLICY_CASES: PolicyFixture:
+suite!(command_policy, "CommandPolicy", POLICY_CASES: PolicyFixture:
     declared_decisions_hold_and_repeat,
     empty_commands_are_invalid,
 );
-
-/// Runs every [`CommandPolicy`] case.
-pub async fn command_policy<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = PolicyFixture>,
-{
-    run_suite("CommandPolicy", make, POLICY_CASES).await;
-}
 
 /// Allowed commands are allowed, denied ones denied with a reason, twice.
 pub async fn declared_decisions_hold_and_repeat(fx: PolicyFixture) -> Outcome {

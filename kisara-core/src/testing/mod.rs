@@ -68,16 +68,27 @@ pub trait Fixture: Clone + Send + Sync + 'static {
 /// Longest a single case may take.
 const CASE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Declares a suite's table of cases from its case functions.
-macro_rules! cases {
-    ($table:ident: $fixture:ty: $($case:ident),+ $(,)?) => {
+/// Declares a suite: its table of cases and the `pub async fn` that runs
+/// them all, each on a fresh fixture.
+macro_rules! suite {
+    ($runner:ident, $suite:literal, $table:ident: $fixture:ty: $($case:ident),+ $(,)?) => {
         /// Every case of this suite, in order.
         pub const $table: &[$crate::testing::Case<$fixture>] = &[
             $($crate::testing::Case { name: stringify!($case), run: |f| Box::pin($case(f)) }),+
         ];
+
+        #[doc = concat!("Runs every case of the `", $suite, "` suite, each on a fresh fixture from `make`,")]
+        /// and panics listing every case that failed.
+        pub async fn $runner<M, Fut>(make: M)
+        where
+            M: Fn() -> Fut,
+            Fut: std::future::Future<Output = $fixture>,
+        {
+            $crate::testing::run_suite($suite, make, $table).await;
+        }
     };
 }
-pub(crate) use cases;
+pub(crate) use suite;
 
 /// Runs every case of `cases` on a fresh fixture from `make`, cleaning up
 /// after each, and panics listing every case that failed.

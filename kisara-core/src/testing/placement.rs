@@ -1,30 +1,20 @@
 //! Conformance cases for [`Placement`].
 
-use std::future::Future;
 use std::sync::Arc;
 
-use super::{Fixture, Outcome, cases, run_suite};
+use super::{Fixture, Outcome, suite};
 use crate::model::{NodeCapacity, NodeId, NodeLoad, NodeStats};
 use crate::{ErrorKind, Placement};
 
 impl Fixture for Arc<dyn Placement> {}
 
-cases!(CASES: Arc<dyn Placement>:
+suite!(all, "Placement", CASES: Arc<dyn Placement>:
     explicit_node_is_honoured,
     explicit_node_refusals_name_the_node,
     full_and_offline_nodes_are_never_chosen,
     no_usable_node_is_exhausted,
     placement_is_deterministic,
 );
-
-/// Runs every case on the policy from `make`.
-pub async fn all<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn Placement>>,
-{
-    run_suite("Placement", make, CASES).await;
-}
 
 fn node(id: &str, online: bool, containers: u32, max_containers: u32) -> NodeLoad {
     NodeLoad {

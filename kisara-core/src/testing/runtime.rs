@@ -5,7 +5,6 @@
 //! `/tmp` directory. Every object a case creates carries the label
 //! [`RUN_LABEL`] with the fixture's run id, and is removed after the case.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 
-use super::{Fixture, Outcome, cases, random_bytes, random_u64, run_suite, unique_name};
+use super::{Fixture, Outcome, random_bytes, random_u64, suite, unique_name};
 use crate::model::{
     BuildSpec, ContainerEvent, ContainerEventKind, ContainerId, ContainerSpec, ContainerState,
     ExecOutput, ExecSpec, ImageRef, LabelFilter, Mount, NetworkId, NetworkInfo, NetworkSpec,
@@ -132,7 +131,7 @@ impl Fixture for RuntimeFixture {
     }
 }
 
-cases!(CASES: RuntimeFixture:
+suite!(all, "ContainerRuntime", CASES: RuntimeFixture:
     launch_and_inspect,
     launch_of_a_missing_image_is_not_found,
     duplicate_container_names_already_exist,
@@ -160,15 +159,6 @@ cases!(CASES: RuntimeFixture:
     stats_reflect_limits,
     concurrent_launches_are_distinct,
 );
-
-/// Runs every case, each on a fresh fixture from `make`.
-pub async fn all<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = RuntimeFixture>,
-{
-    run_suite("ContainerRuntime", make, CASES).await;
-}
 
 async fn next_matching(
     events: &mut EventStream,

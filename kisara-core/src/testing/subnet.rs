@@ -3,17 +3,16 @@
 //! The fixture is a fresh allocator per case whose pool holds between 64 and
 //! 65,536 subnets (the exhaustion case allocates all of them).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::{Fixture, Outcome, cases, run_suite, unique_name};
+use super::{Fixture, Outcome, suite, unique_name};
 use crate::{ErrorKind, SubnetAllocator};
 
 impl Fixture for Arc<dyn SubnetAllocator> {}
 
-cases!(CASES: Arc<dyn SubnetAllocator>:
+suite!(all, "SubnetAllocator", CASES: Arc<dyn SubnetAllocator>:
     allocate_is_idempotent,
     allocations_never_overlap,
     release_frees_the_subnet,
@@ -26,15 +25,6 @@ cases!(CASES: Arc<dyn SubnetAllocator>:
     concurrent_allocations_are_distinct,
     exhaustion_names_the_pool_and_recovers,
 );
-
-/// Runs every case, each on a fresh allocator from `make`.
-pub async fn all<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn SubnetAllocator>>,
-{
-    run_suite("SubnetAllocator", make, CASES).await;
-}
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())

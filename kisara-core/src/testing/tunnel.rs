@@ -4,7 +4,6 @@
 //! at the public addresses the tunnel reports, so the fixture's relays must
 //! listen on the loopback interface.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use super::{Fixture, Outcome, cases, random_bytes, run_suite, unique_name};
+use super::{Fixture, Outcome, random_bytes, suite, unique_name};
 use crate::model::{ExposeRequest, Exposure, ExposureId, LabelFilter, Protocol};
 use crate::{ErrorKind, Tunnel};
 
@@ -32,7 +31,7 @@ impl Fixture for Arc<dyn Tunnel> {
 /// The label on every exposure a case makes, for cleanup.
 pub const RUN_LABEL: &str = "kisara-conformance";
 
-cases!(CASES: Arc<dyn Tunnel>:
+suite!(all, "Tunnel", CASES: Arc<dyn Tunnel>:
     tcp_bytes_round_trip,
     many_visitors_at_once,
     a_taken_public_port_conflicts_naming_it,
@@ -42,15 +41,6 @@ cases!(CASES: Arc<dyn Tunnel>:
     connection_limit_refuses_extra_visitors,
     udp_round_trip_or_not_supported,
 );
-
-/// Runs every case, each on a fresh tunnel from `make`.
-pub async fn all<M, Fut>(make: M)
-where
-    M: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn Tunnel>>,
-{
-    run_suite("Tunnel", make, CASES).await;
-}
 
 /// A TCP echo server on loopback; runs until the test's runtime ends.
 pub async fn tcp_echo() -> SocketAddr {
