@@ -160,6 +160,12 @@ impl MemoryRuntime {
         self.shared.state.lock().expect("memory runtime lock")
     }
 
+    fn container_fs(&self, container: &ContainerId) -> Result<Arc<Mutex<FakeFs>>> {
+        let state = self.state();
+        let key = state.container_key(container)?;
+        Ok(state.containers[&key].fs.clone())
+    }
+
     fn check_mounts(&self, spec: &ContainerSpec) -> Result<()> {
         for mount in &spec.mounts {
             let clean = mount.source.is_absolute()
@@ -722,11 +728,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn copy_to(&self, container: &ContainerId, dir: &str, archive: ByteStream) -> Result<()> {
-        let fs = {
-            let state = self.state();
-            let key = state.container_key(container)?;
-            state.containers[&key].fs.clone()
-        };
+        let fs = self.container_fs(container)?;
         let bytes = collect_bytes(archive).await?;
         let dir = dir.trim_end_matches('/');
         let dir = if dir.is_empty() { "/" } else { dir };
@@ -760,11 +762,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn copy_from(&self, container: &ContainerId, path: &str) -> Result<ByteStream> {
-        let fs = {
-            let state = self.state();
-            let key = state.container_key(container)?;
-            state.containers[&key].fs.clone()
-        };
+        let fs = self.container_fs(container)?;
         let path = path.trim_end_matches('/');
         let base = Path::new(path)
             .file_name()
