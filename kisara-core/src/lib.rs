@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 mod error;
 pub mod lifecycle;
 pub mod memory;
 pub mod model;
 pub mod placement;
+mod random;
 mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;

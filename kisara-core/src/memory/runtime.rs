@@ -156,6 +156,34 @@ impl MemoryRuntime {
         self.state().registry.insert(image.to_string());
     }
 
+    /// Simulates the kernel's OOM killer ending a running container's main
+    /// process: it exits with 137, `oom_killed` is set, and an `Oom` event
+    /// precedes the `Die` event, as on a real engine.
+    pub fn simulate_oom(&self, container: &ContainerId) -> Result<()> {
+        let mut state = self.state();
+        let key = state.container_key(container)?;
+        let fake = state.containers.get_mut(&key).expect("key exists");
+        if fake.info.state != ContainerState::Running {
+            return Err(Error::conflict(format!(
+                "container {:?} is not running",
+                fake.info.name
+            )));
+        }
+        // Dropping the stop sender ends the process; its late exit report is
+        // ignored because the state is no longer running.
+        fake.stop = None;
+        fake.info.state = ContainerState::Exited;
+        fake.info.exit_code = Some(KILLED);
+        fake.info.oom_killed = true;
+        for kind in [
+            ContainerEventKind::Oom,
+            ContainerEventKind::Die { exit_code: KILLED },
+        ] {
+            let _ = self.shared.events.send(event_of(&fake.info, kind));
+        }
+        Ok(())
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.shared.state.lock().expect("memory runtime lock")
     }

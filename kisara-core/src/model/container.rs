@@ -183,6 +183,10 @@ pub struct LaunchRequest {
     /// How long the container may live; it expires after that.
     #[serde(default, with = "duration_secs::option", rename = "lifetime_secs")]
     pub lifetime: Option<Duration>,
+    /// Retrying a launch with the same key returns the first launch's
+    /// result instead of starting a second container.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     /// The container itself.
     pub container: ContainerSpec,
 }
@@ -193,6 +197,7 @@ impl LaunchRequest {
         Self {
             node: None,
             lifetime: None,
+            idempotency_key: None,
             container,
         }
     }

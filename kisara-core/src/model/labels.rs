@@ -23,6 +23,10 @@ pub const SUBNET: &str = "io.kisara.subnet";
 pub const EXPIRES_AT: &str = "io.kisara.expires-at";
 /// The node a container runs on.
 pub const NODE: &str = "io.kisara.node";
+/// On an exposure: the container whose port it exposes.
+pub const CONTAINER: &str = "io.kisara.container";
+/// On an exposure: the container port it exposes (`80/tcp`).
+pub const PORT: &str = "io.kisara.port";
 
 /// Selects objects by their labels: every condition must hold.
 ///

@@ -23,10 +23,8 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -141,14 +139,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".to_owned())
 }
 
-/// A random 64-bit number, from the standard library's hasher seeds (tests
-/// need variety across processes, not cryptographic quality).
+/// A random 64-bit number (tests need variety across processes, not
+/// cryptographic quality).
 pub fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    hasher.finish()
+    crate::random::random_u64()
 }
 
 /// A name unique across processes and runs: `{prefix}-{random hex}`.

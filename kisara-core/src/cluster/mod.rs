@@ -1,0 +1,994 @@
+//! The cluster engine, in process: a [`Server`] handle over nodes, each just
+//! an `Arc<dyn ContainerRuntime>` (a local engine, or a remote agent's link),
+//! with placement, the cluster-wide subnet pool, port exposures through a
+//! [`Tunnel`], hooks, idempotent launches and recovery from labels.
+//!
+//! Docker labels are the truth: [`Server::connect_node`] rebuilds what the
+//! server knows of a node (its containers, its networks' subnets, its
+//! exposures) from the node's `io.kisara.*` objects, so neither a server nor
+//! an agent restart needs a state file or kills a user container.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> kisara_core::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use kisara_core::cluster::{NetworkRequest, Server};
+//! use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
+//! use kisara_core::model::{ContainerSpec, ImageRef, LaunchRequest, NodeCapacity, NodeId};
+//!
+//! let server = Server::builder(Arc::new(MemorySubnetAllocator::new("10.128.0.0/16".parse().unwrap(), 24)?))
+//!     .on_container_launched(|launched| println!("{} on {}", launched.container.name, launched.node))
+//!     .build();
+//! let image = ImageRef::parse("ctf/web-1:latest")?;
+//! let node = MemoryRuntime::new();
+//! node.add_image(&image, None);
+//! let capacity = NodeCapacity { max_containers: 80, bandwidth_in: 50 << 20, bandwidth_out: 50 << 20 };
+//! server.connect_node(NodeId::new("node-1")?, capacity, Arc::new(node)).await?;
+//!
+//! server.create_network(&NetworkRequest::new("team-7")).await?;
+//! let mut spec = ContainerSpec::new(image);
+//! spec.owner = Some("team-7".into());
+//! spec.networks = vec!["team-7".into()];
+//! let launched = server.launch_container(LaunchRequest::new(spec), Duration::from_secs(30)).await?;
+//! assert_eq!(launched.node.as_str(), "node-1");
+//! server.remove(&launched.container.id).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::model::{
+    ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerPort, ContainerState,
+    ExecSpec, ExposeRequest, Exposure, LabelFilter, LaunchRequest, NetworkDriver, NetworkInfo,
+    NetworkSpec, NodeCapacity, NodeEvent, NodeId, NodeLoad, NodeStats, Timestamp, labels,
+};
+use crate::placement::HeadroomPlacement;
+use crate::{ContainerRuntime, Error, ExecSession, Placement, Result, SubnetAllocator, Tunnel};
+
+/// How long a successful launch is remembered under its idempotency key.
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
+
+/// A container launched by the cluster, with where it runs and how it is
+/// reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launched {
+    /// The node it runs on.
+    pub node: NodeId,
+    /// The container.
+    pub container: ContainerInfo,
+    /// One exposure per port of the launch request, when the server has a
+    /// tunnel.
+    pub exposures: Vec<Exposure>,
+}
+
+/// Something that happened in the cluster, as hooks receive it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterEvent {
+    /// A node connected, disconnected or sent a heartbeat.
+    Node(NodeEvent),
+    /// The server launched a container.
+    ContainerLaunched(Box<Launched>),
+    /// A container was stopped (or removed while running) through the server.
+    ContainerStopped {
+        /// Its node.
+        node: NodeId,
+        /// The container.
+        container: ContainerId,
+    },
+    /// An engine event of a Kisara container: start, die, OOM, ...
+    Container {
+        /// Its node.
+        node: NodeId,
+        /// The event.
+        event: ContainerEvent,
+    },
+}
+
+type Hook = Box<dyn Fn(&ClusterEvent) + Send + Sync>;
+
+/// Which containers [`Server::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerQuery {
+    /// Only this owner's.
+    pub owner: Option<String>,
+    /// Only this module's.
+    pub module: Option<String>,
+    /// Only on this node.
+    pub node: Option<NodeId>,
+    /// Only with these labels.
+    pub labels: LabelFilter,
+}
+
+impl ContainerQuery {
+    fn filter(&self) -> LabelFilter {
+        let mut filter = self.labels.clone().with(labels::MANAGED, "true");
+        if let Some(owner) = &self.owner {
+            filter = filter.with(labels::OWNER, owner);
+        }
+        if let Some(module) = &self.module {
+            filter = filter.with(labels::MODULE, module);
+        }
+        filter
+    }
+}
+
+/// A network to create across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRequest {
+    /// Its name, unique in the cluster.
+    pub name: String,
+    /// This subnet; one from the pool when `None`.
+    #[serde(default)]
+    pub subnet: Option<IpNet>,
+    /// Bridge (one per node) or overlay (one across the cluster).
+    #[serde(default)]
+    pub driver: NetworkDriver,
+    /// No route to the outside.
+    #[serde(default)]
+    pub internal: bool,
+    /// Only on this node; on every online node when `None` (bridges), or on
+    /// the first online node (an overlay spans the swarm from there).
+    #[serde(default)]
+    pub node: Option<NodeId>,
+}
+
+impl NetworkRequest {
+    /// A bridge network with a subnet from the pool on every online node.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            subnet: None,
+            driver: NetworkDriver::Bridge,
+            internal: false,
+            node: None,
+        }
+    }
+}
+
+/// A network as created on the nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNetwork {
+    /// Its subnet.
+    pub subnet: IpNet,
+    /// The network on each node that has it.
+    pub nodes: Vec<(NodeId, NetworkInfo)>,
+}
+
+struct NodeEntry {
+    runtime: Arc<dyn ContainerRuntime>,
+    capacity: NodeCapacity,
+    online: bool,
+    stats: NodeStats,
+    /// Launches placed here that have not finished yet.
+    reserved: u32,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl NodeEntry {
+    fn load(&self, node: &NodeId) -> NodeLoad {
+        let mut stats = self.stats;
+        stats.containers = stats.containers.saturating_add(self.reserved);
+        NodeLoad {
+            node: node.clone(),
+            online: self.online,
+            capacity: self.capacity,
+            stats,
+        }
+    }
+}
+
+type LaunchCell = Arc<OnceCell<Launched>>;
+
+struct Inner {
+    nodes: Mutex<BTreeMap<NodeId, NodeEntry>>,
+    /// Where each known container runs, by id.
+    locations: Mutex<HashMap<ContainerId, NodeId>>,
+    launches: Mutex<HashMap<String, (Instant, LaunchCell)>>,
+    placement: Arc<dyn Placement>,
+    subnets: Arc<dyn SubnetAllocator>,
+    tunnel: Option<Arc<dyn Tunnel>>,
+    hooks: Vec<Hook>,
+}
+
+/// Builds a [`Server`]; hooks can only be registered here, before it runs.
+#[must_use]
+pub struct ServerBuilder {
+    subnets: Arc<dyn SubnetAllocator>,
+    placement: Arc<dyn Placement>,
+    tunnel: Option<Arc<dyn Tunnel>>,
+    hooks: Vec<Hook>,
+}
+
+impl ServerBuilder {
+    /// Places launches with `placement` instead of [`HeadroomPlacement`].
+    pub fn with_placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Exposes every launched port through `tunnel`.
+    pub fn with_tunnel(mut self, tunnel: Arc<dyn Tunnel>) -> Self {
+        self.tunnel = Some(tunnel);
+        self
+    }
+
+    /// Calls `hook` with every cluster event.
+    pub fn on_event(mut self, hook: impl Fn(&ClusterEvent) + Send + Sync + 'static) -> Self {
+        self.hooks.push(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook` when a node connects (or reconnects), with its capacity.
+    pub fn on_node_connected(
+        self,
+        hook: impl Fn(&NodeId, &NodeCapacity) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::Node(NodeEvent::Connected { node, capacity }) = event {
+                hook(node, capacity);
+            }
+        })
+    }
+
+    /// Calls `hook` when a node's link is lost or closed, with the reason.
+    pub fn on_node_disconnected(
+        self,
+        hook: impl Fn(&NodeId, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::Node(NodeEvent::Disconnected { node, reason }) = event {
+                hook(node, reason);
+            }
+        })
+    }
+
+    /// Calls `hook` on every heartbeat, with the node's load.
+    pub fn on_node_heartbeat(
+        self,
+        hook: impl Fn(&NodeId, &NodeStats) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::Node(NodeEvent::Heartbeat { node, stats }) = event {
+                hook(node, stats);
+            }
+        })
+    }
+
+    /// Calls `hook` after each launch, with the container and its exposures.
+    pub fn on_container_launched(self, hook: impl Fn(&Launched) + Send + Sync + 'static) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::ContainerLaunched(launched) = event {
+                hook(launched);
+            }
+        })
+    }
+
+    /// Calls `hook` when a container is stopped through the server.
+    pub fn on_container_stopped(
+        self,
+        hook: impl Fn(&NodeId, &ContainerId) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::ContainerStopped { node, container } = event {
+                hook(node, container);
+            }
+        })
+    }
+
+    /// Calls `hook` when a container's main process exits, with the exit
+    /// code and the container's labels.
+    pub fn on_container_died(
+        self,
+        hook: impl Fn(&NodeId, &ContainerEvent, i64) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::Container { node, event } = event
+                && let ContainerEventKind::Die { exit_code } = event.kind
+            {
+                hook(node, event, exit_code);
+            }
+        })
+    }
+
+    /// Calls `hook` when a container runs out of memory.
+    pub fn on_container_oom(
+        self,
+        hook: impl Fn(&NodeId, &ContainerEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event(move |event| {
+            if let ClusterEvent::Container { node, event } = event
+                && event.kind == ContainerEventKind::Oom
+            {
+                hook(node, event);
+            }
+        })
+    }
+
+    /// The server.
+    pub fn build(self) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                nodes: Mutex::new(BTreeMap::new()),
+                locations: Mutex::new(HashMap::new()),
+                launches: Mutex::new(HashMap::new()),
+                placement: self.placement,
+                subnets: self.subnets,
+                tunnel: self.tunnel,
+                hooks: self.hooks,
+            }),
+        }
+    }
+}
+
+/// The handle an embedding program holds to run containers across the
+/// cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<NodeId> = self
+            .inner
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .keys()
+            .cloned()
+            .collect();
+        f.debug_struct("Server")
+            .field("nodes", &nodes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gives back a launch's placement slot however the launch ends.
+struct Reservation {
+    inner: Arc<Inner>,
+    node: NodeId,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(entry) = self
+            .inner
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .get_mut(&self.node)
+        {
+            entry.reserved = entry.reserved.saturating_sub(1);
+        }
+    }
+}
+
+impl Inner {
+    fn emit(&self, event: &ClusterEvent) {
+        for hook in &self.hooks {
+            hook(event);
+        }
+    }
+}
+
+impl Server {
+    /// Starts building a server whose networks take subnets from `subnets`.
+    pub fn builder(subnets: Arc<dyn SubnetAllocator>) -> ServerBuilder {
+        ServerBuilder {
+            subnets,
+            placement: Arc::new(HeadroomPlacement),
+            tunnel: None,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// Adds (or re-adds, after a reconnect) a node and rebuilds what the
+    /// server knows of it from its labelled objects: its containers, its
+    /// networks' subnets (adopted into the pool) and the exposures of its
+    /// running containers (re-exposed where missing). No container is
+    /// stopped.
+    pub async fn connect_node(
+        &self,
+        node: NodeId,
+        capacity: NodeCapacity,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> Result<()> {
+        let span = tracing::info_span!("connect_node", %node);
+        async {
+            let containers = runtime.list(&LabelFilter::managed()).await?;
+            for network in runtime.list_networks(&LabelFilter::managed()).await? {
+                let subnet = network
+                    .labels
+                    .get(labels::SUBNET)
+                    .and_then(|s| s.parse::<IpNet>().ok());
+                let name = network.labels.get(labels::NETWORK).unwrap_or(&network.name);
+                if let Some(subnet) = subnet
+                    && let Err(error) = self.inner.subnets.adopt(name, subnet).await
+                {
+                    tracing::warn!(%error, network = %name, "cannot adopt the subnet of a network");
+                }
+            }
+            let running: Vec<&ContainerInfo> = containers
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+                .collect();
+            for container in &running {
+                self.restore_exposures(container).await?;
+            }
+            let stats = runtime.node_stats().await?;
+            let watcher = self.watch(node.clone(), runtime.clone()).await?;
+            {
+                let mut locations = self.inner.locations.lock().expect("locations lock");
+                for container in &containers {
+                    locations.insert(container.id.clone(), node.clone());
+                }
+            }
+            let previous = self.inner.nodes.lock().expect("nodes lock").insert(
+                node.clone(),
+                NodeEntry {
+                    runtime,
+                    capacity,
+                    online: true,
+                    stats,
+                    reserved: 0,
+                    watcher: Some(watcher),
+                },
+            );
+            if let Some(task) = previous.and_then(|p| p.watcher) {
+                task.abort();
+            }
+            tracing::info!(
+                containers = containers.len(),
+                running = running.len(),
+                "node connected"
+            );
+            self.inner
+                .emit(&ClusterEvent::Node(NodeEvent::Connected { node, capacity }));
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Marks a node offline: placement skips it; its containers keep running
+    /// and are found again when it reconnects.
+    pub fn disconnect_node(&self, node: &NodeId, reason: &str) {
+        let known = {
+            let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+            nodes.get_mut(node).map(|entry| {
+                entry.online = false;
+                if let Some(task) = entry.watcher.take() {
+                    task.abort();
+                }
+            })
+        };
+        if known.is_some() {
+            tracing::info!(%node, reason, "node disconnected");
+            self.inner
+                .emit(&ClusterEvent::Node(NodeEvent::Disconnected {
+                    node: node.clone(),
+                    reason: reason.to_owned(),
+                }));
+        }
+    }
+
+    /// Records a node's current load.
+    pub fn heartbeat(&self, node: &NodeId, stats: NodeStats) -> Result<()> {
+        {
+            let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+            let entry = nodes
+                .get_mut(node)
+                .ok_or_else(|| Error::not_found("node", node.as_str()))?;
+            entry.stats = stats;
+        }
+        self.inner.emit(&ClusterEvent::Node(NodeEvent::Heartbeat {
+            node: node.clone(),
+            stats,
+        }));
+        Ok(())
+    }
+
+    /// Every node with its load, as placement sees it.
+    pub fn nodes(&self) -> Vec<NodeLoad> {
+        let nodes = self.inner.nodes.lock().expect("nodes lock");
+        nodes.iter().map(|(id, entry)| entry.load(id)).collect()
+    }
+
+    /// Forwards a node's container events to the hooks.
+    async fn watch(
+        &self,
+        node: NodeId,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> Result<JoinHandle<()>> {
+        let mut events = runtime.events(&LabelFilter::managed()).await?;
+        let inner = Arc::downgrade(&self.inner);
+        Ok(tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let Some(inner) = inner.upgrade() else { return };
+                match event {
+                    Ok(event) => inner.emit(&ClusterEvent::Container {
+                        node: node.clone(),
+                        event,
+                    }),
+                    Err(error) => tracing::warn!(%node, %error, "container event stream"),
+                }
+            }
+        }))
+    }
+
+    fn runtime_of(&self, node: &NodeId) -> Result<Arc<dyn ContainerRuntime>> {
+        let nodes = self.inner.nodes.lock().expect("nodes lock");
+        let entry = nodes
+            .get(node)
+            .ok_or_else(|| Error::not_found("node", node.as_str()))?;
+        if !entry.online {
+            return Err(Error::unavailable(format!("node {node} is offline")));
+        }
+        Ok(entry.runtime.clone())
+    }
+
+    /// Picks a node and holds a slot on it until the reservation drops.
+    fn reserve(
+        &self,
+        requested: Option<&NodeId>,
+    ) -> Result<(Reservation, Arc<dyn ContainerRuntime>)> {
+        let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+        let loads: Vec<NodeLoad> = nodes.iter().map(|(id, entry)| entry.load(id)).collect();
+        let node = self.inner.placement.place(requested, &loads)?;
+        let entry = nodes
+            .get_mut(&node)
+            .ok_or_else(|| Error::not_found("node", node.as_str()))?;
+        entry.reserved += 1;
+        let reservation = Reservation {
+            inner: self.inner.clone(),
+            node,
+        };
+        Ok((reservation, entry.runtime.clone()))
+    }
+
+    /// Launches a container on the node placement picks (or the requested
+    /// one), exposes its ports, and returns it within `timeout`.
+    ///
+    /// With an idempotency key, a retry (even a concurrent one) returns the
+    /// first successful launch instead of starting a second container; a
+    /// failed launch is not remembered, so it can be retried.
+    pub async fn launch_container(
+        &self,
+        request: LaunchRequest,
+        timeout: Duration,
+    ) -> Result<Launched> {
+        let Some(key) = request.idempotency_key.clone() else {
+            return self.launch_once(request, timeout).await;
+        };
+        let cell = {
+            let mut launches = self.inner.launches.lock().expect("launches lock");
+            launches.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
+            launches
+                .entry(key)
+                .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
+                .1
+                .clone()
+        };
+        cell.get_or_try_init(|| self.launch_once(request, timeout))
+            .await
+            .cloned()
+    }
+
+    async fn launch_once(&self, request: LaunchRequest, timeout: Duration) -> Result<Launched> {
+        let mut spec = request.container;
+        spec.validate()?;
+        // A name known in advance lets a timed-out launch be cleaned up.
+        let name = spec
+            .name
+            .get_or_insert_with(|| {
+                format!(
+                    "kisara-{:012x}",
+                    crate::random::random_u64() & 0xffff_ffff_ffff
+                )
+            })
+            .clone();
+        if let Some(lifetime) = request.lifetime {
+            spec.expires_at = Some(Timestamp::now().saturating_add(lifetime));
+        }
+        let (reservation, runtime) = self.reserve(request.node.as_ref())?;
+        let node = reservation.node.clone();
+        let span = tracing::info_span!("launch", %node, container = %name);
+        async {
+            let container = match tokio::time::timeout(timeout, runtime.launch(&spec)).await {
+                Ok(launched) => launched?,
+                Err(_) => {
+                    // The engine may still finish the launch: remove it
+                    // whenever it does, so nothing leaks.
+                    let cleanup = runtime.clone();
+                    let id = ContainerId::new(name.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) = cleanup.remove(&id).await {
+                            tracing::warn!(%error, container = %id, "cleanup after a timed-out launch");
+                        }
+                    });
+                    return Err(Error::Timeout {
+                        operation: format!("launch of container {name} on node {node}"),
+                        after: timeout,
+                    });
+                }
+            };
+            let exposures = match self.expose_ports(&container).await {
+                Ok(exposures) => exposures,
+                Err(error) => {
+                    self.withdraw_exposures(&container.id).await;
+                    if let Err(cleanup) = runtime.remove(&container.id).await {
+                        tracing::warn!(error = %cleanup, "cleanup after a failed exposure");
+                    }
+                    return Err(error);
+                }
+            };
+            self.inner
+                .locations
+                .lock()
+                .expect("locations lock")
+                .insert(container.id.clone(), node.clone());
+            if let Some(entry) = self.inner.nodes.lock().expect("nodes lock").get_mut(&node) {
+                entry.stats.containers += 1;
+            }
+            drop(reservation);
+            let launched = Launched {
+                node,
+                container,
+                exposures,
+            };
+            tracing::info!(exposures = launched.exposures.len(), "launched");
+            self.inner.emit(&ClusterEvent::ContainerLaunched(Box::new(launched.clone())));
+            Ok(launched)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Where a container can be reached for exposure: its primary network's
+    /// address, else any address it has.
+    fn target_ip(container: &ContainerInfo) -> Result<std::net::IpAddr> {
+        let primary = container
+            .labels
+            .get(labels::NETWORK)
+            .and_then(|n| container.ip_on(n));
+        primary
+            .or_else(|| container.networks.values().find_map(|a| a.ip))
+            .ok_or_else(|| {
+                Error::conflict(format!(
+                    "container {} has no address to expose",
+                    container.name
+                ))
+            })
+    }
+
+    /// The request exposing `port` of `container`, labelled so exposures can
+    /// be found by container and port after any restart.
+    fn expose_request(
+        container: &ContainerInfo,
+        ip: std::net::IpAddr,
+        port: ContainerPort,
+    ) -> ExposeRequest {
+        let mut request = ExposeRequest::new(SocketAddr::new(ip, port.port), port.protocol);
+        request.labels.insert(labels::MANAGED.into(), "true".into());
+        request
+            .labels
+            .insert(labels::CONTAINER.into(), container.id.to_string());
+        request.labels.insert(labels::PORT.into(), port.to_string());
+        if let Some(owner) = container.owner() {
+            request
+                .labels
+                .insert(labels::OWNER.into(), owner.to_owned());
+        }
+        request
+    }
+
+    async fn expose_ports(&self, container: &ContainerInfo) -> Result<Vec<Exposure>> {
+        let Some(tunnel) = &self.inner.tunnel else {
+            return Ok(Vec::new());
+        };
+        if container.ports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ip = Self::target_ip(container)?;
+        let mut exposures = Vec::new();
+        for port in &container.ports {
+            exposures.push(
+                tunnel
+                    .expose(&Self::expose_request(container, ip, *port))
+                    .await?,
+            );
+        }
+        Ok(exposures)
+    }
+
+    /// Re-exposes the ports of a running container that have no exposure.
+    async fn restore_exposures(&self, container: &ContainerInfo) -> Result<()> {
+        let Some(tunnel) = &self.inner.tunnel else {
+            return Ok(());
+        };
+        if container.ports.is_empty() {
+            return Ok(());
+        }
+        let existing = tunnel
+            .list(&LabelFilter::all().with(labels::CONTAINER, container.id.as_str()))
+            .await?;
+        let ip = Self::target_ip(container)?;
+        for port in &container.ports {
+            let exposed = existing
+                .iter()
+                .any(|e| e.labels.get(labels::PORT) == Some(&port.to_string()));
+            if !exposed {
+                tunnel
+                    .expose(&Self::expose_request(container, ip, *port))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn withdraw_exposures(&self, container: &ContainerId) {
+        let Some(tunnel) = &self.inner.tunnel else {
+            return;
+        };
+        let filter = LabelFilter::all().with(labels::CONTAINER, container.as_str());
+        match tunnel.list(&filter).await {
+            Ok(exposures) => {
+                for exposure in exposures {
+                    if let Err(error) = tunnel.withdraw(&exposure.id).await {
+                        tracing::warn!(%error, exposure = %exposure.id, "withdraw");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, %container, "listing exposures"),
+        }
+    }
+
+    /// The exposures of a container.
+    pub async fn exposures(&self, container: &ContainerId) -> Result<Vec<Exposure>> {
+        match &self.inner.tunnel {
+            Some(tunnel) => {
+                tunnel
+                    .list(&LabelFilter::all().with(labels::CONTAINER, container.as_str()))
+                    .await
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Finds the node of a container, by id or name.
+    async fn locate(
+        &self,
+        container: &ContainerId,
+    ) -> Result<(NodeId, Arc<dyn ContainerRuntime>, ContainerInfo)> {
+        let known = self
+            .inner
+            .locations
+            .lock()
+            .expect("locations lock")
+            .get(container)
+            .cloned();
+        if let Some(node) = known {
+            let runtime = self.runtime_of(&node)?;
+            let info = runtime.inspect(container).await?;
+            return Ok((node, runtime, info));
+        }
+        let online: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = {
+            let nodes = self.inner.nodes.lock().expect("nodes lock");
+            nodes
+                .iter()
+                .filter(|(_, entry)| entry.online)
+                .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
+                .collect()
+        };
+        for (node, runtime) in online {
+            match runtime.inspect(container).await {
+                Ok(info) if info.labels.contains_key(labels::MANAGED) => {
+                    return Ok((node, runtime, info));
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == crate::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::not_found("container", container.as_str()))
+    }
+
+    /// Stops a container, killing it after `grace`.
+    pub async fn stop(&self, container: &ContainerId, grace: Duration) -> Result<()> {
+        let (node, runtime, info) = self.locate(container).await?;
+        runtime.stop(&info.id, grace).await?;
+        self.inner.emit(&ClusterEvent::ContainerStopped {
+            node,
+            container: info.id,
+        });
+        Ok(())
+    }
+
+    /// Removes a container and withdraws its exposures; `Ok` when it does
+    /// not exist.
+    pub async fn remove(&self, container: &ContainerId) -> Result<()> {
+        let (node, runtime, info) = match self.locate(container).await {
+            Ok(found) => found,
+            Err(error) if error.kind() == crate::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        self.withdraw_exposures(&info.id).await;
+        runtime.remove(&info.id).await?;
+        self.inner
+            .locations
+            .lock()
+            .expect("locations lock")
+            .remove(&info.id);
+        if let Some(entry) = self.inner.nodes.lock().expect("nodes lock").get_mut(&node) {
+            entry.stats.containers = entry.stats.containers.saturating_sub(1);
+        }
+        if info.state == ContainerState::Running {
+            self.inner.emit(&ClusterEvent::ContainerStopped {
+                node,
+                container: info.id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Inspects a container anywhere in the cluster.
+    pub async fn inspect(&self, container: &ContainerId) -> Result<(NodeId, ContainerInfo)> {
+        let (node, _, info) = self.locate(container).await?;
+        Ok((node, info))
+    }
+
+    /// Kisara containers matching `query`, from every online node (or the
+    /// one named), with their nodes.
+    pub async fn list(&self, query: &ContainerQuery) -> Result<Vec<(NodeId, ContainerInfo)>> {
+        let targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = match &query.node {
+            Some(node) => vec![(node.clone(), self.runtime_of(node)?)],
+            None => {
+                let nodes = self.inner.nodes.lock().expect("nodes lock");
+                nodes
+                    .iter()
+                    .filter(|(_, entry)| entry.online)
+                    .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
+                    .collect()
+            }
+        };
+        let filter = query.filter();
+        let mut all = Vec::new();
+        for (node, runtime) in targets {
+            all.extend(
+                runtime
+                    .list(&filter)
+                    .await?
+                    .into_iter()
+                    .map(|c| (node.clone(), c)),
+            );
+        }
+        Ok(all)
+    }
+
+    /// Starts a command in a container anywhere in the cluster.
+    pub async fn exec(
+        &self,
+        container: &ContainerId,
+        spec: &ExecSpec,
+    ) -> Result<(Arc<dyn ContainerRuntime>, ExecSession)> {
+        let (_, runtime, info) = self.locate(container).await?;
+        let session = runtime.exec(&info.id, spec).await?;
+        Ok((runtime, session))
+    }
+
+    /// Creates a network with a subnet from the pool (or the given one) on
+    /// the requested nodes; all or nothing.
+    pub async fn create_network(&self, request: &NetworkRequest) -> Result<ClusterNetwork> {
+        // Only a subnet this call took may be given back on failure: the
+        // name may already hold one for a network that exists.
+        let held_before = self.inner.subnets.lookup(&request.name).await?;
+        let subnet = match request.subnet {
+            Some(subnet) => {
+                self.inner.subnets.adopt(&request.name, subnet).await?;
+                subnet
+            }
+            None => self.inner.subnets.allocate(&request.name).await?,
+        };
+        let give_back = || async {
+            if held_before.is_none() {
+                self.inner.subnets.release(&request.name).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        let targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = match &request.node {
+            Some(node) => vec![(node.clone(), self.runtime_of(node)?)],
+            None => {
+                let nodes = self.inner.nodes.lock().expect("nodes lock");
+                let online = nodes.iter().filter(|(_, entry)| entry.online);
+                let take = if request.driver == NetworkDriver::Overlay {
+                    1
+                } else {
+                    usize::MAX
+                };
+                online
+                    .take(take)
+                    .map(|(id, e)| (id.clone(), e.runtime.clone()))
+                    .collect()
+            }
+        };
+        if targets.is_empty() {
+            give_back().await?;
+            return Err(Error::unavailable(format!(
+                "no online node to create network {:?} on",
+                request.name
+            )));
+        }
+        let spec = NetworkSpec {
+            name: request.name.clone(),
+            subnet: Some(subnet),
+            gateway: None,
+            driver: request.driver,
+            internal: request.internal,
+            labels: Default::default(),
+        };
+        let mut created = Vec::new();
+        for (node, runtime) in &targets {
+            match runtime.create_network(&spec).await {
+                Ok(info) => created.push((node.clone(), info)),
+                Err(error) => {
+                    for (node, info) in &created {
+                        if let Ok(runtime) = self.runtime_of(node) {
+                            let _ = runtime.remove_network(&info.id).await;
+                        }
+                    }
+                    give_back().await?;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(ClusterNetwork {
+            subnet,
+            nodes: created,
+        })
+    }
+
+    /// Kisara networks on every online node, with their nodes.
+    pub async fn list_networks(&self) -> Result<Vec<(NodeId, NetworkInfo)>> {
+        let online: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = {
+            let nodes = self.inner.nodes.lock().expect("nodes lock");
+            nodes
+                .iter()
+                .filter(|(_, entry)| entry.online)
+                .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
+                .collect()
+        };
+        let mut all = Vec::new();
+        for (node, runtime) in online {
+            all.extend(
+                runtime
+                    .list_networks(&LabelFilter::managed())
+                    .await?
+                    .into_iter()
+                    .map(|n| (node.clone(), n)),
+            );
+        }
+        Ok(all)
+    }
+
+    /// Removes a network from every online node and frees its subnet.
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        for (node, network) in self.list_networks().await? {
+            if network.name == name {
+                self.runtime_of(&node)?.remove_network(&network.id).await?;
+            }
+        }
+        self.inner.subnets.release(name).await
+    }
+}
