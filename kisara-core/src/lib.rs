@@ -4,6 +4,8 @@
 pub mod cluster;
 pub mod config;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod lifecycle;
 pub mod memory;
 pub mod model;

@@ -84,11 +84,11 @@ fn logged(builder: ServerBuilder, log: &Log) -> ServerBuilder {
     );
     builder
         .on_node_connected(move |node, cap| {
-            a.push(format!("connected {node} max={}", cap.max_containers))
+            a.push(format!("connected {node} max={}", cap.max_containers));
         })
         .on_node_disconnected(move |node, reason| b.push(format!("disconnected {node} {reason}")))
         .on_node_heartbeat(move |node, stats| {
-            c.push(format!("heartbeat {node} containers={}", stats.containers))
+            c.push(format!("heartbeat {node} containers={}", stats.containers));
         })
         .on_container_launched(move |l| {
             d.push(format!(
@@ -99,7 +99,7 @@ fn logged(builder: ServerBuilder, log: &Log) -> ServerBuilder {
             ));
         })
         .on_container_stopped(move |node, container| {
-            e.push(format!("stopped {container} on {node}"))
+            e.push(format!("stopped {container} on {node}"));
         })
         .on_container_died(move |node, event, code| {
             let owner = event.labels.get(labels::OWNER).cloned().unwrap_or_default();
