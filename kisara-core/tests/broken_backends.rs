@@ -7,10 +7,19 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::FutureExt;
 use ipnet::IpNet;
-use kisara_core::memory::MemorySubnetAllocator;
-use kisara_core::model::{NodeId, NodeLoad};
-use kisara_core::testing::{placement, subnet};
-use kisara_core::{Error, Placement, Result, SubnetAllocator, SubnetUsage};
+use std::time::Duration;
+
+use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
+use kisara_core::model::{
+    BuildSpec, ContainerId, ContainerInfo, ContainerSpec, ContainerStats, ExecId, ExecSpec,
+    ExecStatus, ImageInfo, ImageRef, LabelFilter, NetworkId, NetworkInfo, NetworkSpec, NodeId,
+    NodeLoad, NodeStats, TtySize,
+};
+use kisara_core::testing::{placement, runtime, subnet};
+use kisara_core::{
+    ByteStream, ContainerRuntime, Error, EventStream, ExecSession, Placement, ProgressStream,
+    Result, RuntimeCapabilities, SubnetAllocator, SubnetUsage,
+};
 
 /// Runs a suite that must fail and returns its report.
 async fn failure_report(suite: impl Future<Output = ()>) -> String {
@@ -84,4 +93,98 @@ async fn a_careless_placement_fails_the_placement_suite() {
         report.contains("explicit_node_refusals_name_the_node"),
         "{report}"
     );
+}
+
+/// A runtime that is not idempotent on removal and ignores list filters:
+/// every other call goes to a correct in-memory engine.
+#[derive(Debug)]
+struct SloppyRuntime(MemoryRuntime);
+
+#[async_trait]
+impl ContainerRuntime for SloppyRuntime {
+    fn name(&self) -> &str {
+        "sloppy"
+    }
+    fn capabilities(&self) -> RuntimeCapabilities {
+        self.0.capabilities()
+    }
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<NetworkInfo> {
+        self.0.create_network(spec).await
+    }
+    async fn inspect_network(&self, network: &NetworkId) -> Result<NetworkInfo> {
+        self.0.inspect_network(network).await
+    }
+    async fn list_networks(&self, filter: &LabelFilter) -> Result<Vec<NetworkInfo>> {
+        self.0.list_networks(filter).await
+    }
+    async fn remove_network(&self, network: &NetworkId) -> Result<()> {
+        self.0.remove_network(network).await
+    }
+    async fn launch(&self, spec: &ContainerSpec) -> Result<ContainerInfo> {
+        self.0.launch(spec).await
+    }
+    async fn stop(&self, container: &ContainerId, grace: Duration) -> Result<()> {
+        self.0.stop(container, grace).await
+    }
+    async fn remove(&self, container: &ContainerId) -> Result<()> {
+        // Broken: removing a missing container is an error.
+        self.0.inspect(container).await?;
+        self.0.remove(container).await
+    }
+    async fn inspect(&self, container: &ContainerId) -> Result<ContainerInfo> {
+        self.0.inspect(container).await
+    }
+    async fn list(&self, _filter: &LabelFilter) -> Result<Vec<ContainerInfo>> {
+        // Broken: the filter is ignored.
+        self.0.list(&LabelFilter::all()).await
+    }
+    async fn exec(&self, container: &ContainerId, spec: &ExecSpec) -> Result<ExecSession> {
+        self.0.exec(container, spec).await
+    }
+    async fn resize_exec(&self, exec: &ExecId, size: TtySize) -> Result<()> {
+        self.0.resize_exec(exec, size).await
+    }
+    async fn exec_status(&self, exec: &ExecId) -> Result<ExecStatus> {
+        self.0.exec_status(exec).await
+    }
+    async fn copy_to(&self, container: &ContainerId, dir: &str, archive: ByteStream) -> Result<()> {
+        self.0.copy_to(container, dir, archive).await
+    }
+    async fn copy_from(&self, container: &ContainerId, path: &str) -> Result<ByteStream> {
+        self.0.copy_from(container, path).await
+    }
+    async fn pull_image(&self, image: &ImageRef) -> Result<ProgressStream> {
+        self.0.pull_image(image).await
+    }
+    async fn build_image(&self, spec: &BuildSpec, context: ByteStream) -> Result<ProgressStream> {
+        self.0.build_image(spec, context).await
+    }
+    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
+        self.0.list_images().await
+    }
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        self.0.remove_image(image).await
+    }
+    async fn events(&self, filter: &LabelFilter) -> Result<EventStream> {
+        self.0.events(filter).await
+    }
+    async fn container_stats(&self, container: &ContainerId) -> Result<ContainerStats> {
+        self.0.container_stats(container).await
+    }
+    async fn node_stats(&self) -> Result<NodeStats> {
+        self.0.node_stats().await
+    }
+}
+
+#[tokio::test]
+async fn a_sloppy_runtime_fails_the_runtime_suite() {
+    let image = ImageRef::parse("kisara-test/busybox:latest").unwrap();
+    let report = failure_report(runtime::all(|| async {
+        let engine = MemoryRuntime::new();
+        engine.add_image(&image, None);
+        runtime::RuntimeFixture::new(Arc::new(SloppyRuntime(engine)), image.clone())
+    }))
+    .await;
+    assert!(report.contains("remove_is_idempotent"), "{report}");
+    assert!(report.contains("list_filters_by_labels"), "{report}");
 }
