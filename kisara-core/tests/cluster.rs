@@ -475,3 +475,53 @@ async fn a_new_server_rebuilds_everything_from_labels() {
         .unwrap();
     assert_eq!(by_name.1.id, launched.container.id);
 }
+
+#[tokio::test]
+async fn launches_and_nodes_are_counted_in_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Each test runs in its own process under nextest, so a global recorder
+    // sees only this test.
+    if recorder.install().is_err() {
+        panic!("another metrics recorder is installed in this process");
+    }
+    let server = Server::builder(pool()).build();
+    server
+        .connect_node(id("n1"), capacity(80), node_runtime())
+        .await
+        .unwrap();
+    server
+        .launch_container(LaunchRequest::new(spec("m")), WAIT)
+        .await
+        .unwrap();
+    let missing = LaunchRequest::new(ContainerSpec::new(ImageRef::parse("ctf/none:v1").unwrap()));
+    server.launch_container(missing, WAIT).await.unwrap_err();
+    let mut seen = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+        let value = match value {
+            DebugValue::Counter(n) => n as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(samples) => samples.len() as f64,
+        };
+        seen.insert(name, value);
+    }
+    assert_eq!(
+        seen.get("kisara_launches_total{outcome=ok}"),
+        Some(&1.0),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.get("kisara_launches_total{outcome=not_found}"),
+        Some(&1.0),
+        "{seen:?}"
+    );
+    assert_eq!(seen.get("kisara_launch_seconds{}"), Some(&2.0), "{seen:?}");
+    assert_eq!(seen.get("kisara_nodes_online{}"), Some(&1.0), "{seen:?}");
+}

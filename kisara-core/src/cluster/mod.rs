@@ -3,6 +3,10 @@
 //! with placement, the cluster-wide subnet pool, port exposures through a
 //! [`Tunnel`], hooks, idempotent launches and recovery from labels.
 //!
+//! Metrics go through the `metrics` facade (export them with any recorder,
+//! e.g. Prometheus): `kisara_launches_total{outcome}` (`ok` or the error
+//! kind), `kisara_launch_seconds` and `kisara_nodes_online`.
+//!
 //! Docker labels are the truth: [`Server::connect_node`] rebuilds what the
 //! server knows of a node (its containers, its networks' subnets, its
 //! exposures) from the node's `io.kisara.*` objects, so neither a server nor
@@ -454,6 +458,7 @@ impl Server {
                 running = running.len(),
                 "node connected"
             );
+            self.record_nodes_online();
             self.inner
                 .emit(&ClusterEvent::Node(NodeEvent::Connected { node, capacity }));
             Ok(())
@@ -476,6 +481,7 @@ impl Server {
         };
         if known.is_some() {
             tracing::info!(%node, reason, "node disconnected");
+            self.record_nodes_online();
             self.inner
                 .emit(&ClusterEvent::Node(NodeEvent::Disconnected {
                     node: node.clone(),
@@ -498,6 +504,18 @@ impl Server {
             stats,
         }));
         Ok(())
+    }
+
+    fn record_nodes_online(&self) {
+        let online = self
+            .inner
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .filter(|n| n.online)
+            .count();
+        metrics::gauge!("kisara_nodes_online").set(online as f64);
     }
 
     /// Every node with its load, as placement sees it.
@@ -587,6 +605,18 @@ impl Server {
     }
 
     async fn launch_once(&self, request: LaunchRequest, timeout: Duration) -> Result<Launched> {
+        let started = Instant::now();
+        let result = self.launch_placed(request, timeout).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.kind().code(),
+        };
+        metrics::counter!("kisara_launches_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("kisara_launch_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn launch_placed(&self, request: LaunchRequest, timeout: Duration) -> Result<Launched> {
         let mut spec = request.container;
         spec.validate()?;
         // A name known in advance lets a timed-out launch be cleaned up.
