@@ -59,6 +59,10 @@ use crate::model::{
 use crate::placement::HeadroomPlacement;
 use crate::{ContainerRuntime, Error, ExecSession, Placement, Result, SubnetAllocator, Tunnel};
 
+mod node_id;
+
+pub use node_id::{NODE_ID_FILE, load_or_create_node_id};
+
 /// How long a successful launch is remembered under its idempotency key.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
 
