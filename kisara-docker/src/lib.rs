@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod exec;
 mod files;
+mod hijack;
 mod images;
 mod networks;
 mod runtime;
@@ -14,4 +15,4 @@ pub mod testing;
 
 pub use exec::EXEC_MARKER_ENV;
 pub use images::ImageGc;
-pub use runtime::{DockerOptions, DockerRuntime, DockerRuntimeBuilder};
+pub use runtime::{DEFAULT_HOST, DockerOptions, DockerRuntime, DockerRuntimeBuilder};

@@ -60,12 +60,13 @@ mod resolve;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::str::FromStr;
 
 use serde::Deserialize;
 
 use crate::Secret;
+use crate::model::{ContainerSpec, ResourceLimits};
 
 pub use resolve::{ConfigErrors, ConfigProblem, ResolvedConfig};
 
@@ -302,9 +303,9 @@ pub struct ContainerDefaults {
     /// Memory limit in bytes; default 536870912 (512 MiB), at least 4 MiB.
     pub memory_bytes: u64,
     /// CPU limit in thousandths of a core; default 1000 (one core).
-    pub cpu_millis: u32,
+    pub cpu_millis: u64,
     /// Process limit; default 256.
-    pub pids: u32,
+    pub pids: u64,
     /// DNS servers; default empty (the engine's default).
     pub dns: Vec<IpAddr>,
     /// Absolute host paths that may be mounted, with everything below them;
@@ -326,6 +327,40 @@ impl Default for ContainerDefaults {
             mount_allow_list: Vec::new(),
             cap_add: Vec::new(),
             read_only_root: false,
+        }
+    }
+}
+
+impl ContainerDefaults {
+    /// Refuses `spec` when a mount's source is not an absolute, `..`-free
+    /// path under [`ContainerDefaults::mount_allow_list`], naming the path.
+    /// Every runtime calls this before creating anything.
+    pub fn check_mounts(&self, spec: &ContainerSpec) -> crate::Result<()> {
+        for mount in &spec.mounts {
+            let clean = mount.source.is_absolute()
+                && !mount.source.components().any(|c| c == Component::ParentDir);
+            let allowed = clean
+                && self
+                    .mount_allow_list
+                    .iter()
+                    .any(|root| mount.source.starts_with(root));
+            if !allowed {
+                return Err(crate::Error::permission_denied(format!(
+                    "host path {} is not under an allowed mount root",
+                    mount.source.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits a container gets: what `requested` sets, these defaults
+    /// for the rest. Never unlimited.
+    pub fn limits_for(&self, requested: &ResourceLimits) -> ResourceLimits {
+        ResourceLimits {
+            cpu_millis: Some(requested.cpu_millis.unwrap_or(self.cpu_millis)),
+            memory_bytes: Some(requested.memory_bytes.unwrap_or(self.memory_bytes)),
+            pids: Some(requested.pids.unwrap_or(self.pids)),
         }
     }
 }

@@ -454,8 +454,8 @@ impl Checker {
                 ),
             );
         }
-        self.at_least_one("containers.cpu_millis", limits.cpu_millis.into());
-        self.at_least_one("containers.pids", limits.pids.into());
+        self.at_least_one("containers.cpu_millis", limits.cpu_millis);
+        self.at_least_one("containers.pids", limits.pids);
         for (i, path) in limits.mount_allow_list.iter().enumerate() {
             let key = format!("containers.mount_allow_list[{i}]");
             if !path.is_absolute() {

@@ -8,6 +8,6 @@ mod subnet;
 mod tunnel;
 
 pub use access::{MemoryAuditSink, PrefixPolicy, StaticAuthenticator, StaticConfigProvider};
-pub use runtime::{DefaultLimits, MemoryRuntime};
+pub use runtime::MemoryRuntime;
 pub use subnet::MemorySubnetAllocator;
 pub use tunnel::LoopbackTunnel;

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 
 use super::shell::{self, FakeFs, ShellIo};
+use crate::config::ContainerDefaults;
 use crate::model::{
     BuildSpec, ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerSpec,
     ContainerState, ContainerStats, ExecId, ExecSpec, ExecStatus, ImageInfo, ImageRef, LabelFilter,
@@ -31,27 +32,6 @@ const TERMINATED: i64 = 143;
 const KILLED: i64 = 137;
 /// Pending events a slow subscriber may lag behind before it gets an error.
 const EVENT_BUFFER: usize = 4096;
-
-/// Limits a container gets when its spec leaves them unset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DefaultLimits {
-    /// Memory limit, bytes.
-    pub memory_bytes: u64,
-    /// Process limit.
-    pub pids: u64,
-    /// CPU, thousandths of a CPU.
-    pub cpu_millis: u64,
-}
-
-impl Default for DefaultLimits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 512 * 1024 * 1024,
-            pids: 256,
-            cpu_millis: 1000,
-        }
-    }
-}
 
 /// A fake container engine held in memory: containers whose processes are
 /// scripts of a tiny shell (`echo`, `cat`, `stty size`, `sleep`, `exit`, ...),
@@ -71,8 +51,7 @@ pub struct MemoryRuntime {
 struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<ContainerEvent>,
-    limits: DefaultLimits,
-    mount_allow_list: Vec<PathBuf>,
+    defaults: ContainerDefaults,
 }
 
 #[derive(Debug, Default)]
@@ -123,21 +102,21 @@ impl Default for MemoryRuntime {
 }
 
 impl MemoryRuntime {
-    /// An empty engine with [`DefaultLimits`] and no host mounts allowed.
+    /// An empty engine with the default [`ContainerDefaults`]: no host
+    /// mounts allowed.
     pub fn new() -> Self {
-        Self::with_config(DefaultLimits::default(), Vec::new())
+        Self::with_defaults(ContainerDefaults::default())
     }
 
-    /// An empty engine with these default limits, allowing host mounts only
-    /// under the paths of `mount_allow_list`.
-    pub fn with_config(limits: DefaultLimits, mount_allow_list: Vec<PathBuf>) -> Self {
+    /// An empty engine that gives containers these limits and mount
+    /// allow-list.
+    pub fn with_defaults(defaults: ContainerDefaults) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 events,
-                limits,
-                mount_allow_list,
+                defaults,
             }),
         }
     }
@@ -192,29 +171,6 @@ impl MemoryRuntime {
         let state = self.state();
         let key = state.container_key(container)?;
         Ok(state.containers[&key].fs.clone())
-    }
-
-    fn check_mounts(&self, spec: &ContainerSpec) -> Result<()> {
-        for mount in &spec.mounts {
-            let clean = mount.source.is_absolute()
-                && !mount
-                    .source
-                    .components()
-                    .any(|c| matches!(c, Component::ParentDir));
-            let allowed = clean
-                && self
-                    .shared
-                    .mount_allow_list
-                    .iter()
-                    .any(|root| mount.source.starts_with(root));
-            if !allowed {
-                return Err(Error::permission_denied(format!(
-                    "host path {} is not under an allowed mount root",
-                    mount.source.display()
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Starts the main process of container `id` and watches for its exit.
@@ -506,7 +462,7 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn launch(&self, spec: &ContainerSpec) -> Result<ContainerInfo> {
         spec.validate()?;
-        self.check_mounts(spec)?;
+        self.shared.defaults.check_mounts(spec)?;
         let mut state = self.state();
         let (image_id, default_command) = state
             .find_image(spec.image.as_str())
@@ -572,7 +528,7 @@ impl ContainerRuntime for MemoryRuntime {
                 memory_limit: spec
                     .resources
                     .memory_bytes
-                    .unwrap_or(self.shared.limits.memory_bytes),
+                    .unwrap_or(self.shared.defaults.memory_bytes),
                 fs: Arc::new(Mutex::new(FakeFs::new(&name))),
                 stop: None,
                 generation: 0,

@@ -1,0 +1,258 @@
+//! Launch latency on a real Docker engine: `DockerRuntime::launch` vs the
+//! same calls made with raw bollard vs `docker run -d`, alternating in one
+//! run; then a burst of 50 concurrent launches, `DockerRuntime` vs raw
+//! bollard in parallel.
+//!
+//!     cargo bench -p kisara-benches --bench docker_launch
+//!
+//! Needs an engine (`scripts/ensure-docker`) and Debian's busybox-static for
+//! the test image. `KISARA_BENCH_ROUNDS` (default 25) and
+//! `KISARA_BENCH_BURST_ROUNDS` (default 3) set the sample counts. Every
+//! container carries the label `kisara-test-run=<run>` and is removed.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use kisara_core::ContainerRuntime;
+use kisara_core::model::{ContainerSpec, ImageRef, labels};
+use kisara_docker::testing::{self, Cleanup};
+
+const BENCH_LABEL: &str = testing::TEST_RUN_LABEL;
+const BURST: usize = 50;
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// What `DockerRuntime` sends for a spec without options: the same secure
+/// defaults, so the raw path does the same work on the engine.
+fn raw_body(image: &ImageRef, run: &str) -> ContainerCreateBody {
+    let memory = 512 * 1024 * 1024;
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["sleep".into(), "3600".into()]),
+        labels: Some(HashMap::from([
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (BENCH_LABEL.to_owned(), run.to_owned()),
+        ])),
+        host_config: Some(HostConfig {
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            pids_limit: Some(256),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some(1_000_000_000),
+            readonly_rootfs: Some(false),
+            network_mode: Some("none".into()),
+            init: Some(false),
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    }
+}
+
+async fn raw_launch(docker: &Docker, image: &ImageRef, run: &str, name: String) {
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name),
+                platform: String::new(),
+            }),
+            raw_body(image, run),
+        )
+        .await
+        .expect("raw create");
+    docker
+        .start_container(&created.id, None)
+        .await
+        .expect("raw start");
+    docker
+        .inspect_container(&created.id, None::<InspectContainerOptions>)
+        .await
+        .expect("raw inspect");
+}
+
+fn kisara_spec(image: &ImageRef, run: &str, name: String) -> ContainerSpec {
+    let mut spec = ContainerSpec::new(image.clone());
+    spec.name = Some(name);
+    spec.command = Some(vec!["sleep".into(), "3600".into()]);
+    spec.labels.insert(BENCH_LABEL.into(), run.into());
+    spec
+}
+
+fn cli_run(image: &ImageRef, run: &str, name: &str) {
+    let status = Command::new("docker")
+        .args(["run", "-d", "--name", name, "--network", "none"])
+        .args(["--label", &format!("{}=true", labels::MANAGED)])
+        .args(["--label", &format!("{BENCH_LABEL}={run}")])
+        .args(["--security-opt", "no-new-privileges", "--cap-drop", "ALL"])
+        .args([
+            "--pids-limit",
+            "256",
+            "--memory",
+            "512m",
+            "--memory-swap",
+            "512m",
+            "--cpus",
+            "1",
+        ])
+        .arg(image.as_str())
+        .args(["sleep", "3600"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run the docker CLI");
+    assert!(status.success(), "docker run -d failed");
+}
+
+async fn remove_all(docker: &Docker, run: &str) {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{BENCH_LABEL}={run}")])]);
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..ListContainersOptions::default()
+        }))
+        .await
+        .expect("list bench containers");
+    let removals = list.into_iter().filter_map(|c| c.id).map(|id| {
+        let docker = docker.clone();
+        tokio::spawn(async move {
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            let _ = docker.remove_container(&id, Some(options)).await;
+        })
+    });
+    for removal in removals.collect::<Vec<_>>() {
+        let _ = removal.await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds = env_count("KISARA_BENCH_ROUNDS", 25).max(1);
+    let burst_rounds = env_count("KISARA_BENCH_BURST_ROUNDS", 3).max(1);
+    let runtime = Arc::new(testing::connect_default().await);
+    let image = testing::test_image(&runtime).await;
+    let docker = runtime.docker().clone();
+    // Removes every bench container on the way out, even after a panic.
+    let cleanup = Cleanup::new(&runtime);
+    let run = cleanup.run().to_owned();
+    let name = |method: &str, i: usize| format!("{run}-{method}-{i}");
+
+    // Warm up each path once (connection pool, image layers in cache).
+    runtime
+        .launch(&kisara_spec(&image, &run, name("warm-k", 0)))
+        .await
+        .expect("launch");
+    raw_launch(&docker, &image, &run, name("warm-r", 0)).await;
+    cli_run(&image, &run, &name("warm-c", 0));
+    remove_all(&docker, &run).await;
+
+    let (mut kisara, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // Rotate the order so no method always goes first.
+        for method in (0..3).map(|m| (m + i) % 3) {
+            let started = Instant::now();
+            match method {
+                0 => {
+                    runtime
+                        .launch(&kisara_spec(&image, &run, name("k", i)))
+                        .await
+                        .expect("launch");
+                    kisara.push(started.elapsed());
+                }
+                1 => {
+                    raw_launch(&docker, &image, &run, name("r", i)).await;
+                    raw.push(started.elapsed());
+                }
+                _ => {
+                    cli_run(&image, &run, &name("c", i));
+                    cli.push(started.elapsed());
+                }
+            }
+        }
+        remove_all(&docker, &run).await;
+    }
+    let (k, r, c) = (median(&mut kisara), median(&mut raw), median(&mut cli));
+    println!("launch latency, median of {rounds} (create + start + inspect):");
+    println!("  DockerRuntime::launch   {:8.1} ms", ms(k));
+    println!("  raw bollard             {:8.1} ms", ms(r));
+    println!("  docker run -d           {:8.1} ms", ms(c));
+    println!(
+        "  DockerRuntime / raw     {:8.3}   (goal <= 1.05)",
+        k.as_secs_f64() / r.as_secs_f64()
+    );
+    println!(
+        "  DockerRuntime / CLI     {:8.3}",
+        k.as_secs_f64() / c.as_secs_f64()
+    );
+
+    let (mut kisara_burst, mut raw_burst) = (Vec::new(), Vec::new());
+    for round in 0..burst_rounds {
+        for kisara_first in [round % 2 == 0, round % 2 != 0] {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..BURST)
+                .map(|i| {
+                    let (runtime, docker, image, run) =
+                        (runtime.clone(), docker.clone(), image.clone(), run.clone());
+                    let name = format!(
+                        "{run}-b{round}-{}-{i}",
+                        if kisara_first { "k" } else { "r" }
+                    );
+                    tokio::spawn(async move {
+                        if kisara_first {
+                            runtime
+                                .launch(&kisara_spec(&image, &run, name))
+                                .await
+                                .expect("launch");
+                        } else {
+                            raw_launch(&docker, &image, &run, name).await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("launch task");
+            }
+            if kisara_first {
+                kisara_burst.push(started.elapsed());
+            } else {
+                raw_burst.push(started.elapsed());
+            }
+            remove_all(&docker, &run).await;
+        }
+    }
+    let (kb, rb) = (median(&mut kisara_burst), median(&mut raw_burst));
+    println!("burst of {BURST} concurrent launches, median of {burst_rounds}:");
+    println!("  DockerRuntime::launch   {:8.1} ms", ms(kb));
+    println!("  raw bollard (parallel)  {:8.1} ms", ms(rb));
+    println!(
+        "  DockerRuntime / raw     {:8.3}   (goal <= 1.2)",
+        kb.as_secs_f64() / rb.as_secs_f64()
+    );
+    remove_all(&docker, &run).await;
+}
