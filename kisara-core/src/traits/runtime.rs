@@ -112,9 +112,10 @@ pub struct ExecResult {
 ///   bytes that were copied in.
 /// - **Images.** Progress streams end when the operation is done; an `Err`
 ///   item means it failed. `remove_image` of a missing image is `Ok`.
-/// - **Events.** `events` yields the events that happen after it returns, of
-///   containers whose labels match the filter, in the order they happened
-///   for each container, each with the container's labels.
+/// - **Events.** `events` yields the events that happen from the moment it
+///   is called (so every event after it returns is included), of containers
+///   whose labels match the filter, in the order they happened for each
+///   container, each with the container's labels.
 /// - **Errors.** Transient failures (engine restarting, link down) are
 ///   [`Error::Unavailable`] or [`Error::Timeout`], so callers may retry them;
 ///   nothing else is retryable.
