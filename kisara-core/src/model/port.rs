@@ -91,18 +91,24 @@ impl FromStr for ContainerPort {
             Some((number, protocol)) => (number.trim(), protocol.parse()?),
             None => (s.trim(), Protocol::Tcp),
         };
+        // Name the whole item only when it says more than the number.
+        let item = if s.contains('/') {
+            format!("{s:?}: ")
+        } else {
+            String::new()
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::invalid(
+                "port",
+                format!("{item}{number:?} is not a port number"),
+            ));
+        }
         let port = match number.parse::<u32>() {
             Ok(port @ 1..=65535) => port as u16,
-            Ok(_) => {
+            _ => {
                 return Err(Error::invalid(
                     "port",
-                    format!("{s:?}: port {number} is outside 1-65535"),
-                ));
-            }
-            Err(_) => {
-                return Err(Error::invalid(
-                    "port",
-                    format!("{s:?}: {number:?} is not a port number"),
+                    format!("{item}port {number} is outside 1-65535"),
                 ));
             }
         };
@@ -147,6 +153,8 @@ mod tests {
             ("65536/tcp", "outside"),
             ("http/tcp", "\"http\""),
             ("80/sctp", "\"sctp\""),
+            ("+80/tcp", "\"+80\""),
+            ("99999999999/tcp", "outside"),
         ] {
             let err = bad.parse::<ContainerPort>().unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");

@@ -1,0 +1,146 @@
+//! The one error type of `kisara-net`: what is wrong with a pool pattern, a
+//! port spec or a port range.
+//!
+//! Parsing and building return this [`Error`]; operations on an allocator or
+//! a port pool return [`kisara_core::Error`] directly, because callers branch
+//! on its kinds (`Exhausted`, `Conflict`, `Invalid`). `From<Error> for
+//! kisara_core::Error` turns every variant into an `Invalid`.
+
+/// Longest input quoted back in an error message.
+const MAX_QUOTED: usize = 80;
+
+/// Everything that can be wrong with the text or the shape of a pool, a port
+/// spec or a port range.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A pool pattern does not parse.
+    #[error("pool pattern {pattern:?}: {position}: {message}")]
+    Pattern {
+        /// The pattern, cut to 80 characters.
+        pattern: String,
+        /// Where in the pattern: `octet 2`, `prefix`, `split`, `address`,
+        /// `pool 3` (in a list) or `pattern` (the whole of it).
+        position: String,
+        /// The offending text.
+        token: String,
+        /// What is wrong, naming the token.
+        message: String,
+    },
+    /// Two pools of a list share addresses.
+    #[error("pool {second} overlaps pool {first}; pools must be disjoint")]
+    Overlap {
+        /// The earlier pool of the list.
+        first: String,
+        /// The later pool of the list.
+        second: String,
+    },
+    /// A pool list is empty or too long.
+    #[error("subnet pool: {message}")]
+    Pool {
+        /// What is wrong.
+        message: String,
+    },
+    /// A port spec does not parse.
+    #[error("port spec item {item}: {message}")]
+    PortSpec {
+        /// Which item of the comma-separated list, from 1 (0: the spec as a
+        /// whole).
+        item: usize,
+        /// The offending item, cut to 80 characters.
+        token: String,
+        /// What is wrong, naming the item.
+        message: String,
+    },
+    /// A port range cannot back a port pool.
+    #[error("port range {range}: {message}")]
+    PortRange {
+        /// The range as written, `start-end`.
+        range: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn pattern(
+        pattern: &str,
+        position: impl Into<String>,
+        token: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Pattern {
+            pattern: quoted(pattern),
+            position: position.into(),
+            token: quoted(token),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn port_spec(item: usize, token: &str, message: impl Into<String>) -> Self {
+        Self::PortSpec {
+            item,
+            token: quoted(token),
+            message: message.into(),
+        }
+    }
+
+    /// Which input this error is about, as [`kisara_core::Error::Invalid`]
+    /// names it.
+    fn what(&self) -> &'static str {
+        match self {
+            Self::Pattern { .. } | Self::Overlap { .. } | Self::Pool { .. } => "subnet pool",
+            Self::PortSpec { .. } => "port spec",
+            Self::PortRange { .. } => "port range",
+        }
+    }
+}
+
+/// `text`, cut to [`MAX_QUOTED`] characters (with `...`) so that a huge input
+/// does not make a huge message.
+pub(crate) fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+impl From<Error> for kisara_core::Error {
+    fn from(err: Error) -> Self {
+        Self::invalid(err.what(), err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_to_an_invalid_core_error_with_the_message() {
+        let err = Error::pattern(
+            "172.[128-300].0.0/24",
+            "octet 2",
+            "[128-300]",
+            "range 128-300 exceeds 255",
+        );
+        let core: kisara_core::Error = err.into();
+        assert_eq!(core.kind(), kisara_core::ErrorKind::Invalid);
+        assert_eq!(
+            core.to_string(),
+            "invalid subnet pool: pool pattern \"172.[128-300].0.0/24\": octet 2: range 128-300 exceeds 255"
+        );
+    }
+
+    #[test]
+    fn long_inputs_are_cut() {
+        let long = "x".repeat(1000);
+        let Error::PortSpec { token, .. } = Error::port_spec(1, &long, "bad") else {
+            unreachable!()
+        };
+        assert_eq!(token.len(), MAX_QUOTED + 3);
+        assert_eq!(
+            quoted("é".repeat(100).as_str()).chars().count(),
+            MAX_QUOTED + 3
+        );
+    }
+}
