@@ -38,14 +38,21 @@ fn a_typo_is_refused_naming_key_and_file() {
     std::fs::write(&path, "[agent]\nmax_contianers = 3\n").unwrap();
     let (ok, text) = config_check(&path, &[]);
     assert!(!ok, "{text}");
-    assert!(text.contains("max_contianers") && text.contains("kisara.toml"), "{text}");
+    assert!(
+        text.contains("max_contianers") && text.contains("kisara.toml"),
+        "{text}"
+    );
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("prod.toml");
-    std::fs::write(&path, "[kisara]\nmode = \"prod\"\ntoken = \"test\"\n\n[agent]\nmax_containers = 0\n").unwrap();
+    std::fs::write(
+        &path,
+        "[kisara]\nmode = \"prod\"\ntoken = \"test\"\n\n[agent]\nmax_containers = 0\n",
+    )
+    .unwrap();
     let (ok, text) = config_check(&path, &[("KISARA_CONTAINERS__PIDS", "0")]);
     assert!(!ok, "{text}");
     for key in ["kisara.token", "agent.max_containers", "containers.pids"] {
