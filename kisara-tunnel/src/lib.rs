@@ -1,1 +1,19 @@
 #![doc = include_str!("../README.md")]
+
+mod auth;
+mod client;
+mod error;
+mod limit;
+mod relay;
+mod transport;
+mod udp;
+mod wire;
+#[cfg(target_os = "linux")]
+mod zero_copy;
+
+pub use client::{ClientBuilder, LinkStatus, RelayEndpoint, RelayStatus, TunnelClient};
+pub use error::{Result, TunnelError};
+pub use relay::{Relay, RelayOptions};
+pub use tokio_rustls::rustls;
+pub use transport::{ClientTls, RelayTls};
+pub use wire::{MAX_FRAME, VERSION};

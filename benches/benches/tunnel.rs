@@ -1,0 +1,620 @@
+//! kisara-tunnel side by side with direct loopback (and rathole and bore
+//! when they are installed), all on 127.0.0.1, reported as ratios measured
+//! in the same run, interleaved.
+//!
+//! Run the full suite (3 × 10 s per case, about 6 minutes on 2 cores):
+//! `cargo bench -p kisara-benches --bench tunnel`. CI smoke (1 × 2 s, loose
+//! floors, exits 1 below them): `KISARA_BENCH_SMOKE=1 cargo bench -p
+//! kisara-benches --bench tunnel`. `KISARA_BENCH_SECONDS` and
+//! `KISARA_BENCH_REPS` override the run length and repetitions.
+//!
+//! Needs `iperf3` (Debian: `apt-get install -y iperf3`). Peers are optional:
+//! `rathole` and `bore` on `PATH` (`cargo install rathole`, `cargo install
+//! bore-cli --locked`) join the throughput and latency cases.
+//!
+//! Cases: iperf3 TCP 1 stream, `-P 4` and `-R` (Gbit/s, ratio to direct);
+//! iperf3 UDP at 500 Mbit/s, 1400-byte datagrams (loss); the added latency
+//! of a 64-byte round trip (p50/p99, measured here with Instant); new
+//! connections per second (connect + 1-byte echo + close, sequential);
+//! idle cost per exposure (sockets and RSS of relay + client); bandwidth
+//! limit accuracy at 1, 10 and 100 Mbit/s (iperf3 receiver rate ÷ limit).
+//!
+//! Kisara's relay and client run inside this process (two tokio worker
+//! threads); the peers run as their own server and client processes.
+
+// A benchmark harness reports on its terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use kisara_core::Tunnel;
+use kisara_core::model::{ExposeRequest, Exposure, Protocol};
+use kisara_tunnel::{Relay, RelayOptions, TunnelClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "kisara-bench-token-0123456789";
+
+struct Settings {
+    seconds: u64,
+    reps: usize,
+    smoke: bool,
+    pings: usize,
+    connections: usize,
+    idle_exposures: usize,
+    /// Only this section (`KISARA_BENCH_ONLY`: tcp, udp, latency,
+    /// connections, idle, limits).
+    only: Option<String>,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let smoke = std::env::var_os("KISARA_BENCH_SMOKE").is_some();
+        let number = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            seconds: number("KISARA_BENCH_SECONDS", if smoke { 2 } else { 10 }),
+            reps: number("KISARA_BENCH_REPS", if smoke { 1 } else { 3 }) as usize,
+            smoke,
+            pings: if smoke { 2_000 } else { 20_000 },
+            connections: if smoke { 300 } else { 2_000 },
+            idle_exposures: if smoke { 100 } else { 1_000 },
+            only: std::env::var("KISARA_BENCH_ONLY").ok(),
+        }
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == section)
+    }
+}
+
+/// A child process stopped (by its own handle) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &[&str], bound: Duration) -> Process {
+    let secs = bound.as_secs().to_string();
+    let mut full = vec![secs.as_str(), program];
+    full.extend_from_slice(args);
+    let child = Command::new("timeout")
+        .args(&full)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    Process(child)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2} [{min:.2}–{max:.2}]", median(values))
+}
+
+/// Runs iperf3 against `port` and returns the receiver's Gbit/s and, for
+/// UDP, the loss in percent.
+fn iperf3(port: u16, seconds: u64, extra: &[&str]) -> Option<(f64, f64)> {
+    let port = port.to_string();
+    let secs = seconds.to_string();
+    let bound = (seconds + 20).to_string();
+    let mut args = vec![
+        bound.as_str(),
+        "iperf3",
+        "-c",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        &secs,
+        "-J",
+    ];
+    args.extend_from_slice(extra);
+    let output = Command::new("timeout").args(&args).output().ok()?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    let end = &report["end"];
+    // For UDP, `sum` holds the loss the receiver reported.
+    let lost = end["sum"]["lost_percent"].as_f64().unwrap_or(0.0);
+    let received = end["sum_received"]["bits_per_second"].as_f64()?;
+    Some((received / 1e9, lost))
+}
+
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    address
+}
+
+/// p50 and p99 of a 64-byte round trip, in microseconds.
+async fn ping(port: u16, count: usize) -> Option<(f64, f64)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let out = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + 1000 {
+        let started = Instant::now();
+        stream.write_all(&out).await.ok()?;
+        stream.read_exact(&mut back).await.ok()?;
+        if i >= 1000 {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Some((
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    ))
+}
+
+/// Sequential connect + 1-byte echo + close; connections per second.
+async fn connection_rate(port: u16, count: usize) -> Option<f64> {
+    let started = Instant::now();
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(b"x").await.ok()?;
+        let mut back = [0u8; 1];
+        stream.read_exact(&mut back).await.ok()?;
+        // No TIME_WAIT pile-up over thousands of connections.
+        stream.set_zero_linger().ok()?;
+    }
+    Some(count as f64 / started.elapsed().as_secs_f64())
+}
+
+fn process_usage() -> (f64, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss_kb, fds)
+}
+
+async fn wait_for_echo(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if connection_rate(port, 1).await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A path visitors take to the targets: direct, Kisara or a peer.
+struct Route {
+    name: &'static str,
+    iperf: u16,
+    echo: u16,
+    _processes: Vec<Process>,
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write a peer config");
+    path.to_string_lossy().into_owned()
+}
+
+async fn rathole(dir: &Path, iperf: u16, echo: u16, bound: Duration) -> Option<Route> {
+    which("rathole")?;
+    let (control, public_iperf, public_echo) = (free_port(), free_port(), free_port());
+    let server = write_file(
+        dir,
+        "rathole-server.toml",
+        &format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
+             [server.services.iperf]\nbind_addr = \"127.0.0.1:{public_iperf}\"\n\
+             [server.services.echo]\nbind_addr = \"127.0.0.1:{public_echo}\"\n"
+        ),
+    );
+    let client = write_file(
+        dir,
+        "rathole-client.toml",
+        &format!(
+            "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"{TOKEN}\"\n\
+             [client.services.iperf]\nlocal_addr = \"127.0.0.1:{iperf}\"\n\
+             [client.services.echo]\nlocal_addr = \"127.0.0.1:{echo}\"\n"
+        ),
+    );
+    let processes = vec![
+        spawn("rathole", &["-s", &server], bound),
+        spawn("rathole", &["-c", &client], bound),
+    ];
+    wait_for_echo(public_echo).await.then_some(Route {
+        name: "rathole",
+        iperf: public_iperf,
+        echo: public_echo,
+        _processes: processes,
+    })
+}
+
+async fn bore(iperf: u16, echo: u16, bound: Duration) -> Option<Route> {
+    which("bore")?;
+    let (public_iperf, public_echo) = (free_port(), free_port());
+    let (iperf, echo) = (iperf.to_string(), echo.to_string());
+    let (pi, pe) = (public_iperf.to_string(), public_echo.to_string());
+    let mut processes = vec![spawn(
+        "bore",
+        &["server", "--bind-addr", "127.0.0.1"],
+        bound,
+    )];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (local, public) in [(&iperf, &pi), (&echo, &pe)] {
+        processes.push(spawn(
+            "bore",
+            &[
+                "local",
+                local,
+                "--local-host",
+                "127.0.0.1",
+                "--to",
+                "127.0.0.1",
+                "--port",
+                public,
+            ],
+            bound,
+        ));
+    }
+    wait_for_echo(public_echo).await.then_some(Route {
+        name: "bore",
+        iperf: public_iperf,
+        echo: public_echo,
+        _processes: processes,
+    })
+}
+
+async fn kisara_pair() -> (Relay, TunnelClient) {
+    let relay = Relay::bind(RelayOptions::new("127.0.0.1:0".parse().unwrap(), TOKEN))
+        .await
+        .expect("relay");
+    let client = TunnelClient::builder("bench-node")
+        .relay("bench", relay.local_addr().to_string(), TOKEN)
+        .connect()
+        .await
+        .expect("client");
+    (relay, client)
+}
+
+async fn expose(
+    client: &TunnelClient,
+    target: SocketAddr,
+    protocol: Protocol,
+    port: Option<u16>,
+    bandwidth: Option<u64>,
+) -> Exposure {
+    let mut request = ExposeRequest::new(target, protocol);
+    request.public_port = port;
+    request.limits.bandwidth = bandwidth;
+    client.expose(&request).await.expect("expose")
+}
+
+fn main() -> ExitCode {
+    let settings = Settings::from_env();
+    if which("iperf3").is_none() {
+        eprintln!("tunnel bench: iperf3 is not installed (Debian: apt-get install -y iperf3)");
+        return ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> ExitCode {
+    let seconds = settings.seconds;
+    let bound = Duration::from_secs(seconds * 60 + 600);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "# kisara-tunnel vs direct loopback: {cpu}, {cores} cores, kernel {}, {} × {seconds} s{}",
+        kernel.trim(),
+        settings.reps,
+        if settings.smoke { " (smoke)" } else { "" }
+    );
+
+    let iperf_port = free_port();
+    let _iperf_server = spawn(
+        "iperf3",
+        &["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()],
+        bound,
+    );
+    let echo = echo_server().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let iperf_target: SocketAddr = ([127, 0, 0, 1], iperf_port).into();
+
+    let (_relay, client) = kisara_pair().await;
+    let tcp = expose(&client, iperf_target, Protocol::Tcp, None, None).await;
+    // iperf3 sends UDP to the port of its TCP control connection.
+    let _udp = expose(
+        &client,
+        iperf_target,
+        Protocol::Udp,
+        Some(tcp.public.port),
+        None,
+    )
+    .await;
+    let echo_exposure = expose(&client, echo, Protocol::Tcp, None, None).await;
+
+    let scratch = std::env::temp_dir().join(format!("kisara-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&scratch);
+    let mut paths = vec![
+        Route {
+            name: "direct",
+            iperf: iperf_port,
+            echo: echo.port(),
+            _processes: Vec::new(),
+        },
+        Route {
+            name: "kisara",
+            iperf: tcp.public.port,
+            echo: echo_exposure.public.port,
+            _processes: Vec::new(),
+        },
+    ];
+    match rathole(&scratch, iperf_port, echo.port(), bound).await {
+        Some(path) => paths.push(path),
+        None => println!("(rathole not installed or not starting: skipped)"),
+    }
+    match bore(iperf_port, echo.port(), bound).await {
+        Some(path) => paths.push(path),
+        None => println!("(bore not installed or not starting: skipped)"),
+    }
+    let mut failures = Vec::new();
+
+    // Throughput, interleaved: each repetition runs every path in turn.
+    if settings.runs("tcp") {
+        for (case, extra) in [
+            ("TCP 1 stream", &[][..]),
+            ("TCP -P 4", &["-P", "4"][..]),
+            ("TCP -R", &["-R"][..]),
+        ] {
+            let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+            for _ in 0..settings.reps {
+                for (i, path) in paths.iter().enumerate() {
+                    match iperf3(path.iperf, seconds, extra) {
+                        Some((gbits, _)) => rates[i].push(gbits),
+                        None => eprintln!("{case} over {}: iperf3 failed", path.name),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            println!("\n## {case}, Gbit/s, median [min–max], ratio to direct");
+            let direct = if rates[0].is_empty() {
+                f64::NAN
+            } else {
+                median(&rates[0])
+            };
+            for (path, rates) in paths.iter().zip(&rates) {
+                if rates.is_empty() {
+                    println!("- {:8} failed", path.name);
+                    continue;
+                }
+                let ratio = median(rates) / direct;
+                println!("- {:8} {}  → {ratio:.2}", path.name, spread(rates));
+                if path.name == "kisara"
+                    && case == "TCP 1 stream"
+                    && settings.smoke
+                    && (ratio.is_nan() || ratio < 0.1)
+                {
+                    failures.push(format!("{case}: kisara/direct {ratio:.2} < 0.1"));
+                }
+            }
+        }
+    }
+
+    // UDP at 500 Mbit/s (direct and Kisara; the peers carry no UDP here).
+    if settings.runs("udp") {
+        println!("\n## UDP 500 Mbit/s, 1400-byte datagrams: received Gbit/s, loss %");
+        for path in &paths[..2] {
+            let mut losses = Vec::new();
+            let mut received = Vec::new();
+            for _ in 0..settings.reps {
+                if let Some((gbits, lost)) =
+                    iperf3(path.iperf, seconds, &["-u", "-b", "500M", "-l", "1400"])
+                {
+                    received.push(gbits);
+                    losses.push(lost);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if received.is_empty() {
+                println!("- {:8} failed", path.name);
+            } else {
+                println!(
+                    "- {:8} {} Gbit/s, loss {} %",
+                    path.name,
+                    spread(&received),
+                    spread(&losses)
+                );
+            }
+        }
+    }
+
+    // Added latency of a 64-byte round trip.
+    if settings.runs("latency") {
+        println!(
+            "\n## 64-byte round trip, µs p50 / p99 (added over direct), {} samples",
+            settings.pings
+        );
+        let mut direct_latency = None;
+        for path in &paths {
+            let mut p50s = Vec::new();
+            let mut p99s = Vec::new();
+            for _ in 0..settings.reps {
+                if let Some((p50, p99)) = ping(path.echo, settings.pings).await {
+                    p50s.push(p50);
+                    p99s.push(p99);
+                }
+            }
+            if p50s.is_empty() {
+                println!("- {:8} failed", path.name);
+                continue;
+            }
+            let (p50, p99) = (median(&p50s), median(&p99s));
+            let (base50, base99) = *direct_latency.get_or_insert((p50, p99));
+            println!(
+                "- {:8} {p50:.0} / {p99:.0}  (+{:.0} / +{:.0})",
+                path.name,
+                p50 - base50,
+                p99 - base99
+            );
+        }
+    }
+
+    // New connections per second.
+    if settings.runs("connections") {
+        println!(
+            "\n## New connections/s (connect + 1-byte echo + close, {} sequential), ratio to direct",
+            settings.connections
+        );
+        let mut direct_rate = None;
+        for path in &paths {
+            let mut rates = Vec::new();
+            for _ in 0..settings.reps {
+                if let Some(rate) = connection_rate(path.echo, settings.connections).await {
+                    rates.push(rate);
+                }
+            }
+            if rates.is_empty() {
+                println!("- {:8} failed", path.name);
+                continue;
+            }
+            let rate = median(&rates);
+            let base = *direct_rate.get_or_insert(rate);
+            println!("- {:8} {rate:.0}  → {:.2}", path.name, rate / base);
+        }
+    }
+
+    // Idle cost per exposure, relay and client together.
+    if settings.runs("idle") {
+        let (_relay, client) = kisara_pair().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (rss_before, fds_before) = process_usage();
+        let mut held = Vec::new();
+        for _ in 0..settings.idle_exposures {
+            held.push(expose(&client, echo, Protocol::Tcp, None, None).await);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rss_after, fds_after) = process_usage();
+        let n = settings.idle_exposures as f64;
+        println!(
+            "\n## Idle cost per exposure (relay + client, {} exposures): {:.2} sockets, {:.1} kB RSS",
+            settings.idle_exposures,
+            (fds_after as f64 - fds_before as f64) / n,
+            (rss_after - rss_before) / n
+        );
+    }
+
+    // Bandwidth-limit accuracy. Each run gets its own iperf3 server and
+    // exposure: a paced run leaves a backlog in the sender's buffers that
+    // would keep a shared server busy into the next run.
+    if settings.runs("limits") {
+        println!("\n## Bandwidth limit accuracy (iperf3 receiver rate ÷ limit, one direction)");
+        let limits: &[u64] = if settings.smoke { &[10] } else { &[1, 10, 100] };
+        for &mbit in limits {
+            let mut ratios = Vec::new();
+            for _ in 0..settings.reps {
+                let port = free_port();
+                let _server = spawn(
+                    "iperf3",
+                    &["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()],
+                    Duration::from_secs(seconds + 60),
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let limited = expose(
+                    &client,
+                    ([127, 0, 0, 1], port).into(),
+                    Protocol::Tcp,
+                    None,
+                    Some(mbit * 1_000_000 / 8),
+                )
+                .await;
+                if let Some((gbits, _)) = iperf3(limited.public.port, seconds, &["-w", "128K"]) {
+                    ratios.push(gbits * 1000.0 / mbit as f64);
+                }
+                let _ = client.withdraw(&limited.id).await;
+            }
+            if ratios.is_empty() {
+                println!("- {mbit:>3} Mbit/s: failed");
+                failures.push(format!("limit {mbit} Mbit/s: iperf3 failed"));
+                continue;
+            }
+            let ratio = median(&ratios);
+            println!("- {mbit:>3} Mbit/s: {}", spread(&ratios));
+            let tolerance = if settings.smoke { 0.10 } else { 0.05 };
+            if (ratio - 1.0).abs() > tolerance {
+                failures.push(format!(
+                    "limit {mbit} Mbit/s off by {:.1} %",
+                    (ratio - 1.0) * 100.0
+                ));
+            }
+        }
+    }
+
+    let _ = std::fs::remove_dir_all(&scratch);
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for failure in &failures {
+            eprintln!("below the floor: {failure}");
+        }
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,767 @@
+//! The relay: the public side. Accepts clients' control links and data
+//! connections on one port, and visitors on the public ports of the
+//! exposures the clients place.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kisara_core::Secret;
+use kisara_core::config::{PortRange, RelayConfig};
+use kisara_core::lifecycle::{Service, ServiceContext};
+use kisara_core::model::{ExposureId, ExposureLimits, Protocol};
+use kisara_net::PortPool;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::{self, Failures, Role, hex};
+use crate::error::{Result, TunnelError};
+use crate::limit::{TokenBucket, splice, splice_tcp};
+use crate::transport::{Conn, RelayTls};
+use crate::udp;
+use crate::wire::{
+    self, Auth, Challenge, ClientMessage, Opening, Registration, RelayMessage, VERSION, Verdict,
+};
+
+/// How long a new connection may take to send its opening frame and answer
+/// the challenge.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a visitor waits for the client's data connection.
+const DATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at finding a bindable port before giving up.
+const BIND_ATTEMPTS: usize = 64;
+
+/// How a [`Relay`] runs.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Where clients connect (control links and data connections).
+    pub listen: SocketAddr,
+    /// The host name visitors use; reported in every exposure.
+    pub public_host: String,
+    /// The address public ports are bound on; `listen`'s address when
+    /// `None`.
+    pub public_bind: Option<IpAddr>,
+    /// Public ports handed out.
+    pub port_range: PortRange,
+    /// The shared token; must not be empty.
+    pub token: Secret,
+    /// How long a disconnected client's exposures stay in place (ports
+    /// kept, visitors refused) so that a restarted client takes them back.
+    pub grace: Duration,
+    /// Heartbeat interval on control links; a link silent for three
+    /// intervals is dropped.
+    pub heartbeat: Duration,
+    /// A UDP session with no datagram either way for this long ends.
+    pub udp_idle: Duration,
+    /// TLS on the client port (control links and data connections); UDP
+    /// session channels stay plain.
+    pub tls: Option<RelayTls>,
+}
+
+impl RelayOptions {
+    /// Options listening on `listen` with `token`, public ports
+    /// 20000–50000 on the same address, reported as `listen`'s address.
+    pub fn new(listen: SocketAddr, token: impl Into<Secret>) -> Self {
+        Self {
+            listen,
+            public_host: listen.ip().to_string(),
+            public_bind: None,
+            port_range: kisara_net::DEFAULT_PORT_RANGE,
+            token: token.into(),
+            grace: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            udp_idle: udp::DEFAULT_IDLE,
+            tls: None,
+        }
+    }
+
+    /// Options from the `[relay]` config section.
+    pub fn from_config(config: &RelayConfig) -> Self {
+        let mut options = Self::new(config.listen, config.token.clone());
+        options.public_host = config.public_host.clone();
+        options.port_range = config.port_range;
+        options
+    }
+
+    /// Sets the public ports.
+    pub fn with_port_range(mut self, range: PortRange) -> Self {
+        self.port_range = range;
+        self
+    }
+
+    /// Sets how long a disconnected client's exposures are held.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Serves clients over TLS.
+    pub fn with_tls(mut self, tls: RelayTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the UDP session idle expiry.
+    pub fn with_udp_idle(mut self, idle: Duration) -> Self {
+        self.udp_idle = idle;
+        self
+    }
+}
+
+/// A running relay. Dropping it (or [`Relay::shutdown`]) closes every
+/// listener and connection it holds.
+#[derive(Debug)]
+pub struct Relay {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Shared {
+    options: RelayOptions,
+    public_bind: IpAddr,
+    /// Public ports, one pool per protocol: a TCP and a UDP exposure may
+    /// share a port number (as iperf3 and DNS-style services expect).
+    tcp_ports: PortPool,
+    udp_ports: PortPool,
+    clients: Mutex<HashMap<String, Arc<ClientSlot>>>,
+    tickets: Mutex<HashMap<String, oneshot::Sender<Conn>>>,
+    failures: Failures,
+    cancel: CancellationToken,
+}
+
+/// What the relay keeps per client id, across its links.
+#[derive(Debug, Default)]
+struct ClientSlot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    generation: u64,
+    link: Option<mpsc::UnboundedSender<RelayMessage>>,
+    link_cancel: Option<CancellationToken>,
+    exposures: HashMap<ExposureId, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    registration: Registration,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ClientSlot {
+    fn link(&self) -> Option<mpsc::UnboundedSender<RelayMessage>> {
+        lock(&self.state).link.clone()
+    }
+}
+
+/// A bound public socket.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Relay {
+    /// Binds the relay's listener and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// [`TunnelError::Config`] for an empty token or a bad port range,
+    /// [`TunnelError::Io`] when the listen address cannot be bound.
+    pub async fn bind(options: RelayOptions) -> Result<Self> {
+        if options.token.is_empty() {
+            return Err(TunnelError::Config(
+                "the relay token is empty; set [relay] token".to_owned(),
+            ));
+        }
+        let pool =
+            || PortPool::new(options.port_range).map_err(|e| TunnelError::Config(e.to_string()));
+        let (tcp_ports, udp_ports) = (pool()?, pool()?);
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| TunnelError::io(format!("bind relay on {}", options.listen), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| TunnelError::io("relay address", e))?;
+        let shared = Arc::new(Shared {
+            public_bind: options.public_bind.unwrap_or(local.ip()),
+            options,
+            tcp_ports,
+            udp_ports,
+            clients: Mutex::default(),
+            tickets: Mutex::default(),
+            failures: Failures::default(),
+            cancel: CancellationToken::new(),
+        });
+        info!(listen = %local, public_host = %shared.options.public_host, "relay listening");
+        shared.spawn(accept_loop(shared.clone(), listener));
+        Ok(Self { shared, local })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The number of exposures in place, over all clients.
+    pub fn exposure_count(&self) -> usize {
+        lock(&self.shared.clients)
+            .values()
+            .map(|slot| lock(&slot.state).exposures.len())
+            .sum()
+    }
+
+    /// Stops serving: closes the listener, every public port and every
+    /// connection.
+    pub fn shutdown(&self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+#[async_trait]
+impl Service for Relay {
+    fn name(&self) -> &str {
+        "relay"
+    }
+
+    async fn run(&self, ctx: ServiceContext) -> kisara_core::Result<()> {
+        ctx.running();
+        tokio::select! {
+            () = ctx.stop_requested() => {}
+            () = self.shared.cancel.cancelled() => {}
+        }
+        self.shutdown();
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Spawns `task`, ended when the relay shuts down.
+    fn spawn<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = task => {}
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    fn ports(&self, protocol: Protocol) -> &PortPool {
+        match protocol {
+            Protocol::Tcp => &self.tcp_ports,
+            Protocol::Udp => &self.udp_ports,
+        }
+    }
+
+    fn slot(&self, client: &str) -> Arc<ClientSlot> {
+        lock(&self.clients)
+            .entry(client.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Takes a port (the requested one, or the next free) and binds it.
+    async fn allocate(
+        &self,
+        protocol: Protocol,
+        requested: Option<u16>,
+    ) -> kisara_core::Result<(u16, Bound)> {
+        let attempts = if requested.is_some() {
+            1
+        } else {
+            BIND_ATTEMPTS
+        };
+        for _ in 0..attempts {
+            let port = self.ports(protocol).allocate(requested)?;
+            let address = SocketAddr::new(self.public_bind, port);
+            let bound = match protocol {
+                Protocol::Tcp => TcpListener::bind(address).await.map(Bound::Tcp),
+                Protocol::Udp => UdpSocket::bind(address).await.map(Bound::Udp),
+            };
+            match bound {
+                Ok(bound) => return Ok((port, bound)),
+                Err(error) => {
+                    self.ports(protocol).release(port);
+                    if error.kind() != std::io::ErrorKind::AddrInUse {
+                        return Err(kisara_core::Error::unavailable(format!(
+                            "cannot listen on {address}/{protocol}: {error}"
+                        )));
+                    }
+                    if requested.is_some() {
+                        return Err(kisara_core::Error::conflict(format!(
+                            "public port {port}/{protocol} on {} is in use by another program",
+                            self.public_bind
+                        )));
+                    }
+                }
+            }
+        }
+        Err(kisara_core::Error::exhausted(format!(
+            "no bindable port found in {} after {BIND_ATTEMPTS} attempts",
+            self.options.port_range
+        )))
+    }
+
+    /// Removes an exposure: closes its public port and gives the port back.
+    async fn withdraw(&self, slot: &ClientSlot, id: &ExposureId) {
+        let held = lock(&slot.state).exposures.remove(id);
+        if let Some(held) = held {
+            held.cancel.cancel();
+            let _ = held.task.await;
+            if let Some(port) = held.registration.port {
+                self.ports(held.registration.protocol).release(port);
+            }
+            info!(exposure = %id, "withdrawn");
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let task = shared.clone();
+        shared.spawn(
+            async move {
+                let stream = match &task.options.tls {
+                    None => Conn::Plain(stream),
+                    Some(tls) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                warn!(%error, "TLS handshake failed");
+                                task.failures.record(peer.ip());
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(error) = connection(task, stream, peer).await {
+                    debug!(%error, "connection ended");
+                }
+            }
+            .instrument(info_span!("connection", %peer)),
+        );
+    }
+}
+
+/// Serves one connection from a client: a control link or a data
+/// connection, by its opening frame.
+async fn connection(shared: Arc<Shared>, mut stream: Conn, peer: SocketAddr) -> Result<()> {
+    let opening = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream))
+        .await
+        .map_err(|_| TunnelError::Closed("no opening frame in time".to_owned()))
+        .and_then(|r| r);
+    let opening: Opening = match opening {
+        Ok(opening) => opening,
+        Err(error) => {
+            warn!(%error, "rejected a connection that sent no valid opening frame");
+            shared.failures.record(peer.ip());
+            return Ok(());
+        }
+    };
+    match opening {
+        Opening::Data { ticket } => {
+            let waiting = lock(&shared.tickets).remove(&ticket);
+            match waiting {
+                Some(visitor) => {
+                    let _ = visitor.send(stream);
+                }
+                None => {
+                    // Late rather than forged (128 random bits): no penalty.
+                    debug!("data connection with an unknown or expired ticket");
+                }
+            }
+            Ok(())
+        }
+        Opening::Control { version, client } => {
+            if version != VERSION {
+                let denied = Verdict::Denied {
+                    message: format!(
+                        "protocol version {version} is not supported; this relay speaks {VERSION}"
+                    ),
+                };
+                let _ = wire::write_frame(&mut stream, &denied).await;
+                return Err(TunnelError::Version {
+                    theirs: version,
+                    ours: VERSION,
+                });
+            }
+            control(shared, stream, peer, client)
+                .instrument(info_span!("control"))
+                .await
+        }
+    }
+}
+
+/// Authenticates a control link, then serves it until it ends.
+async fn control(
+    shared: Arc<Shared>,
+    mut stream: Conn,
+    peer: SocketAddr,
+    client: String,
+) -> Result<()> {
+    let delay = shared.failures.delay(peer.ip());
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let relay_nonce: auth::Bytes32 = auth::random();
+    wire::write_frame(
+        &mut stream,
+        &Challenge {
+            version: VERSION,
+            nonce: hex::encode(&relay_nonce),
+        },
+    )
+    .await?;
+    let answer: Auth = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut stream))
+        .await
+        .map_err(|_| TunnelError::Closed("no answer to the challenge in time".to_owned()))??;
+    let token = shared.options.token.expose();
+    let client_nonce = hex::decode::<{ auth::NONCE_LEN }>(&answer.nonce);
+    let offered = hex::decode::<{ auth::NONCE_LEN }>(&answer.proof);
+    let verified = match (client_nonce, offered) {
+        (Some(client_nonce), Some(offered)) => {
+            let expected = auth::proof(token, Role::Client, &relay_nonce, &client_nonce, &client);
+            auth::proofs_match(&expected, &offered).then_some(client_nonce)
+        }
+        _ => None,
+    };
+    let Some(client_nonce) = verified else {
+        let failures = shared.failures.record(peer.ip());
+        warn!(%client, failures, "authentication failed");
+        let denied = Verdict::Denied {
+            message: "authentication failed".to_owned(),
+        };
+        let _ = wire::write_frame(&mut stream, &denied).await;
+        return Ok(());
+    };
+    shared.failures.clear(peer.ip());
+
+    let slot = shared.slot(&client);
+    let (outgoing, mut queue) = mpsc::unbounded_channel();
+    let link_cancel = shared.cancel.child_token();
+    let (generation, held) = {
+        let mut state = lock(&slot.state);
+        state.generation += 1;
+        state.link = Some(outgoing.clone());
+        if let Some(old) = state.link_cancel.replace(link_cancel.clone()) {
+            // A newer link of the same client replaces the old one.
+            old.cancel();
+        }
+        let held: Vec<Registration> = state
+            .exposures
+            .values()
+            .map(|h| h.registration.clone())
+            .collect();
+        (state.generation, held)
+    };
+    info!(%client, held = held.len(), "client connected");
+    let welcome = Verdict::Welcome {
+        proof: hex::encode(&auth::proof(
+            token,
+            Role::Relay,
+            &relay_nonce,
+            &client_nonce,
+            &client,
+        )),
+        public_host: shared.options.public_host.clone(),
+        held,
+    };
+    wire::write_frame(&mut stream, &welcome).await?;
+
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let heartbeat = shared.options.heartbeat;
+    let writing = async move {
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.tick().await;
+        loop {
+            let message = tokio::select! {
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                _ = tick.tick() => RelayMessage::Ping,
+            };
+            if wire::write_frame(&mut writer, &message).await.is_err() {
+                return;
+            }
+        }
+    };
+    let reading = async {
+        loop {
+            let message: ClientMessage =
+                match tokio::time::timeout(heartbeat * 3, wire::read_frame(&mut reader)).await {
+                    Ok(Ok(message)) => message,
+                    Ok(Err(error)) => return error,
+                    Err(_) => return TunnelError::Closed("the client went silent".to_owned()),
+                };
+            handle(&shared, &slot, &outgoing, message).await;
+        }
+    };
+    let ended = tokio::select! {
+        () = link_cancel.cancelled() => "replaced by a newer link".to_owned(),
+        () = writing => "the link closed".to_owned(),
+        error = reading => error.to_string(),
+    };
+    info!(%client, reason = %ended, "client disconnected");
+
+    let mut state = lock(&slot.state);
+    if state.generation == generation {
+        state.link = None;
+        state.link_cancel = None;
+        drop(state);
+        let grace = shared.options.grace;
+        let (expiring, slot) = (shared.clone(), slot.clone());
+        shared.spawn(async move {
+            tokio::time::sleep(grace).await;
+            let ids: Vec<ExposureId> = {
+                let state = lock(&slot.state);
+                if state.generation != generation {
+                    return;
+                }
+                state.exposures.keys().cloned().collect()
+            };
+            if !ids.is_empty() {
+                info!(%client, exposures = ids.len(), "grace over; withdrawing");
+            }
+            for id in ids {
+                expiring.withdraw(&slot, &id).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Handles one message on an authenticated control link.
+async fn handle(
+    shared: &Arc<Shared>,
+    slot: &Arc<ClientSlot>,
+    outgoing: &mpsc::UnboundedSender<RelayMessage>,
+    message: ClientMessage,
+) {
+    let reply = match message {
+        ClientMessage::Pong => return,
+        ClientMessage::ConnectFailed { ticket } => {
+            // Dropping the waiting sender closes the visitor.
+            lock(&shared.tickets).remove(&ticket);
+            return;
+        }
+        ClientMessage::Withdraw { request, id } => {
+            shared.withdraw(slot, &id).await;
+            RelayMessage::Withdrawn { request }
+        }
+        ClientMessage::Expose {
+            request,
+            registration,
+        } => match expose(shared, slot, registration)
+            .instrument(info_span!("expose"))
+            .await
+        {
+            Ok(port) => RelayMessage::Exposed { request, port },
+            Err(error) => RelayMessage::Failed {
+                request,
+                kind: error.kind(),
+                message: wire::wire_message(&error),
+            },
+        },
+    };
+    let _ = outgoing.send(reply);
+}
+
+/// Places an exposure (or confirms one already in place under its id).
+async fn expose(
+    shared: &Arc<Shared>,
+    slot: &Arc<ClientSlot>,
+    mut registration: Registration,
+) -> kisara_core::Result<u16> {
+    {
+        let mut state = lock(&slot.state);
+        if let Some(held) = state.exposures.get_mut(&registration.id) {
+            if held.registration.protocol == registration.protocol {
+                held.registration.target = registration.target;
+                held.registration.labels = registration.labels;
+                return held
+                    .registration
+                    .port
+                    .ok_or_else(|| kisara_core::Error::unavailable("exposure without a port"));
+            }
+            return Err(kisara_core::Error::conflict(format!(
+                "exposure {} is already in place for {}",
+                registration.id, held.registration.protocol
+            )));
+        }
+    }
+    let (port, bound) = shared
+        .allocate(registration.protocol, registration.port)
+        .await?;
+    registration.port = Some(port);
+    let cancel = shared.cancel.child_token();
+    let id = registration.id.clone();
+    let limits = registration.limits;
+    let span = info_span!("exposure", exposure = %id, port);
+    let task = match bound {
+        Bound::Tcp(listener) => shared.spawn(
+            serve_tcp(
+                shared.clone(),
+                slot.clone(),
+                id.clone(),
+                listener,
+                limits,
+                cancel.clone(),
+            )
+            .instrument(span),
+        ),
+        Bound::Udp(socket) => shared.spawn(
+            udp::serve_relay(udp::RelaySide {
+                bind: shared.options.listen.ip(),
+                socket: Arc::new(socket),
+                id: id.clone(),
+                limits,
+                idle: shared.options.udp_idle,
+                cancel: cancel.clone(),
+                link: {
+                    let slot = slot.clone();
+                    Box::new(move || slot.link())
+                },
+            })
+            .instrument(span),
+        ),
+    };
+    info!(exposure = %id, port, protocol = %registration.protocol, "exposed");
+    let replaced = lock(&slot.state).exposures.insert(
+        id,
+        Held {
+            registration,
+            cancel,
+            task,
+        },
+    );
+    if let Some(old) = replaced {
+        // Two requests for one id raced; keep the newer.
+        old.cancel.cancel();
+        if let Some(port) = old.registration.port {
+            shared.ports(old.registration.protocol).release(port);
+        }
+    }
+    Ok(port)
+}
+
+/// Accepts visitors on a TCP exposure and splices each to a fresh data
+/// connection from the client.
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    slot: Arc<ClientSlot>,
+    id: ExposureId,
+    listener: TcpListener,
+    limits: ExposureLimits,
+    cancel: CancellationToken,
+) {
+    let slots = limits
+        .max_connections
+        .map(|n| Arc::new(Semaphore::new(n as usize)));
+    let buckets = limits
+        .bandwidth
+        .map(|rate| Arc::new((TokenBucket::new(rate), TokenBucket::new(rate))));
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut visitor, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match &slots {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    debug!(%peer, "over the connection limit; refused");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Some(link) = slot.link() else {
+            debug!(%peer, "client not connected; visitor refused");
+            continue;
+        };
+        let ticket = hex::encode(&auth::random::<16>());
+        let (sender, receiver) = oneshot::channel();
+        lock(&shared.tickets).insert(ticket.clone(), sender);
+        if link
+            .send(RelayMessage::Connect {
+                id: id.clone(),
+                ticket: ticket.clone(),
+            })
+            .is_err()
+        {
+            lock(&shared.tickets).remove(&ticket);
+            continue;
+        }
+        let buckets = buckets.clone();
+        let tickets = shared.clone();
+        shared.spawn(
+            async move {
+                let _permit = permit;
+                let data = tokio::time::timeout(DATA_TIMEOUT, receiver).await;
+                let Ok(Ok(mut data)) = data else {
+                    lock(&tickets.tickets).remove(&ticket);
+                    debug!("no data connection for the visitor");
+                    return;
+                };
+                let _ = visitor.set_nodelay(true);
+                let carried = match (&mut data, buckets.as_deref()) {
+                    (Conn::Plain(data), None) => splice_tcp(&mut visitor, data).await,
+                    (data, buckets) => splice(&mut visitor, data, buckets).await,
+                };
+                match carried {
+                    Ok((up, down)) => debug!(up, down, "visitor left"),
+                    Err(error) => debug!(%error, "visitor connection ended"),
+                }
+            }
+            .instrument(info_span!("visitor", %peer)),
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! End to end on loopback: a relay, a client, real TCP and UDP echo
+//! targets, and visitors checking every byte.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kisara_core::model::{ExposeRequest, Exposure, LabelFilter, Protocol};
+use kisara_core::testing::random_bytes;
+use kisara_core::testing::tunnel::tcp_echo;
+use kisara_core::{ErrorKind, Tunnel};
+use kisara_tunnel::{LinkStatus, Relay, TunnelClient};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn udp_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65_536];
+        while let Ok((n, peer)) = socket.recv_from(&mut buffer).await {
+            let _ = socket.send_to(&buffer[..n], peer).await;
+        }
+    });
+    address
+}
+
+async fn visit(exposure: &Exposure) -> TcpStream {
+    TcpStream::connect((exposure.public.host.as_str(), exposure.public.port))
+        .await
+        .unwrap()
+}
+
+/// Sends `payload` and returns the SHA-256 of what came back.
+async fn echo_digest(exposure: &Exposure, payload: &[u8]) -> [u8; 32] {
+    let stream = visit(exposure).await;
+    let (mut read, mut write) = stream.into_split();
+    let send = async {
+        write.write_all(payload).await.unwrap();
+        write.shutdown().await.unwrap();
+    };
+    let receive = async {
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        while total < payload.len() {
+            let n = read.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed after {total} of {} bytes", payload.len());
+            hasher.update(&buffer[..n]);
+            total += n;
+        }
+        hasher.finalize().into()
+    };
+    let ((), digest) = tokio::time::timeout(WAIT, async { tokio::join!(send, receive) })
+        .await
+        .expect("echo in time");
+    digest
+}
+
+async fn echoes(exposure: &Exposure) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect((exposure.public.host.as_str(), exposure.public.port))
+            .await
+            .ok()?;
+        stream.write_all(b"ping").await.ok()?;
+        let mut back = [0u8; 4];
+        stream.read_exact(&mut back).await.ok()?;
+        (&back == b"ping").then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn udp_round_trip(exposure: &Exposure, payload: &[u8]) -> bool {
+    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor
+        .connect((exposure.public.host.as_str(), exposure.public.port))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        visitor.send(payload).await.unwrap();
+        let mut back = vec![0u8; 65_536];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), visitor.recv(&mut back)).await
+        {
+            return &back[..n] == payload;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_cross_unchanged_for_many_concurrent_visitors() {
+    let relay = common::relay().await;
+    let client = common::client("node-bytes", &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+
+    let big = random_bytes(16 * 1024 * 1024 + 3);
+    let expected: [u8; 32] = Sha256::digest(&big).into();
+    assert_eq!(echo_digest(&exposure, &big).await, expected);
+
+    let visitors: Vec<_> = (0..64)
+        .map(|_| {
+            let exposure = exposure.clone();
+            tokio::spawn(async move {
+                let payload = random_bytes(512 * 1024);
+                let expected: [u8; 32] = Sha256::digest(&payload).into();
+                assert_eq!(echo_digest(&exposure, &payload).await, expected);
+            })
+        })
+        .collect();
+    for visitor in visitors {
+        visitor.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_peers_get_their_own_datagrams() {
+    let relay = common::relay().await;
+    let client = common::client("node-udp", &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
+        .await
+        .unwrap();
+    let peers: Vec<_> = (0..16)
+        .map(|_| {
+            let exposure = exposure.clone();
+            tokio::spawn(async move {
+                for size in [1, 512, 1400, 8000] {
+                    let payload = random_bytes(size);
+                    assert!(udp_round_trip(&exposure, &payload).await, "{size} bytes");
+                }
+            })
+        })
+        .collect();
+    for peer in peers {
+        peer.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_takes_its_exposures_back() {
+    let relay = common::relay().await;
+    let client = common::client("node-restart", &relay).await;
+    let mut request = ExposeRequest::new(tcp_echo().await, Protocol::Tcp);
+    request.labels.insert("owner".into(), "alice".into());
+    let exposure = client.expose(&request).await.unwrap();
+    let udp = client
+        .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
+        .await
+        .unwrap();
+    assert!(echoes(&exposure).await);
+
+    drop(client); // killed: every link and connection closes at once
+    eventually("visitors are refused", async || !echoes(&exposure).await).await;
+
+    let client = common::client("node-restart", &relay).await;
+    eventually("the exposure is back", async || echoes(&exposure).await).await;
+    let listed = client.list(&LabelFilter::all()).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let back = listed.iter().find(|e| e.id == exposure.id).unwrap();
+    assert_eq!(back, &exposure, "same id, port, target and labels");
+    assert!(udp_round_trip(&udp, b"datagram").await);
+
+    client.withdraw(&exposure.id).await.unwrap();
+    assert!(!echoes(&exposure).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposures_come_back_after_a_relay_restart() {
+    let relay = common::relay().await;
+    let listen = relay.local_addr();
+    let client = common::client("node-relay-restart", &relay).await;
+    let kept = client
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+    let udp = client
+        .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
+        .await
+        .unwrap();
+    let mut open = visit(&kept).await;
+    open.write_all(b"x").await.unwrap();
+
+    relay.shutdown();
+    drop(relay);
+    // The relay's connections die with it.
+    let mut byte = [0u8; 2];
+    let read = tokio::time::timeout(WAIT, open.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0 | 1) | Err(_)));
+
+    let relay = common::relay_on(listen).await;
+    eventually("the exposure is re-registered", async || {
+        echoes(&kept).await
+    })
+    .await;
+    assert_eq!(relay.exposure_count(), 2);
+    let listed = client.list(&LabelFilter::all()).await.unwrap();
+    assert!(listed.contains(&kept), "same public port kept: {listed:?}");
+    eventually("UDP is back", async || udp_round_trip(&udp, b"again").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_are_refused_slowed_down_and_harmless() {
+    let relay = common::relay().await;
+    let good = common::client("node-good", &relay).await;
+    let exposure = good
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+
+    let mut handshakes = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let err = TunnelClient::builder("node-bad")
+            .relay("relay-a", relay.local_addr().to_string(), "wrong token")
+            .with_max_backoff(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap_err();
+        handshakes.push(started.elapsed());
+        let core: kisara_core::Error = err.into();
+        assert_eq!(core.kind(), ErrorKind::Unauthenticated, "{core}");
+        assert!(!core.to_string().contains("wrong token"));
+    }
+    // 0, 100, 200, 400 ms of slow-down (at least).
+    assert!(
+        handshakes[3] >= Duration::from_millis(400),
+        "{handshakes:?}"
+    );
+    assert!(handshakes[3] > handshakes[0], "{handshakes:?}");
+    assert!(echoes(&exposure).await, "the good client is undisturbed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_are_rejected_and_the_relay_stays_up() {
+    let relay = common::relay().await;
+    let client = common::client("node-garbage", &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+    let oversized = {
+        let mut frame = u32::MAX.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[b'{'; 1024]);
+        frame
+    };
+    let just_over = ((kisara_tunnel::MAX_FRAME + 1) as u32)
+        .to_be_bytes()
+        .to_vec();
+    let garbage: Vec<u8> = random_bytes(4096);
+    let bad_json = {
+        let body = br#"{"type":"control","version":1,"client":}"#;
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    };
+    let bad_version = {
+        let body = br#"{"type":"control","version":99,"client":"x"}"#;
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    };
+    for payload in [oversized, just_over, garbage, bad_json, bad_version] {
+        let mut stream = TcpStream::connect(relay.local_addr()).await.unwrap();
+        let _ = stream.write_all(&payload).await;
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(WAIT, stream.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "the relay closes a bad connection");
+    }
+    assert!(echoes(&exposure).await, "the relay stays up");
+    assert_eq!(client.relays()[0].status, LinkStatus::Up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_limit_holds_without_slowing_its_neighbours() {
+    let relay = common::relay().await;
+    let client = common::client("node-limits", &relay).await;
+    let target = tcp_echo().await;
+    let mut limited = ExposeRequest::new(target, Protocol::Tcp);
+    limited.limits.bandwidth = Some(10 * 1024);
+    let limited = client.expose(&limited).await.unwrap();
+    let free = client
+        .expose(&ExposeRequest::new(target, Protocol::Tcp))
+        .await
+        .unwrap();
+
+    let slow = tokio::spawn(async move {
+        let payload = random_bytes(50 * 1024);
+        let expected: [u8; 32] = Sha256::digest(&payload).into();
+        let started = Instant::now();
+        assert_eq!(echo_digest(&limited, &payload).await, expected);
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let payload = random_bytes(4 * 1024 * 1024);
+    let expected: [u8; 32] = Sha256::digest(&payload).into();
+    assert_eq!(echo_digest(&free, &payload).await, expected);
+    let fast = started.elapsed();
+    let slow = slow.await.unwrap();
+    assert!(
+        slow >= Duration::from_millis(4500),
+        "50 KB at 10 KB/s took {slow:?}"
+    );
+    assert!(
+        slow <= Duration::from_secs(8),
+        "50 KB at 10 KB/s took {slow:?}"
+    );
+    // Were the limit shared, 4 MB would take minutes; at a loose floor of
+    // 512 kB/s (a busy debug build) it is under 8 s.
+    assert!(
+        fast < Duration::from_secs(8),
+        "unlimited 4 MB took {fast:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposures_spread_over_several_relays() {
+    let (a, b) = (common::relay().await, common::relay().await);
+    let client = TunnelClient::builder("node-multi")
+        .relay("relay-a", a.local_addr().to_string(), common::TOKEN)
+        .relay("relay-b", b.local_addr().to_string(), common::TOKEN)
+        .connect()
+        .await
+        .unwrap();
+    eventually("both links are up", async || {
+        client.relays().iter().all(|r| r.status == LinkStatus::Up)
+    })
+    .await;
+    let target = tcp_echo().await;
+    let mut placed = Vec::new();
+    for _ in 0..6 {
+        let exposure = client
+            .expose(&ExposeRequest::new(target, Protocol::Tcp))
+            .await
+            .unwrap();
+        assert!(echoes(&exposure).await);
+        placed.push(exposure);
+    }
+    let on_a = placed.iter().filter(|e| e.relay == "relay-a").count();
+    assert_eq!(on_a, 3, "least-loaded placement alternates");
+    assert_eq!((a.exposure_count(), b.exposure_count()), (3, 3));
+
+    // A relay going away leaves the other serving, and new exposures go
+    // to the one still up.
+    drop(a);
+    eventually("relay-a is down", async || {
+        client.relays()[0].status != LinkStatus::Up
+    })
+    .await;
+    let exposure = client
+        .expose(&ExposeRequest::new(target, Protocol::Tcp))
+        .await
+        .unwrap();
+    assert_eq!(exposure.relay, "relay-b");
+    assert!(echoes(&exposure).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_do_not_block_each_other() {
+    let relay = common::relay().await;
+    let client = common::client("node-hol", &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+    // A visitor that sends a lot and never reads stalls only itself.
+    let mut stalled = visit(&exposure).await;
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..1024 {
+            if stalled.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        stalled
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        assert!(echoes(&exposure).await, "a fresh visitor got through");
+    }
+    flood.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_ports_and_unknown_relays() {
+    let relay: Relay = common::relay().await;
+    let client = common::client("node-ports", &relay).await;
+    let target = tcp_echo().await;
+    let first = client
+        .expose(&ExposeRequest::new(target, Protocol::Tcp))
+        .await
+        .unwrap();
+    let mut wanted = ExposeRequest::new(target, Protocol::Tcp);
+    wanted.public_port = Some(first.public.port + 7);
+    let second = client.expose(&wanted).await.unwrap();
+    assert_eq!(second.public.port, first.public.port + 7);
+    assert!(echoes(&second).await);
+    // TCP and UDP exposures may share a port number (iperf3 needs it).
+    let mut udp = ExposeRequest::new(udp_echo().await, Protocol::Udp);
+    udp.public_port = Some(first.public.port);
+    let udp = client.expose(&udp).await.unwrap();
+    assert_eq!(udp.public.port, first.public.port);
+    assert!(udp_round_trip(&udp, b"shared port").await);
+    assert!(echoes(&first).await);
+    // A withdrawn port is free again at once.
+    client.withdraw(&second.id).await.unwrap();
+    let again = client.expose(&wanted).await.unwrap();
+    assert_eq!(again.public.port, second.public.port);
+    assert!(echoes(&again).await);
+    let mut outside = ExposeRequest::new(target, Protocol::Tcp);
+    outside.public_port = Some(80);
+    let err = client.expose(&outside).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+
+    let nowhere = TunnelClient::builder("node-nowhere")
+        .relay("gone", "127.0.0.1:1", common::TOKEN)
+        .with_connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    let nowhere: kisara_core::Error = nowhere.into();
+    assert!(nowhere.is_retryable(), "{nowhere}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_udp_sessions_expire_and_busy_ones_stay() {
+    let options = kisara_tunnel::RelayOptions::new("127.0.0.1:0".parse().unwrap(), common::TOKEN)
+        .with_udp_idle(Duration::from_millis(400));
+    let relay = Relay::bind(options).await.unwrap();
+    let client = TunnelClient::builder("node-udp-idle")
+        .relay("relay-a", relay.local_addr().to_string(), common::TOKEN)
+        .with_udp_idle(Duration::from_millis(400))
+        .connect()
+        .await
+        .unwrap();
+    // A target that answers with the port it sees the session come from.
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_address = target.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 64];
+        while let Ok((_, peer)) = target.recv_from(&mut buffer).await {
+            let _ = target.send_to(&peer.port().to_be_bytes(), peer).await;
+        }
+    });
+    let exposure = client
+        .expose(&ExposeRequest::new(target_address, Protocol::Udp))
+        .await
+        .unwrap();
+    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor
+        .connect((exposure.public.host.as_str(), exposure.public.port))
+        .await
+        .unwrap();
+    let session_port = async || {
+        for _ in 0..5 {
+            visitor.send(b"which").await.unwrap();
+            let mut back = [0u8; 2];
+            if let Ok(Ok(2)) =
+                tokio::time::timeout(Duration::from_millis(500), visitor.recv(&mut back)).await
+            {
+                return u16::from_be_bytes(back);
+            }
+        }
+        panic!("no answer");
+    };
+    let first = session_port().await;
+    // Traffic every 150 ms keeps the session (idle expiry is 400 ms).
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(session_port().await, first, "a busy session was replaced");
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_ne!(session_port().await, first, "an idle session was kept");
+}
