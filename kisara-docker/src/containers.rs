@@ -1,6 +1,6 @@
 //! Containers: launch with secure defaults, stop, remove, inspect, list.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,14 +49,12 @@ fn ports_of<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<ContainerPort
     ports
 }
 
-/// A container as Kisara reports it, from the engine's inspect answer.
-pub(crate) fn info_of(inspected: ContainerInspectResponse) -> ContainerInfo {
-    let state = inspected.state.unwrap_or_default();
-    let state_kind = state_of(state.status);
-    let config = inspected.config.unwrap_or_default();
-    let networks = inspected
-        .network_settings
-        .and_then(|s| s.networks)
+/// A container's addresses on its Kisara networks, by network name, from
+/// the engine's endpoints (an empty address means none).
+fn attachments(
+    endpoints: Option<HashMap<String, EndpointSettings>>,
+) -> BTreeMap<String, NetworkAttachment> {
+    endpoints
         .unwrap_or_default()
         .into_iter()
         .filter(|(name, _)| is_kisara_network(name))
@@ -66,11 +64,20 @@ pub(crate) fn info_of(inspected: ContainerInspectResponse) -> ContainerInfo {
                 ip: endpoint
                     .ip_address
                     .as_deref()
+                    .filter(|ip| !ip.is_empty())
                     .and_then(|ip| ip.parse().ok()),
             };
             (name, attachment)
         })
-        .collect();
+        .collect()
+}
+
+/// A container as Kisara reports it, from the engine's inspect answer.
+pub(crate) fn info_of(inspected: ContainerInspectResponse) -> ContainerInfo {
+    let state = inspected.state.unwrap_or_default();
+    let state_kind = state_of(state.status);
+    let config = inspected.config.unwrap_or_default();
+    let networks = attachments(inspected.network_settings.and_then(|s| s.networks));
     ContainerInfo {
         id: ContainerId::new(inspected.id.unwrap_or_default()),
         name: inspected
@@ -114,24 +121,7 @@ fn info_of_summary(summary: ContainerSummary) -> ContainerInfo {
             .and_then(|s| s.split_once('(')?.1.split_once(')')?.0.parse().ok())
             .unwrap_or(0)
     });
-    let networks = summary
-        .network_settings
-        .and_then(|s| s.networks)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(name, _)| is_kisara_network(name))
-        .map(|(name, endpoint)| {
-            let attachment = NetworkAttachment {
-                network_id: endpoint.network_id.unwrap_or_default(),
-                ip: endpoint
-                    .ip_address
-                    .as_deref()
-                    .filter(|ip| !ip.is_empty())
-                    .and_then(|ip| ip.parse().ok()),
-            };
-            (name, attachment)
-        })
-        .collect();
+    let networks = attachments(summary.network_settings.and_then(|s| s.networks));
     let mut ports: Vec<ContainerPort> = summary
         .ports
         .unwrap_or_default()

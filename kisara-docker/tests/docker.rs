@@ -2,7 +2,6 @@
 //! exit codes, terminals, files, subnets, mounts, overlay networks, exec
 //! cancellation, image garbage collection, stats and bad input.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use kisara_core::model::{
     BuildSpec, ContainerEventKind, ContainerId, ContainerState, ExecOutput, ExecSpec, ImageRef,
     LabelFilter, Mount, NetworkDriver, NetworkId, TtySize, labels,
 };
+use kisara_core::testing::runtime::{files_of, tar_of};
 use kisara_core::{
     ContainerRuntime, ErrorKind, bytes_stream, collect_bytes, drain_progress, exec_to_end,
 };
@@ -36,33 +36,6 @@ fn random_subnet() -> ipnet::IpNet {
     format!("10.{}.{}.0/24", 200 + r % 55, (r >> 8) % 256)
         .parse()
         .unwrap()
-}
-
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, name, *content).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-fn files_of(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    use std::io::Read;
-    let mut files = BTreeMap::new();
-    for entry in tar::Archive::new(archive).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_file() {
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            let mut content = Vec::new();
-            entry.read_to_end(&mut content).unwrap();
-            files.insert(name, content);
-        }
-    }
-    files
 }
 
 #[tokio::test]

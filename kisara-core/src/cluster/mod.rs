@@ -550,6 +550,16 @@ impl Server {
         }))
     }
 
+    /// The online nodes and their runtimes, in node order.
+    fn online_nodes(&self) -> Vec<(NodeId, Arc<dyn ContainerRuntime>)> {
+        let nodes = self.inner.nodes.lock().expect("nodes lock");
+        nodes
+            .iter()
+            .filter(|(_, entry)| entry.online)
+            .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
+            .collect()
+    }
+
     fn runtime_of(&self, node: &NodeId) -> Result<Arc<dyn ContainerRuntime>> {
         let nodes = self.inner.nodes.lock().expect("nodes lock");
         let entry = nodes
@@ -818,14 +828,7 @@ impl Server {
             let info = runtime.inspect(container).await?;
             return Ok((node, runtime, info));
         }
-        let online: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = {
-            let nodes = self.inner.nodes.lock().expect("nodes lock");
-            nodes
-                .iter()
-                .filter(|(_, entry)| entry.online)
-                .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
-                .collect()
-        };
+        let online = self.online_nodes();
         for (node, runtime) in online {
             match runtime.inspect(container).await {
                 Ok(info) if info.labels.contains_key(labels::MANAGED) => {
@@ -888,14 +891,7 @@ impl Server {
     pub async fn list(&self, query: &ContainerQuery) -> Result<Vec<(NodeId, ContainerInfo)>> {
         let targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = match &query.node {
             Some(node) => vec![(node.clone(), self.runtime_of(node)?)],
-            None => {
-                let nodes = self.inner.nodes.lock().expect("nodes lock");
-                nodes
-                    .iter()
-                    .filter(|(_, entry)| entry.online)
-                    .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
-                    .collect()
-            }
+            None => self.online_nodes(),
         };
         let filter = query.filter();
         let mut all = Vec::new();
@@ -944,17 +940,12 @@ impl Server {
         let targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = match &request.node {
             Some(node) => vec![(node.clone(), self.runtime_of(node)?)],
             None => {
-                let nodes = self.inner.nodes.lock().expect("nodes lock");
-                let online = nodes.iter().filter(|(_, entry)| entry.online);
-                let take = if request.driver == NetworkDriver::Overlay {
-                    1
-                } else {
-                    usize::MAX
-                };
+                // An overlay spans the swarm from one node; a bridge is per node.
+                let mut online = self.online_nodes();
+                if request.driver == NetworkDriver::Overlay {
+                    online.truncate(1);
+                }
                 online
-                    .take(take)
-                    .map(|(id, e)| (id.clone(), e.runtime.clone()))
-                    .collect()
             }
         };
         if targets.is_empty() {
@@ -995,14 +986,7 @@ impl Server {
 
     /// Kisara networks on every online node, with their nodes.
     pub async fn list_networks(&self) -> Result<Vec<(NodeId, NetworkInfo)>> {
-        let online: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = {
-            let nodes = self.inner.nodes.lock().expect("nodes lock");
-            nodes
-                .iter()
-                .filter(|(_, entry)| entry.online)
-                .map(|(id, entry)| (id.clone(), entry.runtime.clone()))
-                .collect()
-        };
+        let online = self.online_nodes();
         let mut all = Vec::new();
         for (node, runtime) in online {
             all.extend(

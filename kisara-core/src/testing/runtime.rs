@@ -710,7 +710,8 @@ pub async fn dropping_an_exec_session_ends_it(fx: RuntimeFixture) -> Outcome {
     Outcome::Passed
 }
 
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+/// A tar archive holding `files` (name, content), mode 0644.
+pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, content) in files {
         let mut header = tar::Header::new_gnu();
@@ -722,7 +723,8 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn files_of(archive: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+/// The regular files of a tar archive, by name.
+pub fn files_of(archive: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
     use std::io::Read;
     let mut files = std::collections::BTreeMap::new();
     for entry in tar::Archive::new(archive).entries().unwrap() {
