@@ -504,18 +504,27 @@ impl DockerRuntime {
         Ok(info_of(inspected))
     }
 
-    pub(crate) async fn list_impl(&self, filter: &LabelFilter) -> Result<Vec<ContainerInfo>> {
+    /// The engine's summaries of the containers matching `filter`; with
+    /// `all`, stopped ones too.
+    pub(crate) async fn list_summaries(
+        &self,
+        filter: &LabelFilter,
+        all: bool,
+    ) -> Result<Vec<ContainerSummary>> {
         let labels = label_filters(filter);
         let options = ListContainersOptions {
-            all: true,
+            all,
             filters: (!labels.is_empty()).then(|| HashMap::from([("label".to_owned(), labels)])),
             ..ListContainersOptions::default()
         };
-        let list = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| self.err(e, "container", "*"))?;
+            .map_err(|e| self.err(e, "container", "*"))
+    }
+
+    pub(crate) async fn list_impl(&self, filter: &LabelFilter) -> Result<Vec<ContainerInfo>> {
+        let list = self.list_summaries(filter, true).await?;
         let listed: Vec<ContainerInfo> = list
             .into_iter()
             .map(info_of_summary)

@@ -5,13 +5,10 @@ use std::time::Duration;
 
 use bollard::models::{BuildInfo, CreateImageInfo, ImageSummary};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptions, ListContainersOptions, ListImagesOptions,
-    RemoveImageOptions,
+    BuildImageOptionsBuilder, CreateImageOptions, ListImagesOptions, RemoveImageOptions,
 };
 use futures::StreamExt;
-use kisara_core::model::{
-    BuildSpec, ImageInfo, ImageRef, LabelFilter, Progress, Timestamp, labels,
-};
+use kisara_core::model::{BuildSpec, ImageInfo, ImageRef, LabelFilter, Progress, Timestamp};
 use kisara_core::{ByteStream, Error, ProgressStream, Result};
 
 use crate::error::status_of;
@@ -256,18 +253,7 @@ impl DockerRuntime {
     /// The engine does not record when an image was last used, so age is
     /// counted from the image's creation.
     pub async fn collect_garbage_images(&self, gc: &ImageGc) -> Result<Vec<String>> {
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(HashMap::from([(
-                    "label".to_owned(),
-                    vec![labels::MANAGED.to_owned()],
-                )])),
-                ..ListContainersOptions::default()
-            }))
-            .await
-            .map_err(|e| self.err(e, "container", "*"))?;
+        let containers = self.list_summaries(&LabelFilter::managed(), true).await?;
         let in_use: HashSet<String> = containers.into_iter().filter_map(|c| c.image_id).collect();
         let cutoff = Timestamp::now()
             .unix_millis()

@@ -1,11 +1,9 @@
 //! Stats: per-container resource use and node totals for placement.
 
-use std::collections::HashMap;
-
 use bollard::models::ContainerStatsResponse;
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, StatsOptions};
+use bollard::query_parameters::{InspectContainerOptions, StatsOptions};
 use futures::{StreamExt, TryStreamExt};
-use kisara_core::model::{ContainerStats, NodeStats, labels};
+use kisara_core::model::{ContainerStats, LabelFilter, NodeStats};
 use kisara_core::{Error, Result};
 
 use crate::runtime::DockerRuntime;
@@ -113,18 +111,7 @@ impl DockerRuntime {
             .info()
             .await
             .map_err(|e| self.err(e, "engine", &self.endpoint))?;
-        let running = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: false,
-                filters: Some(HashMap::from([(
-                    "label".to_owned(),
-                    vec![labels::MANAGED.to_owned()],
-                )])),
-                ..ListContainersOptions::default()
-            }))
-            .await
-            .map_err(|e| self.err(e, "container", "*"))?;
+        let running = self.list_summaries(&LabelFilter::managed(), false).await?;
         let ids: Vec<String> = running.into_iter().filter_map(|c| c.id).collect();
         let this = self.clone();
         let samples: Vec<Option<ContainerStats>> = futures::stream::iter(ids)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kisara_core::model::{ExposeRequest, Exposure, LabelFilter, Protocol};
 use kisara_core::testing::random_bytes;
-use kisara_core::testing::tunnel::tcp_echo;
+use kisara_core::testing::tunnel::{echoes, tcp_echo};
 use kisara_core::{ErrorKind, Tunnel};
 use kisara_tunnel::{LinkStatus, Relay, TunnelClient};
 use sha2::{Digest, Sha256};
@@ -59,23 +59,6 @@ async fn echo_digest(exposure: &Exposure, payload: &[u8]) -> [u8; 32] {
         .await
         .expect("echo in time");
     digest
-}
-
-async fn echoes(exposure: &Exposure) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect((exposure.public.host.as_str(), exposure.public.port))
-            .await
-            .ok()?;
-        stream.write_all(b"ping").await.ok()?;
-        let mut back = [0u8; 4];
-        stream.read_exact(&mut back).await.ok()?;
-        (&back == b"ping").then_some(())
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {

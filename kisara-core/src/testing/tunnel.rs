@@ -84,8 +84,9 @@ async fn echo_through(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result
     Ok(back)
 }
 
-/// Whether a fresh visitor gets an echo within a short wait.
-async fn echoes(exposure: &Exposure) -> bool {
+/// Whether a fresh visitor to `exposure` gets `ping` echoed back within
+/// two seconds.
+pub async fn echoes(exposure: &Exposure) -> bool {
     let attempt = async {
         let mut stream = connect(exposure).await.ok()?;
         stream.write_all(b"ping").await.ok()?;
