@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{self, Failures, Role, hex};
@@ -134,6 +135,9 @@ struct Shared {
     tickets: Mutex<HashMap<String, oneshot::Sender<Conn>>>,
     failures: Failures,
     cancel: CancellationToken,
+    /// Every task the relay spawned, so [`Relay::stop`] can wait until
+    /// their sockets are closed.
+    tasks: TaskTracker,
 }
 
 /// What the relay keeps per client id, across its links.
@@ -204,6 +208,7 @@ impl Relay {
             tickets: Mutex::default(),
             failures: Failures::default(),
             cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         info!(listen = %local, public_host = %shared.options.public_host, "relay listening");
         shared.spawn(accept_loop(shared.clone(), listener));
@@ -227,6 +232,15 @@ impl Relay {
     /// connection.
     pub fn shutdown(&self) {
         self.shared.cancel.cancel();
+    }
+
+    /// Shuts down like [`Relay::shutdown`] and returns once every listener
+    /// and connection is closed, so the listen address can be bound again
+    /// (a restart in the same process).
+    pub async fn stop(&self) {
+        self.shutdown();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
     }
 }
 
@@ -260,7 +274,7 @@ impl Shared {
         F: Future<Output = ()> + Send + 'static,
     {
         let cancel = self.cancel.clone();
-        tokio::spawn(
+        self.tasks.spawn(
             async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}

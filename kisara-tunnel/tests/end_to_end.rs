@@ -183,7 +183,7 @@ async fn exposures_come_back_after_a_relay_restart() {
     let mut open = visit(&kept).await;
     open.write_all(b"x").await.unwrap();
 
-    relay.shutdown();
+    relay.stop().await;
     drop(relay);
     // The relay's connections die with it.
     let mut byte = [0u8; 2];
@@ -192,7 +192,7 @@ async fn exposures_come_back_after_a_relay_restart() {
         .unwrap();
     assert!(matches!(read, Ok(0 | 1) | Err(_)));
 
-    let relay = common::relay_on(listen).await;
+    let relay = common::relay_rebound(listen).await;
     eventually("the exposure is re-registered", async || {
         echoes(&kept).await
     })

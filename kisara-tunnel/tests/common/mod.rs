@@ -16,15 +16,36 @@ pub const TOKEN: &str = "correct horse battery staple";
 
 /// A relay on `127.0.0.1:0` with short timers for tests.
 pub async fn relay() -> Relay {
-    relay_on("127.0.0.1:0".parse().unwrap()).await
+    Relay::bind(options("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap()
 }
 
-/// A relay on `listen` with short timers for tests.
-pub async fn relay_on(listen: std::net::SocketAddr) -> Relay {
-    let options = RelayOptions::new(listen, TOKEN)
+/// Relay options with short timers for tests.
+fn options(listen: std::net::SocketAddr) -> RelayOptions {
+    RelayOptions::new(listen, TOKEN)
         .with_grace(Duration::from_secs(30))
-        .with_udp_idle(Duration::from_secs(5));
-    Relay::bind(options).await.unwrap()
+        .with_udp_idle(Duration::from_secs(5))
+}
+
+/// A relay bound again on `listen` after a restart. Tests in other
+/// processes run beside this one, and one of their outgoing connections
+/// may briefly hold `listen`'s port as its ephemeral port, so an
+/// `AddrInUse` is retried for a few seconds.
+pub async fn relay_rebound(listen: std::net::SocketAddr) -> Relay {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Relay::bind(options(listen)).await {
+            Ok(relay) => return relay,
+            Err(kisara_tunnel::TunnelError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("rebinding the relay on {listen}: {e}"),
+        }
+    }
 }
 
 /// A client named `id` linked to `relay`.
