@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kisara_core::cluster::{ContainerQuery, NetworkRequest, Server, ServerBuilder};
+use futures::StreamExt;
+use kisara_core::cluster::{
+    ContainerQuery, NetworkRequest, PullEvent, Server, ServerBuilder, drain_pull,
+};
 use kisara_core::memory::{LoopbackTunnel, MemoryRuntime, MemorySubnetAllocator};
 use kisara_core::model::{
     ContainerId, ContainerSpec, ContainerState, ImageRef, LabelFilter, LaunchRequest, NodeCapacity,
@@ -524,4 +527,142 @@ async fn launches_and_nodes_are_counted_in_metrics() {
     );
     assert_eq!(seen.get("kisara_launch_seconds{}"), Some(&2.0), "{seen:?}");
     assert_eq!(seen.get("kisara_nodes_online{}"), Some(&1.0), "{seen:?}");
+}
+
+fn pulled_image() -> ImageRef {
+    ImageRef::parse("registry.example.com:5000/ctf/pwn-2:v1").unwrap()
+}
+
+/// Which nodes list `image`.
+async fn nodes_with(server: &Server, image: &ImageRef) -> Vec<String> {
+    server
+        .list_images(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, info)| info.tags.iter().any(|tag| tag == image.as_str()))
+        .map(|(node, _)| node.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn images_are_pulled_listed_and_removed_on_one_node_or_all() {
+    let server = Server::builder(pool()).build();
+    for node in ["n1", "n2"] {
+        let runtime = node_runtime();
+        runtime.add_registry_image(&pulled_image());
+        server
+            .connect_node(id(node), capacity(10), runtime)
+            .await
+            .unwrap();
+    }
+
+    // Every node's progress comes before its one final item.
+    let mut pull = server.pull_image(&pulled_image(), None).unwrap();
+    let mut done = Vec::new();
+    let mut steps = 0;
+    while let Some(event) = pull.next().await {
+        match event {
+            PullEvent::Progress { node, progress } => {
+                assert!(!done.contains(&node), "progress of {node} after its end");
+                assert!(!progress.status.is_empty());
+                steps += 1;
+            }
+            PullEvent::Done { node, result } => {
+                result.unwrap();
+                done.push(node);
+            }
+        }
+    }
+    done.sort();
+    assert_eq!(done, [id("n1"), id("n2")]);
+    assert!(steps >= 2, "each node reported progress");
+    assert_eq!(nodes_with(&server, &pulled_image()).await, ["n1", "n2"]);
+    let on_n2 = server.list_images(Some(&id("n2"))).await.unwrap();
+    assert!(on_n2.iter().all(|(node, _)| *node == id("n2")));
+    assert_eq!(on_n2.len(), 2, "the test image and the pulled one");
+
+    server
+        .remove_image(&pulled_image(), Some(&id("n1")))
+        .await
+        .unwrap();
+    assert_eq!(nodes_with(&server, &pulled_image()).await, ["n2"]);
+    // Missing where it is removed again: still Ok.
+    server.remove_image(&pulled_image(), None).await.unwrap();
+    assert!(nodes_with(&server, &pulled_image()).await.is_empty());
+
+    // A pull onto one node touches only that node.
+    let outcomes = drain_pull(server.pull_image(&pulled_image(), Some(&id("n2"))).unwrap()).await;
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].0, id("n2"));
+    assert!(outcomes[0].1.is_ok());
+    assert_eq!(nodes_with(&server, &pulled_image()).await, ["n2"]);
+}
+
+#[tokio::test]
+async fn image_errors_name_the_image_and_the_node() {
+    let server = Server::builder(pool()).build();
+    assert_eq!(
+        server
+            .pull_image(&pulled_image(), None)
+            .err()
+            .unwrap()
+            .kind(),
+        ErrorKind::Unavailable,
+        "no node online"
+    );
+    let with_image = node_runtime();
+    with_image.add_registry_image(&pulled_image());
+    server
+        .connect_node(id("n1"), capacity(10), with_image)
+        .await
+        .unwrap();
+    server
+        .connect_node(id("n2"), capacity(10), node_runtime())
+        .await
+        .unwrap();
+
+    // The registry of n2 lacks the image: n1 still pulls it.
+    let outcomes = drain_pull(server.pull_image(&pulled_image(), None).unwrap()).await;
+    assert!(outcomes[0].1.is_ok(), "{outcomes:?}");
+    let error = outcomes[1].1.as_ref().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    let message = error.to_string();
+    assert!(
+        message.contains(pulled_image().as_str()) && message.contains("n2"),
+        "{message}"
+    );
+
+    for result in [
+        server
+            .pull_image(&pulled_image(), Some(&id("ghost")))
+            .map(drop),
+        server.list_images(Some(&id("ghost"))).await.map(drop),
+        server.remove_image(&image(), Some(&id("ghost"))).await,
+    ] {
+        let error = result.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::NotFound);
+        assert!(error.to_string().contains("ghost"), "{error}");
+    }
+
+    server.disconnect_node(&id("n2"), "test");
+    let error = server
+        .pull_image(&pulled_image(), Some(&id("n2")))
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    assert!(error.to_string().contains("n2"), "{error}");
+
+    // An image a container uses stays, and the error says where.
+    server
+        .launch_container(LaunchRequest::new(spec("team-1")), WAIT)
+        .await
+        .unwrap();
+    let error = server.remove_image(&image(), None).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict);
+    let message = error.to_string();
+    assert!(
+        message.contains(image().as_str()) && message.contains("n1"),
+        "{message}"
+    );
 }

@@ -5,9 +5,10 @@
 mod config {
     use std::net::{IpAddr, SocketAddr};
     use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
-    use kisara_core::ErrorKind;
-    use kisara_core::config::{Config, Mode, PortRange};
+    use kisara_core::config::{Config, Mode, PortRange, Role};
+    use kisara_core::{Authenticator, Credentials, ErrorKind};
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +118,40 @@ mod config {
             }
         );
         assert!(r.relay.token.matches("0123456789abcdef-relay"));
+        assert_eq!(
+            r.relay.tls(),
+            Some((
+                Path::new("/etc/kisara/relay.pem"),
+                Path::new("/etc/kisara/relay-key.pem")
+            ))
+        );
+        assert_eq!(r.server.heartbeat_timeout_secs, 30);
+        assert_eq!(r.server.heartbeat_timeout(), Duration::from_secs(30));
+        let names: Vec<_> = r
+            .server
+            .api_tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["platform", "ctl"]);
+        assert!(
+            r.server.api_tokens[1]
+                .token
+                .matches("0123456789abcdef-api-ctl")
+        );
+        let relays = &r.agent.relays;
+        assert_eq!(relays.len(), 2);
+        assert_eq!(
+            (relays[0].name.as_str(), relays[0].address.as_str()),
+            ("relay-1", "relay.example.com:7000")
+        );
+        assert!(relays[0].token.matches("0123456789abcdef-relay"));
+        assert_eq!(
+            relays[0].tls_ca.as_deref(),
+            Some(Path::new("/etc/kisara/relay-ca.pem"))
+        );
+        assert_eq!(relays[0].tls_server_name(), Some("relay-1.internal"));
+        assert_eq!(relays[1].tls_server_name(), None, "no CA, no TLS");
         assert_eq!(r.containers.dns.len(), 2);
         assert_eq!(
             r.containers.mount_allow_list,
@@ -188,5 +223,175 @@ mod config {
             err.to_string().contains("KISARA_AGENT__MAX_CONTIANERS"),
             "{err}"
         );
+    }
+
+    fn problem_lines(config: &Config, role: Role) -> Vec<String> {
+        match config.validate_for(role) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.problems().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn each_role_demands_only_what_it_runs() {
+        let relay = Config::load(fixture("relay-only.toml")).unwrap();
+        let r = relay.resolve_for(Role::Relay).unwrap();
+        assert_eq!(r.relay.public_host, "relay.example.com");
+        assert!(r.relay.tls().is_some());
+        // The whole deployment, or another role, misses its own tokens.
+        let err = relay.resolve().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert_eq!(
+            problem_lines(&relay, Role::Dev),
+            [
+                "server.token: must not be empty",
+                "agent.token: must not be empty"
+            ]
+        );
+        assert_eq!(
+            problem_lines(&relay, Role::Agent),
+            ["agent.token: must not be empty"]
+        );
+        let server = problem_lines(&relay, Role::Server);
+        assert_eq!(server.len(), 2, "{server:#?}");
+        assert!(server[1].starts_with("server.api_tokens: must list at least one token"));
+
+        // A relay must have a token; the dev all-in-one runs without one.
+        let no_token =
+            Config::from_toml_str("[relay]\npublic_host = \"r.example\"\n", "r.toml").unwrap();
+        assert_eq!(
+            problem_lines(&no_token, Role::Relay),
+            ["relay.token: must not be empty"]
+        );
+        assert!(
+            !problem_lines(&no_token, Role::Dev)
+                .iter()
+                .any(|p| p.starts_with("relay."))
+        );
+    }
+
+    #[test]
+    fn problems_outside_a_role_are_not_its_problems() {
+        // An agent's file with broken relay and server settings, and an
+        // unusable Go server address: only agent and container keys count.
+        let text = r#"
+            [kisara]
+            dns = "dns.google"
+            [kisaraServer]
+            address = "kisara.example.com"
+            [server]
+            listen = "0.0.0.0:0"
+            [agent]
+            token = "0123456789abcdef-agent"
+            [relay]
+            port_range = "50000-20000"
+            tls_key = "/k.pem"
+            [containers]
+            pids = 0
+        "#;
+        let config = Config::from_toml_str(text, "agent.toml").unwrap();
+        let r = config.resolve_for(Role::Relay).unwrap_err().to_string();
+        assert!(
+            r.contains("relay.port_range") && r.contains("relay.tls_cert"),
+            "{r}"
+        );
+        assert!(
+            !r.contains("server.") && !r.contains("agent.") && !r.contains("kisara.dns"),
+            "{r}"
+        );
+        assert_eq!(
+            problem_lines(&config, Role::Agent),
+            [
+                "kisara.dns: \"dns.google\" is not an IP address",
+                "containers.pids: must be at least 1"
+            ]
+        );
+        let resolved = config.resolve_for(Role::Agent).err().unwrap().to_string();
+        assert!(!resolved.contains("kisaraServer"), "{resolved}");
+        let server = problem_lines(&config, Role::Server);
+        assert!(server[0].starts_with("kisaraServer.address"), "{server:#?}");
+        assert!(
+            server
+                .iter()
+                .any(|p| p == "server.listen: port must not be 0")
+        );
+    }
+
+    #[test]
+    fn new_keys_report_every_problem_at_once() {
+        let config = Config::load(fixture("new-keys-problems.toml")).unwrap();
+        let found = problem_lines(&config, Role::Dev);
+        for expected in [
+            "server.heartbeat_timeout_secs: must be at least 1",
+            "server.api_tokens[1].name: \"platform\" is also the name of server.api_tokens[0]",
+            "server.api_tokens[2].name: must not be empty",
+            "server.api_tokens[2].token: is 5 bytes, shorter than 16",
+            "agent.relays[0].address: \"relay.example.com\" must be host:port",
+            "agent.relays[0].token: must not be empty",
+            "agent.relays[0].server_name: needs agent.relays[0].tls_ca",
+            "agent.relays[1].name: \"relay-1\" is also the name of agent.relays[0]",
+            "relay.tls_key: must be set when relay.tls_cert is",
+        ] {
+            assert!(
+                found.iter().any(|line| line.starts_with(expected)),
+                "{expected:?} missing from {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 9, "{found:#?}");
+        assert!(
+            !format!("{found:?}").contains("0123456789abcdef"),
+            "no secret printed"
+        );
+        // An IPv6 relay verifies under its address without brackets.
+        assert_eq!(config.agent.relays[1].tls_server_name(), Some("::1"));
+    }
+
+    #[test]
+    fn unknown_keys_in_new_tables_are_rejected() {
+        for (text, key) in [
+            (
+                "[[agent.relays]]\nname = \"r\"\naddress = \"r:1\"\ntoken = \"t\"\ntls_cafile = \"x\"\n",
+                "tls_cafile",
+            ),
+            (
+                "[server]\napi_tokens = [{ name = \"p\", token = \"t\", role = \"admin\" }]\n",
+                "role",
+            ),
+            ("[server]\napi_token = \"t\"\n", "api_token"),
+            ("[relay]\ntls_certificate = \"x\"\n", "tls_certificate"),
+        ] {
+            let err = Config::from_toml_str(text, "site.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("site.toml"),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn api_tokens_come_from_the_file_or_the_environment_and_authenticate() {
+        let config = Config::load_with_env(
+            fixture("relay-only.toml"),
+            env(&[(
+                "KISARA_SERVER__API_TOKENS",
+                r#"[{ name = "platform", token = "0123456789abcdef-env" }]"#,
+            )]),
+        )
+        .unwrap();
+        let auth = config.server.api_authenticator();
+        let bearer = |token: &str| Credentials::BearerToken {
+            token: token.to_owned(),
+        };
+        let who = auth
+            .authenticate(&bearer("0123456789abcdef-env"), None)
+            .await
+            .unwrap();
+        assert_eq!(who.username, "platform");
+        let err = auth.authenticate(&bearer("other"), None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+        assert_eq!(Config::default().server.heartbeat_timeout_secs, 15);
+        assert!(Config::default().agent.relays.is_empty());
     }
 }

@@ -8,13 +8,19 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use kisara_core::Identity;
 use kisara_core::cluster::{ContainerQuery, Server};
-use kisara_core::http::{MAX_BODY_BYTES, api};
+use kisara_core::http::{ApiBuilder, MAX_BODY_BYTES, api};
 use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator, StaticAuthenticator};
 use kisara_core::model::{ImageRef, NodeCapacity, NodeId};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+/// In the simulated registry of node n1.
+const REGISTRY_IMAGE: &str = "registry.example.com:5000/ctf/pwn-2:v1";
+
+fn authenticator() -> Arc<StaticAuthenticator> {
+    Arc::new(StaticAuthenticator::new().with_token(Identity::new("platform"), TOKEN))
+}
 
 async fn setup() -> (Server, Router) {
     let server = Server::builder(Arc::new(
@@ -23,6 +29,7 @@ async fn setup() -> (Server, Router) {
     .build();
     let runtime = MemoryRuntime::new();
     runtime.add_image(&ImageRef::parse("ctf/web-1:latest").unwrap(), None);
+    runtime.add_registry_image(&ImageRef::parse(REGISTRY_IMAGE).unwrap());
     let capacity = NodeCapacity {
         max_containers: 10,
         bandwidth_in: 1 << 20,
@@ -32,21 +39,22 @@ async fn setup() -> (Server, Router) {
         .connect_node(NodeId::new("n1").unwrap(), capacity, Arc::new(runtime))
         .await
         .unwrap();
-    let auth = StaticAuthenticator::new().with_token(Identity::new("platform"), TOKEN);
-    let app = api(server.clone(), Arc::new(auth));
+    let app = api(server.clone(), authenticator());
     (server, app)
 }
 
-async fn call(
+/// Sends a request with `headers`; the status, the content type and the
+/// body.
+async fn send(
     app: &Router,
     method: &str,
     uri: &str,
-    token: Option<&str>,
+    headers: &[(header::HeaderName, String)],
     body: Option<String>,
-) -> (StatusCode, Value) {
+) -> (StatusCode, String, Vec<u8>) {
     let mut request = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    for (name, value) in headers {
+        request = request.header(name, value);
     }
     let request = match body {
         Some(body) => request
@@ -57,7 +65,28 @@ async fn call(
     };
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, content_type, bytes.to_vec())
+}
+
+fn bearer(token: &str) -> (header::HeaderName, String) {
+    (header::AUTHORIZATION, format!("Bearer {token}"))
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (StatusCode, Value) {
+    let headers: Vec<_> = token.map(bearer).into_iter().collect();
+    let (status, _, bytes) = send(app, method, uri, &headers, body).await;
     let value = if bytes.is_empty() {
         Value::Null
     } else {
@@ -204,11 +233,31 @@ async fn missing_and_wrong_tokens_are_refused_alike_before_anything_happens() {
         "/v1/nodes",
         "/v1/containers",
         "/v1/networks",
+        "/v1/images",
+        "/metrics",
         "/v1/openapi.json",
     ] {
         let (status, _) = call(&app, "GET", route, None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{route}");
     }
+    let pull = json!({"image": REGISTRY_IMAGE}).to_string();
+    let (status, _) = call(&app, "POST", "/v1/images/pull", None, Some(pull)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(&app, "DELETE", "/v1/images/ctf/web-1:latest", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(image_nodes(&server, "ctf/web-1:latest").await, ["n1"]);
+}
+
+/// The nodes that hold `image`, asked of the server directly.
+async fn image_nodes(server: &Server, image: &str) -> Vec<String> {
+    server
+        .list_images(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, info)| info.tags.iter().any(|tag| tag == image))
+        .map(|(node, _)| node.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -301,7 +350,206 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/containers/{id}",
         "/v1/containers/{id}/exec",
         "/v1/networks",
+        "/v1/images",
+        "/v1/images/pull",
+        "/v1/images/{image}",
+        "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+}
+
+#[tokio::test]
+async fn images_are_pulled_listed_and_removed_through_the_api() {
+    let (server, app) = setup().await;
+    let pull = json!({"image": REGISTRY_IMAGE}).to_string();
+    let (status, pulled) = call(&app, "POST", "/v1/images/pull", Some(TOKEN), Some(pull)).await;
+    assert_eq!(status, StatusCode::OK, "{pulled}");
+    assert_eq!(pulled, json!([{"node": "n1", "result": "ok"}]));
+
+    for uri in ["/v1/images", "/v1/images?node=n1"] {
+        let (status, listed) = call(&app, "GET", uri, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        let tagged: Vec<&Value> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|image| {
+                image["tags"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(REGISTRY_IMAGE))
+            })
+            .collect();
+        assert_eq!(tagged.len(), 1, "{uri}: {listed}");
+        assert_eq!(tagged[0]["node"], "n1");
+        assert!(tagged[0]["id"].as_str().unwrap().starts_with("sha256:"));
+    }
+
+    // The reference percent-encoded, or raw: both name one image.
+    let encoded = REGISTRY_IMAGE.replace('/', "%2F").replace(':', "%3A");
+    let (status, body) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/images/{encoded}?node=n1"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(image_nodes(&server, REGISTRY_IMAGE).await.is_empty());
+    let pull = json!({"image": REGISTRY_IMAGE, "node": "n1"}).to_string();
+    let (status, _) = call(&app, "POST", "/v1/images/pull", Some(TOKEN), Some(pull)).await;
+    assert_eq!(status, StatusCode::OK);
+    let raw = format!("/v1/images/{REGISTRY_IMAGE}");
+    let (status, body) = call(&app, "DELETE", &raw, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(image_nodes(&server, REGISTRY_IMAGE).await.is_empty());
+    // Removing what is gone is fine.
+    let (status, _) = call(&app, "DELETE", &raw, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_pull_streams_progress_as_json_lines_when_asked() {
+    let (server, app) = setup().await;
+    let headers = [
+        bearer(TOKEN),
+        (
+            header::ACCEPT,
+            "application/json, application/x-ndjson".to_owned(),
+        ),
+    ];
+    let pull = json!({"image": REGISTRY_IMAGE}).to_string();
+    let (status, content_type, body) =
+        send(&app, "POST", "/v1/images/pull", &headers, Some(pull)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/x-ndjson");
+    let lines: Vec<Value> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let (last, progress) = lines.split_last().unwrap();
+    assert_eq!(*last, json!({"node": "n1", "result": "ok"}));
+    assert!(!progress.is_empty());
+    for line in progress {
+        assert_eq!(line["node"], "n1");
+        assert!(line["progress"]["status"].is_string(), "{line}");
+    }
+    assert_eq!(image_nodes(&server, REGISTRY_IMAGE).await, ["n1"]);
+
+    // A node's failure is its last line, with the stable code.
+    let pull = json!({"image": "ctf/nowhere:v1"}).to_string();
+    let (status, _, body) = send(&app, "POST", "/v1/images/pull", &headers, Some(pull)).await;
+    assert_eq!(status, StatusCode::OK);
+    let last: Value =
+        serde_json::from_str(String::from_utf8(body).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(last["result"], "error");
+    assert_eq!(last["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn bad_image_requests_are_json_errors_naming_the_bad_value() {
+    let (server, app) = setup().await;
+    let launch = json!({"container": {"image": "ctf/web-1:latest"}}).to_string();
+    let (status, _) = call(&app, "POST", "/v1/containers", Some(TOKEN), Some(launch)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let pull = |body: Value| ("POST", "/v1/images/pull".to_owned(), Some(body.to_string()));
+    let cases = [
+        (
+            pull(json!({"image": "Bad Image"})),
+            StatusCode::BAD_REQUEST,
+            vec!["Bad Image"],
+        ),
+        (
+            pull(json!({"image": REGISTRY_IMAGE, "nodes": "n1"})),
+            StatusCode::BAD_REQUEST,
+            vec!["nodes"],
+        ),
+        (
+            pull(json!({"image": REGISTRY_IMAGE, "node": "ghost"})),
+            StatusCode::NOT_FOUND,
+            vec!["ghost"],
+        ),
+        (
+            pull(json!({"image": "ctf/nowhere:v1"})),
+            StatusCode::NOT_FOUND,
+            vec!["ctf/nowhere:v1", "n1"],
+        ),
+        (
+            ("DELETE", "/v1/images/Bad%20Image".to_owned(), None),
+            StatusCode::BAD_REQUEST,
+            vec!["Bad Image"],
+        ),
+        (
+            (
+                "DELETE",
+                "/v1/images/ctf/web-1:latest?node=ghost".to_owned(),
+                None,
+            ),
+            StatusCode::NOT_FOUND,
+            vec!["ghost"],
+        ),
+        (
+            ("DELETE", "/v1/images/ctf/web-1:latest".to_owned(), None),
+            StatusCode::CONFLICT,
+            vec!["ctf/web-1:latest", "n1"],
+        ),
+        (
+            ("GET", "/v1/images?node=ghost".to_owned(), None),
+            StatusCode::NOT_FOUND,
+            vec!["ghost"],
+        ),
+        (
+            ("GET", "/v1/images?node=../etc".to_owned(), None),
+            StatusCode::BAD_REQUEST,
+            vec!["../etc"],
+        ),
+    ];
+    for ((method, uri, body), status, needles) in cases {
+        let (got, error) = call(&app, method, &uri, Some(TOKEN), body.clone()).await;
+        assert_eq!(got, status, "{method} {uri} {body:?}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        for needle in needles {
+            assert!(message.contains(needle), "{method} {uri}: {message}");
+        }
+    }
+    assert!(image_nodes(&server, REGISTRY_IMAGE).await.is_empty());
+    assert_eq!(image_nodes(&server, "ctf/web-1:latest").await, ["n1"]);
+}
+
+#[tokio::test]
+async fn metrics_are_rendered_by_the_programs_exporter_on_each_scrape() {
+    let (server, app) = setup().await;
+    let (status, error) = call(&app, "GET", "/metrics", Some(TOKEN), None).await;
+    assert_eq!(
+        (status, error_code(&error)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("with_metrics")
+    );
+
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = scrapes.clone();
+    let app = ApiBuilder::new(server, authenticator())
+        .with_metrics(move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            format!("# TYPE scrapes_total counter\nscrapes_total {n}\n")
+        })
+        .build();
+    for n in 1..=2 {
+        let (status, content_type, body) =
+            send(&app, "GET", "/metrics", &[bearer(TOKEN)], None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.ends_with(&format!("scrapes_total {n}\n")), "{text}");
+    }
+    let (status, _, _) = send(&app, "GET", "/metrics", &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kisara_core::config::Config;
+use kisara_core::config::{Config, Role};
 use kisara_core::lifecycle::Lifecycle;
 use kisara_tunnel::{Relay, RelayOptions};
 
@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
     let path = std::env::args_os()
         .nth(1)
         .unwrap_or_else(|| "conf/kisara-conf.toml".into());
-    let config = match Config::load_with_process_env(&path).and_then(|c| c.resolve()) {
+    let config = match Config::load_with_process_env(&path).and_then(|c| c.resolve_for(Role::Relay)) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{}: {error}", path.to_string_lossy());

@@ -4,8 +4,12 @@
 //! [`Tunnel`], hooks, idempotent launches and recovery from labels.
 //!
 //! Metrics go through the `metrics` facade (export them with any recorder,
-//! e.g. Prometheus): `kisara_launches_total{outcome}` (`ok` or the error
-//! kind), `kisara_launch_seconds` and `kisara_nodes_online`.
+//! e.g. Prometheus, and serve them with the HTTP API's `GET /metrics`):
+//! `kisara_launches_total{outcome}` (`ok` or the error kind),
+//! `kisara_launch_seconds` and `kisara_nodes_online`.
+//!
+//! Images are pulled, listed and removed on one node or on every online node
+//! ([`Server::pull_image`] streams each node's progress).
 //!
 //! Docker labels are the truth: [`Server::connect_node`] rebuilds what the
 //! server knows of a node (its containers, its networks' subnets, its
@@ -40,11 +44,13 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -53,12 +59,17 @@ use tracing::Instrument;
 
 use crate::model::{
     ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerPort, ContainerState,
-    ExecSpec, ExposeRequest, Exposure, LabelFilter, LaunchRequest, NetworkDriver, NetworkInfo,
-    NetworkSpec, NodeCapacity, NodeEvent, NodeId, NodeLoad, NodeStats, Timestamp, labels,
+    ExecSpec, ExposeRequest, Exposure, ImageInfo, ImageRef, LabelFilter, LaunchRequest,
+    NetworkDriver, NetworkInfo, NetworkSpec, NodeCapacity, NodeEvent, NodeId, NodeLoad, NodeStats,
+    Progress, Timestamp, labels,
 };
 use crate::placement::HeadroomPlacement;
-use crate::{ContainerRuntime, Error, ExecSession, Placement, Result, SubnetAllocator, Tunnel};
+use crate::{
+    ContainerRuntime, Error, ExecSession, Placement, ProgressStream, Result, SubnetAllocator,
+    Tunnel,
+};
 
+pub mod link;
 mod node_id;
 
 pub use node_id::{NODE_ID_FILE, load_or_create_node_id};
@@ -172,6 +183,128 @@ pub struct ClusterNetwork {
     pub subnet: IpNet,
     /// The network on each node that has it.
     pub nodes: Vec<(NodeId, NetworkInfo)>,
+}
+
+/// One item of a [`Server::pull_image`] stream.
+#[derive(Debug)]
+pub enum PullEvent {
+    /// A step of the pull on `node`, as its engine reports it.
+    Progress {
+        /// The node pulling.
+        node: NodeId,
+        /// The step.
+        progress: Progress,
+    },
+    /// The pull on `node` ended; the last item about that node.
+    Done {
+        /// The node.
+        node: NodeId,
+        /// `Ok` when the image is on the node; the error names the node.
+        result: Result<()>,
+    },
+}
+
+/// The progress of a pull on several nodes, their items interleaved; see
+/// [`Server::pull_image`].
+pub type PullStream = Pin<Box<dyn Stream<Item = PullEvent> + Send + 'static>>;
+
+/// Reads a pull to its end and returns how it ended on each node, in node
+/// order: the short way for callers that need no progress.
+pub async fn drain_pull(mut pull: PullStream) -> Vec<(NodeId, Result<()>)> {
+    let mut outcomes = Vec::new();
+    while let Some(event) = pull.next().await {
+        if let PullEvent::Done { node, result } = event {
+            outcomes.push((node, result));
+        }
+    }
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    outcomes
+}
+
+/// `image`'s pull on one node as events, ending with [`PullEvent::Done`].
+fn pull_on(
+    node: NodeId,
+    runtime: Arc<dyn ContainerRuntime>,
+    image: ImageRef,
+) -> impl Stream<Item = PullEvent> + Send + 'static {
+    let span = tracing::info_span!("pull_image", %node, %image);
+    // A pull that fails to start ends like one that fails midway.
+    let steps = futures::stream::once(async move { runtime.pull_image(&image).await }).flat_map(
+        |started| started.unwrap_or_else(|error| Box::pin(futures::stream::iter([Err(error)]))),
+    );
+    let steps: ProgressStream = Box::pin(steps);
+    futures::stream::unfold(Some(steps), move |steps| {
+        let node = node.clone();
+        async move {
+            let mut steps = steps?;
+            let result = match steps.next().await {
+                Some(Ok(progress)) => {
+                    return Some((PullEvent::Progress { node, progress }, Some(steps)));
+                }
+                Some(Err(error)) => Err(on_node(error, &node)),
+                None => Ok(()),
+            };
+            match &result {
+                Ok(()) => tracing::info!("image pulled"),
+                Err(error) => tracing::warn!(%error, "image pull failed"),
+            }
+            Some((PullEvent::Done { node, result }, None))
+        }
+        .instrument(span.clone())
+    })
+}
+
+/// `error` with `node` named in its message and its kind kept, so that a
+/// failure on one of several nodes says where it happened.
+fn on_node(error: Error, node: &NodeId) -> Error {
+    let at = |message: String| format!("on node {node}: {message}");
+    match error {
+        Error::NotFound { what, name } => Error::NotFound {
+            what,
+            name: format!("{name} on node {node}"),
+        },
+        Error::AlreadyExists { what, name } => Error::AlreadyExists {
+            what,
+            name: format!("{name} on node {node}"),
+        },
+        Error::Conflict { message } => Error::Conflict {
+            message: at(message),
+        },
+        Error::Invalid { what, message } => Error::Invalid {
+            what,
+            message: at(message),
+        },
+        Error::Exhausted { message } => Error::Exhausted {
+            message: at(message),
+        },
+        Error::Unavailable { message, source } => Error::Unavailable {
+            message: at(message),
+            source,
+        },
+        Error::Timeout { operation, after } => Error::Timeout {
+            operation: format!("{operation} on node {node}"),
+            after,
+        },
+        Error::Unauthenticated { message } => Error::Unauthenticated {
+            message: at(message),
+        },
+        Error::PermissionDenied { message } => Error::PermissionDenied {
+            message: at(message),
+        },
+        Error::NotSupported { backend, operation } => Error::NotSupported {
+            backend,
+            operation: format!("{operation} on node {node}"),
+        },
+        Error::Backend {
+            backend,
+            message,
+            source,
+        } => Error::Backend {
+            backend,
+            message: at(message),
+            source,
+        },
+    }
 }
 
 struct NodeEntry {
@@ -571,6 +704,31 @@ impl Server {
         Ok(entry.runtime.clone())
     }
 
+    /// The node named (which must be online), or every online node.
+    fn targets(&self, node: Option<&NodeId>) -> Result<Vec<(NodeId, Arc<dyn ContainerRuntime>)>> {
+        match node {
+            Some(node) => Ok(vec![(node.clone(), self.runtime_of(node)?)]),
+            None => Ok(self.online_nodes()),
+        }
+    }
+
+    /// What `list` returns on each of `targets`, with its node.
+    async fn gather<T, F, Fut>(
+        targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)>,
+        list: F,
+    ) -> Result<Vec<(NodeId, T)>>
+    where
+        F: Fn(Arc<dyn ContainerRuntime>) -> Fut,
+        Fut: Future<Output = Result<Vec<T>>>,
+    {
+        let mut all = Vec::new();
+        for (node, runtime) in targets {
+            let found = list(runtime).await.map_err(|error| on_node(error, &node))?;
+            all.extend(found.into_iter().map(|item| (node.clone(), item)));
+        }
+        Ok(all)
+    }
+
     /// Picks a node and holds a slot on it until the reservation drops.
     fn reserve(
         &self,
@@ -889,22 +1047,11 @@ impl Server {
     /// Kisara containers matching `query`, from every online node (or the
     /// one named), with their nodes.
     pub async fn list(&self, query: &ContainerQuery) -> Result<Vec<(NodeId, ContainerInfo)>> {
-        let targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = match &query.node {
-            Some(node) => vec![(node.clone(), self.runtime_of(node)?)],
-            None => self.online_nodes(),
-        };
-        let filter = query.filter();
-        let mut all = Vec::new();
-        for (node, runtime) in targets {
-            all.extend(
-                runtime
-                    .list(&filter)
-                    .await?
-                    .into_iter()
-                    .map(|c| (node.clone(), c)),
-            );
-        }
-        Ok(all)
+        let filter = &query.filter();
+        Self::gather(self.targets(query.node.as_ref())?, |runtime| async move {
+            runtime.list(filter).await
+        })
+        .await
     }
 
     /// Starts a command in a container anywhere in the cluster.
@@ -937,17 +1084,11 @@ impl Server {
             }
             Ok::<(), Error>(())
         };
-        let targets: Vec<(NodeId, Arc<dyn ContainerRuntime>)> = match &request.node {
-            Some(node) => vec![(node.clone(), self.runtime_of(node)?)],
-            None => {
-                // An overlay spans the swarm from one node; a bridge is per node.
-                let mut online = self.online_nodes();
-                if request.driver == NetworkDriver::Overlay {
-                    online.truncate(1);
-                }
-                online
-            }
-        };
+        let mut targets = self.targets(request.node.as_ref())?;
+        // An overlay spans the swarm from one node; a bridge is per node.
+        if request.node.is_none() && request.driver == NetworkDriver::Overlay {
+            targets.truncate(1);
+        }
         if targets.is_empty() {
             give_back().await?;
             return Err(Error::unavailable(format!(
@@ -986,18 +1127,10 @@ impl Server {
 
     /// Kisara networks on every online node, with their nodes.
     pub async fn list_networks(&self) -> Result<Vec<(NodeId, NetworkInfo)>> {
-        let online = self.online_nodes();
-        let mut all = Vec::new();
-        for (node, runtime) in online {
-            all.extend(
-                runtime
-                    .list_networks(&LabelFilter::managed())
-                    .await?
-                    .into_iter()
-                    .map(|n| (node.clone(), n)),
-            );
-        }
-        Ok(all)
+        Self::gather(self.online_nodes(), |runtime| async move {
+            runtime.list_networks(&LabelFilter::managed()).await
+        })
+        .await
     }
 
     /// Removes a network from every online node and frees its subnet.
@@ -1008,5 +1141,71 @@ impl Server {
             }
         }
         self.inner.subnets.release(name).await
+    }
+
+    /// The images on the node named, or on every online node, with their
+    /// nodes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown node, [`Error::Unavailable`] for
+    /// an offline one; a node's own failure, naming the node.
+    pub async fn list_images(&self, node: Option<&NodeId>) -> Result<Vec<(NodeId, ImageInfo)>> {
+        Self::gather(self.targets(node)?, |runtime| async move {
+            runtime.list_images().await
+        })
+        .await
+    }
+
+    /// Pulls `image` from its registry onto the node named, or onto every
+    /// online node, and streams each node's progress.
+    ///
+    /// The pulls start when the stream is first polled and run
+    /// concurrently; each node's items keep their order and end with one
+    /// [`PullEvent::Done`], whose error (the registry has no such image, the
+    /// node's engine failed) names the node. One node failing does not stop
+    /// the others. Dropping the stream stops waiting for the pulls.
+    /// [`drain_pull`] reads it to the end.
+    ///
+    /// # Errors
+    ///
+    /// Before anything is pulled: [`Error::NotFound`] for an unknown node,
+    /// [`Error::Unavailable`] for an offline one or when no node is online.
+    pub fn pull_image(&self, image: &ImageRef, node: Option<&NodeId>) -> Result<PullStream> {
+        let targets = self.targets(node)?;
+        if targets.is_empty() {
+            return Err(Error::unavailable(format!(
+                "no online node to pull image {image} on"
+            )));
+        }
+        let pulls = targets
+            .into_iter()
+            .map(|(node, runtime)| Box::pin(pull_on(node, runtime, image.clone())));
+        Ok(Box::pin(futures::stream::select_all(pulls)))
+    }
+
+    /// Removes `image` from the node named, or from every online node; `Ok`
+    /// where it is missing.
+    ///
+    /// Every node is tried even when one fails.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown node, [`Error::Unavailable`] for
+    /// an offline one; otherwise the first node's failure, naming the node
+    /// (e.g. [`Error::Conflict`] when a container uses the image there).
+    pub async fn remove_image(&self, image: &ImageRef, node: Option<&NodeId>) -> Result<()> {
+        let mut first = None;
+        for (node, runtime) in self.targets(node)? {
+            match runtime.remove_image(image.as_str()).await {
+                Ok(()) => tracing::info!(%node, %image, "image removed"),
+                Err(error) => {
+                    let error = on_node(error, &node);
+                    tracing::warn!(%error, %image, "image removal failed");
+                    first.get_or_insert(error);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }

@@ -8,12 +8,16 @@
 //! keys into Kisara's own and returns a [`ResolvedConfig`] that the rest of
 //! Kisara reads; a key set both ways to different values is a problem.
 //!
+//! Each program checks only what it runs: [`Config::resolve_for`] with its
+//! [`Role`] (a relay needs no agent token, an agent no API token).
+//! [`Config::resolve`] checks for [`Role::Dev`], everything in one process.
+//!
 //! Every section rejects unknown keys, naming the key and the file.
 //! Precedence: environment > file > defaults (see [`Config::load_with_env`]
 //! for the override rules).
 //!
 //! ```
-//! use kisara_core::config::Config;
+//! use kisara_core::config::{Config, Role};
 //!
 //! let text = r#"
 //! [kisara]
@@ -21,7 +25,9 @@
 //!
 //! [server]
 //! listen = "0.0.0.0:7474"
-//! token = "a-long-random-shared-token"
+//! token = "a-long-random-shared-token"   # agents present it
+//! heartbeat_timeout_secs = 15            # an agent link this quiet is dead
+//! api_tokens = [{ name = "platform", token = "a-long-random-api-token" }]
 //!
 //! [agent]
 //! server_url = "wss://kisara.example.com:7474"
@@ -31,6 +37,13 @@
 //! bandwidth_in = 104857600   # bytes/s
 //! bandwidth_out = 104857600
 //!
+//! [[agent.relays]]           # the relays this node's tunnel client links to
+//! name = "relay-1"
+//! address = "relay.example.com:7000"
+//! token = "another-long-random-token"
+//! tls_ca = "/etc/kisara/relay-ca.pem"   # TLS on; verify against this CA
+//! server_name = "relay.example.com"     # default: the host of `address`
+//!
 //! [network]
 //! pools = ["10.[128-255].[0-255].0/24"]
 //!
@@ -39,6 +52,8 @@
 //! public_host = "relay.example.com"
 //! port_range = "20000-50000"  # or { start = 20000, end = 50000 }
 //! token = "another-long-random-token"
+//! tls_cert = "/etc/kisara/relay.pem"    # both or neither
+//! tls_key = "/etc/kisara/relay-key.pem"
 //!
 //! [containers]
 //! memory_bytes = 268435456
@@ -52,6 +67,12 @@
 //! let resolved = config.resolve()?;
 //! assert_eq!(resolved.agent.max_containers, 120);
 //! assert!(resolved.server.token.matches("a-long-random-shared-token"));
+//! assert_eq!(resolved.agent.relays[0].tls_server_name(), Some("relay.example.com"));
+//!
+//! // A relay-only file passes for the relay, not for a whole deployment.
+//! let relay = Config::from_toml_str("[relay]\ntoken = \"another-long-random-token\"", "relay.toml")?;
+//! relay.resolve_for(Role::Relay)?;
+//! assert!(relay.resolve().is_err());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -60,15 +81,17 @@ mod resolve;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::Secret;
+use crate::memory::StaticAuthenticator;
 use crate::model::{ContainerSpec, ResourceLimits};
+use crate::{Identity, Secret};
 
-pub use resolve::{ConfigErrors, ConfigProblem, ResolvedConfig};
+pub use resolve::{ConfigErrors, ConfigProblem, ResolvedConfig, Role};
 
 /// A whole configuration file as written: the Go original's sections and
 /// Kisara's own, each defaulted when absent.
@@ -182,6 +205,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The token agents must present; required.
     pub token: Secret,
+    /// The bearer tokens the HTTP API accepts, each with the name callers
+    /// are known by; at least one for [`Role::Server`]. Written
+    /// `api_tokens = [{ name = "platform", token = "..." }]`.
+    pub api_tokens: Vec<ApiToken>,
+    /// Seconds without a heartbeat after which an agent's link counts as
+    /// dead and its node goes offline; default 15.
+    pub heartbeat_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +219,46 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7474),
             token: Secret::default(),
+            api_tokens: Vec::new(),
+            heartbeat_timeout_secs: 15,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::heartbeat_timeout_secs`] as a duration.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs)
+    }
+
+    /// An authenticator accepting each of [`ServerConfig::api_tokens`] as
+    /// an identity of its name, for the HTTP API.
+    pub fn api_authenticator(&self) -> StaticAuthenticator {
+        self.api_tokens
+            .iter()
+            .fold(StaticAuthenticator::new(), |auth, api| {
+                auth.with_token(Identity::new(&api.name), api.token.expose())
+            })
+    }
+}
+
+/// A bearer token of the HTTP API (`server.api_tokens`).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who presents it: the user name logs and audit events show.
+    pub name: String,
+    /// The token.
+    pub token: Secret,
+}
+
+impl ApiToken {
+    /// `token`, presented by `name`.
+    pub fn new(name: impl Into<String>, token: impl Into<Secret>) -> Self {
+        Self {
+            name: name.into(),
+            token: token.into(),
         }
     }
 }
@@ -219,6 +289,63 @@ pub struct AgentConfig {
     /// Where the agent's local store lives; unset means inside `state_dir`
     /// (see [`AgentConfig::store_path`]). Set by the Go `kisaraClient.db_path`.
     pub db_path: Option<PathBuf>,
+    /// The relays this node's tunnel client links to; default none (no
+    /// ports exposed).
+    pub relays: Vec<AgentRelay>,
+}
+
+/// A relay an agent links to (`[[agent.relays]]`), as the tunnel client
+/// dials it.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRelay {
+    /// Its name, unique among the agent's relays; exposures report it.
+    pub name: String,
+    /// Where it accepts clients, `host:port`.
+    pub address: String,
+    /// The token it expects (its `relay.token`).
+    pub token: Secret,
+    /// A PEM file of the CA that signed the relay's certificate; set, the
+    /// link uses TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the relay's certificate must carry; default the host of
+    /// `address`. Needs `tls_ca`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl AgentRelay {
+    /// A relay at `address` expecting `token`, without TLS.
+    pub fn new(
+        name: impl Into<String>,
+        address: impl Into<String>,
+        token: impl Into<Secret>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            address: address.into(),
+            token: token.into(),
+            tls_ca: None,
+            server_name: None,
+        }
+    }
+
+    /// The name to verify the relay's certificate under, when the link
+    /// uses TLS: `server_name`, else the host of `address` (without the
+    /// brackets of an IPv6 address).
+    pub fn tls_server_name(&self) -> Option<&str> {
+        self.tls_ca.as_ref()?;
+        let host = || {
+            let host = self
+                .address
+                .rsplit_once(':')
+                .map_or(self.address.as_str(), |(host, _)| host);
+            host.trim_start_matches('[').trim_end_matches(']')
+        };
+        Some(self.server_name.as_deref().unwrap_or_else(host))
+    }
 }
 
 impl AgentConfig {
@@ -242,6 +369,7 @@ impl Default for AgentConfig {
             bandwidth_out: 52_428_800,
             docker_host: None,
             db_path: None,
+            relays: Vec::new(),
         }
     }
 }
@@ -279,6 +407,18 @@ pub struct RelayConfig {
     /// The token agents present to the relay. Empty means this deployment
     /// runs no relay; a relay must refuse to start without one.
     pub token: Secret,
+    /// A PEM certificate chain to serve agents over TLS; set with
+    /// `tls_key` or not at all.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl RelayConfig {
+    /// The certificate chain and key to serve TLS with, when both are set.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
 }
 
 impl Default for RelayConfig {
@@ -291,6 +431,8 @@ impl Default for RelayConfig {
                 end: 50000,
             },
             token: Secret::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

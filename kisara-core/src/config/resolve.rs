@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Component;
 
 use super::{
-    AgentConfig, Config, ContainerDefaults, Mode, NetworkConfig, RelayConfig, ServerConfig,
+    AgentConfig, AgentRelay, Config, ContainerDefaults, Mode, NetworkConfig, RelayConfig,
+    ServerConfig,
 };
 use crate::{Error, Secret};
 
@@ -17,6 +18,38 @@ const MIN_TOKEN_LEN: usize = 16;
 const MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 /// The Go original's default pool, which is public address space.
 const GO_DEFAULT_POOL: &str = "172.[128-255].[0-255].0/24";
+
+/// Which program a configuration is checked for: each demands only the
+/// sections it runs (see [`Config::resolve_for`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The cluster server: `[server]` (`server.token` and at least one of
+    /// `server.api_tokens` required) and `[network]`.
+    Server,
+    /// A node agent: `[agent]` (`agent.token` required, `agent.relays`) and
+    /// `[containers]`.
+    Agent,
+    /// The relay: `[relay]`, `relay.token` required.
+    Relay,
+    /// Everything in one process, the all-in-one dev binary: every section,
+    /// `server.token` and `agent.token` required; `[relay]` is checked but
+    /// its token may be empty (no relay runs then).
+    Dev,
+}
+
+impl Role {
+    /// Whether this role runs `section` (`"server"`, `"agent"`, ...), so
+    /// that its keys are checked.
+    fn runs(self, section: &str) -> bool {
+        match self {
+            Self::Server => matches!(section, "server" | "network"),
+            Self::Agent => matches!(section, "agent" | "containers"),
+            Self::Relay => section == "relay",
+            Self::Dev => true,
+        }
+    }
+}
 
 /// The effective configuration: Kisara's own sections with the Go
 /// original's keys folded in. Built by [`Config::resolve`].
@@ -94,23 +127,46 @@ impl Config {
         self.kisara.mode.unwrap_or_default()
     }
 
-    /// Checks the whole configuration, legacy keys folded in, and returns
-    /// every problem at once. Weaknesses that [`Mode::Dev`] tolerates are
-    /// logged with `tracing::warn!` instead.
-    ///
-    /// Problems: empty `server.token` / `agent.token`; in prod, tokens
-    /// shorter than 16 bytes or copied from the Go sample; port 0; an
-    /// `agent.server_url` that is not `ws://` or `wss://`;
-    /// `max_containers` 0; an empty `node_id`; a `kisara.dns` or
-    /// `kisaraServer.address` that is not an IP; a reversed or zero-based
-    /// `relay.port_range`; no pools; mount paths that are relative or
-    /// contain `..`; memory below 4 MiB; zero CPU or pids; a legacy key and
-    /// its Kisara key set to different values.
+    /// Checks the configuration for [`Role::Dev`] (every section), legacy
+    /// keys folded in, and returns every problem at once; see
+    /// [`Config::validate_for`].
     pub fn validate(&self) -> Result<(), ConfigErrors> {
-        self.check().1.finish()
+        self.validate_for(Role::Dev)
     }
 
-    /// Validates, then returns the effective configuration.
+    /// Checks what `role` runs, legacy keys folded in, and returns every
+    /// problem at once. Weaknesses that [`Mode::Dev`] tolerates are logged
+    /// with `tracing::warn!` instead.
+    ///
+    /// Problems, in the sections `role` runs: an empty `server.token` /
+    /// `agent.token` (and `relay.token` for [`Role::Relay`]; no
+    /// `server.api_tokens` for [`Role::Server`]); in prod, tokens shorter
+    /// than 16 bytes or copied from the Go sample; port 0; an
+    /// `agent.server_url` that is not `ws://` or `wss://`;
+    /// `max_containers` or `heartbeat_timeout_secs` 0; an empty `node_id`;
+    /// an API token or agent relay without a name, or with a name used
+    /// twice; a relay `address` that is not `host:port`; a `server_name`
+    /// without `tls_ca`; `relay.tls_cert` without `relay.tls_key` or the
+    /// reverse; a `kisara.dns` or `kisaraServer.address` that is not an IP;
+    /// a reversed or zero-based `relay.port_range`; no pools; mount paths
+    /// that are relative or contain `..`; memory below 4 MiB; zero CPU or
+    /// pids; a legacy key and its Kisara key set to different values.
+    pub fn validate_for(&self, role: Role) -> Result<(), ConfigErrors> {
+        self.check(role).1.finish()
+    }
+
+    /// Validates for [`Role::Dev`], then returns the effective
+    /// configuration; see [`Config::resolve_for`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] listing every problem (see [`Config::validate`]).
+    pub fn resolve(&self) -> crate::Result<ResolvedConfig> {
+        self.resolve_for(Role::Dev)
+    }
+
+    /// Validates what `role` runs, then returns the effective
+    /// configuration: every section resolved, only `role`'s checked.
     ///
     /// Each Go key folds into Kisara's own: `kisara.token` → `server.token`
     /// and `agent.token`; `kisaraServer.address`/`port` → `server.listen`
@@ -124,19 +180,23 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] listing every problem (see [`Config::validate`]).
-    pub fn resolve(&self) -> crate::Result<ResolvedConfig> {
-        let (resolved, checker) = self.check();
+    /// [`Error::Invalid`] listing every problem (see
+    /// [`Config::validate_for`]).
+    pub fn resolve_for(&self, role: Role) -> crate::Result<ResolvedConfig> {
+        let (resolved, checker) = self.check(role);
         checker.finish()?;
         Ok(resolved)
     }
 
     /// Folds and checks in one pass: problems and warnings go to the
     /// returned [`Checker`].
-    fn check(&self) -> (ResolvedConfig, Checker) {
+    fn check(&self, role: Role) -> (ResolvedConfig, Checker) {
         let mut c = Checker {
             mode: self.mode(),
-            ..Checker::default()
+            role,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            folded: Vec::new(),
         };
         let mut r = ResolvedConfig {
             mode: self.mode(),
@@ -240,7 +300,9 @@ impl Config {
             .and_then(|dns| match dns.trim().parse::<IpAddr>() {
                 Ok(ip) => Some(vec![ip]),
                 Err(_) => {
-                    c.problem("kisara.dns", format!("{dns:?} is not an IP address"));
+                    if role.runs("containers") {
+                        c.problem("kisara.dns", format!("{dns:?} is not an IP address"));
+                    }
                     None
                 }
             });
@@ -253,7 +315,7 @@ impl Config {
         );
 
         c.check_resolved(&r);
-        if client.port == Some(0) {
+        if client.port == Some(0) && role.runs("agent") {
             c.problem("kisaraClient.port", "must not be 0");
         }
         (r, c)
@@ -282,24 +344,28 @@ impl Config {
                 (Some(listen), Some(format!("ws://{listen}")))
             }
             Err(_) => {
-                c.problem(
-                    "kisaraServer.address",
-                    format!(
-                        "{address:?} is not an IP address, which server.listen needs; \
+                // Only the server listens on it; agents dial a host name fine.
+                if c.role.runs("server") {
+                    c.problem(
+                        "kisaraServer.address",
+                        format!(
+                            "{address:?} is not an IP address, which server.listen needs; \
                          use [server] listen and [agent] server_url instead"
-                    ),
-                );
+                        ),
+                    );
+                }
                 (None, Some(format!("ws://{address}:{port}")))
             }
         }
     }
 }
 
-/// Collects problems and warnings, and remembers which Kisara keys took
-/// their value from a legacy key so that problems name what the user wrote.
-#[derive(Default)]
+/// Collects problems and warnings for the sections a role runs, and
+/// remembers which Kisara keys took their value from a legacy key so that
+/// problems name what the user wrote.
 struct Checker {
     mode: Mode,
+    role: Role,
     problems: Vec<ConfigProblem>,
     warnings: Vec<ConfigProblem>,
     /// (Kisara key, legacy key it was folded from).
@@ -316,7 +382,7 @@ impl Checker {
     }
 
     /// The key the value of Kisara's `key` was written under.
-    fn key(&self, key: &'static str) -> &'static str {
+    fn key<'a>(&self, key: &'a str) -> &'a str {
         self.folded
             .iter()
             .find(|(kisara, _)| *kisara == key)
@@ -335,7 +401,8 @@ impl Checker {
         default: &T,
     ) {
         let Some(value) = legacy else { return };
-        if *target != *default && *target != value {
+        let section = key.split('.').next().unwrap_or_default();
+        if *target != *default && *target != value && self.role.runs(section) {
             // Debug of a Secret is redacted, so tokens are not printed.
             self.problem(
                 key,
@@ -349,7 +416,7 @@ impl Checker {
 
     /// A token: `required` ones must not be empty; weak ones are problems in
     /// prod and warnings in dev.
-    fn token(&mut self, key: &'static str, token: &Secret, required: bool) {
+    fn token(&mut self, key: &str, token: &Secret, required: bool) {
         let key = self.key(key);
         if token.is_empty() {
             if required {
@@ -387,21 +454,56 @@ impl Checker {
         }
     }
 
-    /// Checks the effective values.
+    /// Checks the effective values of the sections the role runs.
     fn check_resolved(&mut self, r: &ResolvedConfig) {
-        self.token("server.token", &r.server.token, true);
-        self.token("agent.token", &r.agent.token, true);
-        self.token("relay.token", &r.relay.token, false);
-        self.port("server.listen", r.server.listen);
-        self.port("relay.listen", r.relay.listen);
+        let role = self.role;
+        if role.runs("server") {
+            self.check_server(&r.server);
+        }
+        if role.runs("agent") {
+            self.check_agent(&r.agent);
+        }
+        if role.runs("network") {
+            self.check_network(&r.network);
+        }
+        if role.runs("relay") {
+            self.check_relay(&r.relay);
+        }
+        if role.runs("containers") {
+            self.check_containers(&r.containers);
+        }
+    }
 
-        let url = &r.agent.server_url;
+    fn check_server(&mut self, server: &ServerConfig) {
+        self.token("server.token", &server.token, true);
+        self.port("server.listen", server.listen);
+        self.at_least_one(
+            "server.heartbeat_timeout_secs",
+            server.heartbeat_timeout_secs,
+        );
+        if self.role == Role::Server && server.api_tokens.is_empty() {
+            self.problem(
+                "server.api_tokens",
+                "must list at least one token for the HTTP API, \
+                 e.g. [{ name = \"platform\", token = \"...\" }]",
+            );
+        }
+        let names: Vec<&str> = server.api_tokens.iter().map(|t| t.name.as_str()).collect();
+        self.unique_names("server.api_tokens", &names);
+        for (i, api) in server.api_tokens.iter().enumerate() {
+            self.token(&format!("server.api_tokens[{i}].token"), &api.token, true);
+        }
+    }
+
+    fn check_agent(&mut self, agent: &AgentConfig) {
+        self.token("agent.token", &agent.token, true);
+        let url = &agent.server_url;
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             let key = self.key("agent.server_url");
             self.problem(key, format!("{url:?} must start with ws:// or wss://"));
         }
-        self.at_least_one("agent.max_containers", r.agent.max_containers.into());
-        if r.agent
+        self.at_least_one("agent.max_containers", agent.max_containers.into());
+        if agent
             .node_id
             .as_deref()
             .is_some_and(|id| id.trim().is_empty())
@@ -411,12 +513,50 @@ impl Checker {
                 "must not be empty; leave it unset to generate one",
             );
         }
+        let names: Vec<&str> = agent.relays.iter().map(|r| r.name.as_str()).collect();
+        self.unique_names("agent.relays", &names);
+        for (i, relay) in agent.relays.iter().enumerate() {
+            self.agent_relay(&format!("agent.relays[{i}]"), relay);
+        }
+    }
 
+    fn agent_relay(&mut self, key: &str, relay: &AgentRelay) {
+        let address = relay.address.trim();
+        let split = address
+            .rsplit_once(':')
+            .filter(|(host, port)| !host.is_empty() && matches!(port.parse::<u16>(), Ok(1..)));
+        if split.is_none() {
+            self.problem(
+                format!("{key}.address"),
+                format!("{address:?} must be host:port, e.g. relay.example.com:7000"),
+            );
+        }
+        self.token(&format!("{key}.token"), &relay.token, true);
+        if relay
+            .tls_ca
+            .as_ref()
+            .is_some_and(|ca| ca.as_os_str().is_empty())
+        {
+            self.problem(format!("{key}.tls_ca"), "must not be empty");
+        }
+        match relay.server_name.as_deref() {
+            Some(name) if name.trim().is_empty() => {
+                self.problem(format!("{key}.server_name"), "must not be empty");
+            }
+            Some(_) if relay.tls_ca.is_none() => self.problem(
+                format!("{key}.server_name"),
+                format!("needs {key}.tls_ca: TLS to a relay is verified against that CA"),
+            ),
+            _ => {}
+        }
+    }
+
+    fn check_network(&mut self, network: &NetworkConfig) {
         let pools_key = self.key("network.pools");
-        if r.network.pools.is_empty() {
+        if network.pools.is_empty() {
             self.problem(pools_key, "must list at least one pool");
         }
-        for pool in &r.network.pools {
+        for pool in &network.pools {
             if pool.trim().is_empty() {
                 self.problem(pools_key, "must not contain an empty pool");
             } else if pool.trim() == GO_DEFAULT_POOL {
@@ -426,8 +566,12 @@ impl Checker {
                 );
             }
         }
+    }
 
-        let range = r.relay.port_range;
+    fn check_relay(&mut self, relay: &RelayConfig) {
+        self.token("relay.token", &relay.token, self.role == Role::Relay);
+        self.port("relay.listen", relay.listen);
+        let range = relay.port_range;
         if range.start == 0 {
             self.problem(
                 "relay.port_range",
@@ -440,11 +584,17 @@ impl Checker {
                 format!("{range} is reversed; write start-end"),
             );
         }
-        if r.relay.public_host.trim().is_empty() {
+        if relay.public_host.trim().is_empty() {
             self.problem("relay.public_host", "must not be empty");
         }
+        match (&relay.tls_cert, &relay.tls_key) {
+            (Some(_), None) => self.problem("relay.tls_key", "must be set when relay.tls_cert is"),
+            (None, Some(_)) => self.problem("relay.tls_cert", "must be set when relay.tls_key is"),
+            _ => {}
+        }
+    }
 
-        let limits = &r.containers;
+    fn check_containers(&mut self, limits: &ContainerDefaults) {
         if limits.memory_bytes < MIN_MEMORY_BYTES {
             self.problem(
                 "containers.memory_bytes",
@@ -463,6 +613,21 @@ impl Checker {
             }
             if path.components().any(|part| part == Component::ParentDir) {
                 self.problem(key, format!("{} must not contain `..`", path.display()));
+            }
+        }
+    }
+
+    /// Names in the list `key` must be set and each used once.
+    fn unique_names(&mut self, key: &str, names: &[&str]) {
+        for (i, name) in names.iter().enumerate() {
+            let entry = format!("{key}[{i}].name");
+            if name.trim().is_empty() {
+                self.problem(entry, "must not be empty");
+            } else if let Some(first) = names[..i].iter().position(|other| other == name) {
+                self.problem(
+                    entry,
+                    format!("{name:?} is also the name of {key}[{first}]"),
+                );
             }
         }
     }

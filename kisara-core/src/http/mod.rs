@@ -24,22 +24,43 @@
 //! // axum::serve(tokio::net::TcpListener::bind("127.0.0.1:7474").await?, app).await?;
 //! # let _ = app; }
 //! ```
+//!
+//! # Prometheus metrics
+//!
+//! `GET /metrics` serves the `metrics` facade's values in the Prometheus
+//! text format. Kisara installs no recorder itself (a library must not take
+//! the process-wide slot): the program installs one and hands the API a
+//! function that renders it, through [`ApiBuilder::with_metrics`]. With
+//! `metrics-exporter-prometheus` (`default-features = false` is enough):
+//!
+//! ```ignore
+//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+//! let app = ApiBuilder::new(server, authenticator)
+//!     .with_metrics(move || prometheus.render())
+//!     .build();
+//! ```
+//!
+//! The route needs the bearer token like every other; in Prometheus's
+//! scrape config, set `authorization: { credentials: <token> }`. Without
+//! `with_metrics` it answers 404.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ContainerQuery, NetworkRequest, Server};
-use crate::model::{ContainerId, ExecSpec, LaunchRequest, NodeId};
+use crate::cluster::{ContainerQuery, NetworkRequest, PullEvent, Server, drain_pull};
+use crate::model::{ContainerId, ExecSpec, ImageRef, LaunchRequest, NodeId, Progress};
 use crate::{Authenticator, Credentials, Error, ErrorKind, Identity};
 
 /// The largest request body accepted, in bytes.
@@ -48,88 +69,143 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an exec through the API may run at most.
 const MAX_EXEC_TIME: Duration = Duration::from_secs(300);
+/// The media type of streamed pull progress, one JSON object per line.
+const NDJSON: &str = "application/x-ndjson";
+/// The media type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders the embedding program's metrics in the Prometheus text format.
+type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Clone)]
 struct ApiState {
     server: Server,
     authenticator: Arc<dyn Authenticator>,
+    metrics: Option<RenderMetrics>,
 }
 
 /// The API as an axum router (a tower service): serve it, or `nest` it into
-/// your own router.
+/// your own router. The short way of [`ApiBuilder`] without options.
 pub fn api(server: Server, authenticator: Arc<dyn Authenticator>) -> Router {
-    let state = ApiState {
-        server,
-        authenticator,
-    };
-    Router::new()
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/containers", post(launch).get(list_containers))
-        .route("/v1/containers/{id}", get(inspect).delete(remove))
-        .route("/v1/containers/{id}/stop", post(stop))
-        .route("/v1/containers/{id}/exec", post(exec))
-        .route("/v1/networks", post(create_network).get(list_networks))
-        .route("/v1/networks/{name}", axum::routing::delete(remove_network))
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    ApiBuilder::new(server, authenticator).build()
+}
+
+/// Builds the API router with options; see [`api`].
+#[must_use]
+pub struct ApiBuilder {
+    state: ApiState,
+}
+
+impl ApiBuilder {
+    /// The API over `server`, every caller checked by `authenticator`.
+    pub fn new(server: Server, authenticator: Arc<dyn Authenticator>) -> Self {
+        Self {
+            state: ApiState {
+                server,
+                authenticator,
+                metrics: None,
+            },
+        }
+    }
+
+    /// Serves `GET /metrics` with what `render` returns on each scrape: the
+    /// Prometheus text exposition of the recorder the program installed
+    /// (see the [module docs](self)).
+    pub fn with_metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.state.metrics = Some(Arc::new(render));
+        self
+    }
+
+    /// The router.
+    pub fn build(self) -> Router {
+        Router::new()
+            .route("/v1/openapi.json", get(openapi))
+            .route("/metrics", get(metrics))
+            .route("/v1/nodes", get(list_nodes))
+            .route("/v1/containers", post(launch).get(list_containers))
+            .route("/v1/containers/{id}", get(inspect).delete(remove))
+            .route("/v1/containers/{id}/stop", post(stop))
+            .route("/v1/containers/{id}/exec", post(exec))
+            .route("/v1/networks", post(create_network).get(list_networks))
+            .route("/v1/networks/{name}", delete(remove_network))
+            .route("/v1/images", get(list_images))
+            .route("/v1/images/pull", post(pull_image))
+            // A catch-all, so that a reference's `/` may come raw or as %2F.
+            .route("/v1/images/{*image}", delete(remove_image))
+            .fallback(not_found)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.state)
+    }
 }
 
 /// An error as the API answers it.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
-    message: String,
+    error: ErrorDetail,
 }
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+    error: &'a ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// An error's stable code and message, as every error body and every failed
+/// node of a pull carries it.
+#[derive(Debug, Serialize)]
+struct ErrorDetail {
+    code: &'static str,
+    message: String,
+}
+
+impl From<&Error> for ErrorDetail {
+    fn from(error: &Error) -> Self {
+        Self {
+            code: error.kind().code(),
+            message: error.to_string(),
+        }
+    }
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
-            message: message.into(),
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
         }
+    }
+}
+
+/// The HTTP status that answers an error of `kind`.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Exhausted | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::NotSupported => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        let status = match error.kind() {
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
-            ErrorKind::Exhausted | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-            ErrorKind::NotSupported => StatusCode::NOT_IMPLEMENTED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, error.kind().code(), error.to_string())
+        Self {
+            status: status_of(error.kind()),
+            error: ErrorDetail::from(&error),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: &self.message,
-            },
-        };
+        let body = ErrorBody { error: &self.error };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -211,8 +287,29 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
     }
 }
 
+/// One path parameter, percent-decoded; failures answered as an
+/// [`ApiError`].
+struct PathParam(String);
+
+impl FromRequestParts<ApiState> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> ApiResult<Self> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError::new(
+                    rejection.status(),
+                    ErrorKind::Invalid.code(),
+                    rejection.body_text(),
+                )
+            })
+    }
+}
+
 /// Decodes the query string strictly, answering failures as an [`ApiError`].
-fn query<T: DeserializeOwned>(uri: &axum::http::Uri) -> ApiResult<T> {
+fn query<T: DeserializeOwned>(uri: &Uri) -> ApiResult<T> {
     Query::<T>::try_from_uri(uri)
         .map(|Query(value)| value)
         .map_err(|error| {
@@ -239,6 +336,17 @@ async fn openapi(_caller: Caller) -> impl IntoResponse {
     )
 }
 
+async fn metrics(State(state): State<ApiState>, _caller: Caller) -> ApiResult<Response> {
+    let render = state.metrics.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound.code(),
+            "metrics are not exported: build the API with ApiBuilder::with_metrics",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], render()).into_response())
+}
+
 async fn list_nodes(State(state): State<ApiState>, _caller: Caller) -> impl IntoResponse {
     axum::Json(state.server.nodes())
 }
@@ -252,7 +360,7 @@ struct LaunchParams {
 async fn launch(
     State(state): State<ApiState>,
     caller: Caller,
-    uri: axum::http::Uri,
+    uri: Uri,
     JsonBody(request): JsonBody<LaunchRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let params: LaunchParams = query(&uri)?;
@@ -282,7 +390,7 @@ struct Placed<T> {
 async fn list_containers(
     State(state): State<ApiState>,
     _caller: Caller,
-    uri: axum::http::Uri,
+    uri: Uri,
 ) -> ApiResult<impl IntoResponse> {
     let params: ListParams = query(&uri)?;
     let found = state
@@ -304,7 +412,7 @@ async fn list_containers(
 async fn inspect(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<impl IntoResponse> {
     let (node, item) = state.server.inspect(&ContainerId::new(id)).await?;
     Ok(axum::Json(Placed { node, item }))
@@ -313,7 +421,7 @@ async fn inspect(
 async fn remove(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
     state.server.remove(&ContainerId::new(id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -328,8 +436,8 @@ struct StopParams {
 async fn stop(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
-    uri: axum::http::Uri,
+    PathParam(id): PathParam,
+    uri: Uri,
 ) -> ApiResult<StatusCode> {
     let params: StopParams = query(&uri)?;
     let grace = Duration::from_secs(params.grace_secs.unwrap_or(10));
@@ -360,7 +468,7 @@ struct ExecResponse {
 async fn exec(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(request): JsonBody<ExecRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let mut spec = ExecSpec::new(request.command);
@@ -413,8 +521,156 @@ async fn list_networks(
 async fn remove_network(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<StatusCode> {
     state.server.remove_network(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `node` query parameter of the image routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeParams {
+    node: Option<NodeId>,
+}
+
+async fn list_images(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    uri: Uri,
+) -> ApiResult<impl IntoResponse> {
+    let params: NodeParams = query(&uri)?;
+    let found: Vec<_> = state
+        .server
+        .list_images(params.node.as_ref())
+        .await?
+        .into_iter()
+        .map(|(node, item)| Placed { node, item })
+        .collect();
+    Ok(axum::Json(found))
+}
+
+/// The body of `POST /v1/images/pull`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    image: ImageRef,
+    #[serde(default)]
+    node: Option<NodeId>,
+}
+
+/// One line of a streamed pull, and one node's entry in a collected one:
+/// `{"node", "progress"}` while it runs, then `{"node", "result": "ok"}` or
+/// `{"node", "result": "error", "error": {"code", "message"}}`.
+#[derive(Serialize)]
+struct PullLine<'a> {
+    node: &'a NodeId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<&'a Progress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+}
+
+impl<'a> PullLine<'a> {
+    fn done(node: &'a NodeId, result: &crate::Result<()>) -> Self {
+        Self {
+            node,
+            progress: None,
+            result: Some(if result.is_ok() { "ok" } else { "error" }),
+            error: result.as_ref().err().map(ErrorDetail::from),
+        }
+    }
+}
+
+impl<'a> From<&'a PullEvent> for PullLine<'a> {
+    fn from(event: &'a PullEvent) -> Self {
+        match event {
+            PullEvent::Progress { node, progress } => Self {
+                node,
+                progress: Some(progress),
+                result: None,
+                error: None,
+            },
+            PullEvent::Done { node, result } => Self::done(node, result),
+        }
+    }
+}
+
+/// Whether the client asked for streamed progress (`Accept:
+/// application/x-ndjson`).
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|media| {
+            let essence = media.split(';').next().unwrap_or_default().trim();
+            essence.eq_ignore_ascii_case(NDJSON)
+        })
+}
+
+async fn pull_image(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<PullRequest>,
+) -> ApiResult<Response> {
+    tracing::info!(user = %caller.0.username, image = %request.image, node = ?request.node, "image pull through the API");
+    let pull = state
+        .server
+        .pull_image(&request.image, request.node.as_ref())?;
+    if wants_ndjson(&headers) {
+        let lines = pull.map(|event| {
+            let mut line =
+                serde_json::to_vec(&PullLine::from(&event)).expect("a pull line serializes");
+            line.push(b'\n');
+            Ok::<_, Infallible>(Bytes::from(line))
+        });
+        return Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response());
+    }
+    let outcomes = drain_pull(pull).await;
+    // Failed nodes make the answer an error, of the first failure's kind,
+    // naming every failed node.
+    let mut failures = outcomes
+        .iter()
+        .filter_map(|(_, result)| result.as_ref().err());
+    if let Some(first) = failures.next() {
+        let kind = first.kind();
+        let message = std::iter::once(first)
+            .chain(failures)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::new(status_of(kind), kind.code(), message));
+    }
+    let done: Vec<_> = outcomes
+        .iter()
+        .map(|(node, result)| PullLine::done(node, result))
+        .collect();
+    Ok(axum::Json(done).into_response())
+}
+
+async fn remove_image(
+    State(state): State<ApiState>,
+    caller: Caller,
+    PathParam(image): PathParam,
+    uri: Uri,
+) -> ApiResult<StatusCode> {
+    let params: NodeParams = query(&uri)?;
+    let image = ImageRef::parse(&image)?;
+    tracing::info!(user = %caller.0.username, %image, node = ?params.node, "image removal through the API");
+    state
+        .server
+        .remove_image(&image, params.node.as_ref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An error as the API answers it (status, JSON body), for handlers
+/// outside this module.
+pub(crate) fn error_response(error: Error) -> Response {
+    ApiError::from(error).into_response()
 }

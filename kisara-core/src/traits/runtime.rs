@@ -30,7 +30,7 @@ pub type EventStream = BoxStream<ContainerEvent>;
 ///
 /// Conformance cases that need an ability read it here instead of skipping
 /// ad hoc; callers check it before relying on one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimeCapabilities {
     /// Multi-host overlay networks ([`crate::model::NetworkDriver::Overlay`]).
     pub overlay_networks: bool,
