@@ -11,7 +11,7 @@ use kisara_core::cluster::link::{
     AGENT_LINK_PATH, Agent, AgentGateway, LinkOptions, MAX_MESSAGE_BYTES, RemoteRuntime,
     agent_link, pipe,
 };
-use kisara_core::cluster::{ClusterEvent, Server};
+use kisara_core::cluster::{ClusterEvent, NetworkRequest, Server};
 use kisara_core::memory::{LoopbackTunnel, MemoryRuntime, MemorySubnetAllocator};
 use kisara_core::model::{
     ContainerSpec, ExecSpec, ImageRef, LabelFilter, LaunchRequest, NodeCapacity, NodeEvent, NodeId,
@@ -460,4 +460,37 @@ async fn bad_hellos_and_oversized_frames_are_refused() {
     let agent = Agent::with_options(id.clone(), capacity(), memory(), options());
     let _link = link(&gateway, &agent).await;
     online(&server, &id, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_are_exposed_by_the_agent_that_runs_the_container() {
+    let (server, gateway) = server(&Log::default());
+    let id = node("node-exposing");
+    let tunnel = Arc::new(LoopbackTunnel::default());
+    let agent = Agent::with_options(id.clone(), capacity(), memory(), options())
+        .with_tunnel(tunnel.clone());
+    let _link = link(&gateway, &agent).await;
+    online(&server, &id, true).await;
+    server
+        .create_network(&NetworkRequest::new("team-3"))
+        .await
+        .unwrap();
+    let mut spec = ContainerSpec::new(image());
+    spec.networks = vec!["team-3".into()];
+    spec.ports = vec!["80/tcp".parse().unwrap()];
+    let launched = server
+        .launch_container(LaunchRequest::new(spec), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(launched.exposures.len(), 1);
+    // The exposure lives in the agent's tunnel, not the server's.
+    let on_agent = tunnel.list(&LabelFilter::all()).await.unwrap();
+    assert_eq!(on_agent, launched.exposures);
+    assert_eq!(
+        server.exposures(&launched.container.id).await.unwrap(),
+        launched.exposures
+    );
+    server.remove(&launched.container.id).await.unwrap();
+    assert!(tunnel.list(&LabelFilter::all()).await.unwrap().is_empty());
+    server.remove_network("team-3").await.unwrap();
 }

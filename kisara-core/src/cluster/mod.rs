@@ -309,6 +309,9 @@ fn on_node(error: Error, node: &NodeId) -> Error {
 
 struct NodeEntry {
     runtime: Arc<dyn ContainerRuntime>,
+    /// The node's own tunnel (an agent's relay client), used instead of the
+    /// server's for its containers.
+    tunnel: Option<Arc<dyn Tunnel>>,
     capacity: NodeCapacity,
     online: bool,
     stats: NodeStats,
@@ -546,6 +549,21 @@ impl Server {
         capacity: NodeCapacity,
         runtime: Arc<dyn ContainerRuntime>,
     ) -> Result<()> {
+        self.connect_node_with_tunnel(node, capacity, runtime, None)
+            .await
+    }
+
+    /// [`Server::connect_node`] for a node that exposes its containers'
+    /// ports through its own `tunnel` (e.g. an agent running a relay
+    /// client beside the engine, which reaches container addresses the
+    /// server cannot). Without one, the server's tunnel is used.
+    pub async fn connect_node_with_tunnel(
+        &self,
+        node: NodeId,
+        capacity: NodeCapacity,
+        runtime: Arc<dyn ContainerRuntime>,
+        tunnel: Option<Arc<dyn Tunnel>>,
+    ) -> Result<()> {
         let span = tracing::info_span!("connect_node", %node);
         async {
             let containers = runtime.list(&LabelFilter::managed()).await?;
@@ -565,8 +583,9 @@ impl Server {
                 .iter()
                 .filter(|c| c.state == ContainerState::Running)
                 .collect();
+            let exposing = tunnel.clone().or_else(|| self.inner.tunnel.clone());
             for container in &running {
-                self.restore_exposures(container).await?;
+                Self::restore_exposures(exposing.as_ref(), container).await?;
             }
             let stats = runtime.node_stats().await?;
             let watcher = self.watch(node.clone(), runtime.clone()).await?;
@@ -580,6 +599,7 @@ impl Server {
                 node.clone(),
                 NodeEntry {
                     runtime,
+                    tunnel,
                     capacity,
                     online: true,
                     stats,
@@ -826,10 +846,11 @@ impl Server {
                     });
                 }
             };
-            let exposures = match self.expose_ports(&container).await {
+            let tunnel = self.tunnel_for(Some(&node));
+            let exposures = match Self::expose_ports(tunnel.as_ref(), &container).await {
                 Ok(exposures) => exposures,
                 Err(error) => {
-                    self.withdraw_exposures(&container.id).await;
+                    Self::withdraw_exposures(tunnel.as_ref(), &container.id).await;
                     if let Err(cleanup) = runtime.remove(&container.id).await {
                         tracing::warn!(error = %cleanup, "cleanup after a failed exposure");
                     }
@@ -896,8 +917,25 @@ impl Server {
         request
     }
 
-    async fn expose_ports(&self, container: &ContainerInfo) -> Result<Vec<Exposure>> {
-        let Some(tunnel) = &self.inner.tunnel else {
+    /// The tunnel that exposes the containers of `node`: its own, else the
+    /// server's.
+    fn tunnel_for(&self, node: Option<&NodeId>) -> Option<Arc<dyn Tunnel>> {
+        node.and_then(|node| {
+            self.inner
+                .nodes
+                .lock()
+                .expect("nodes lock")
+                .get(node)
+                .and_then(|entry| entry.tunnel.clone())
+        })
+        .or_else(|| self.inner.tunnel.clone())
+    }
+
+    async fn expose_ports(
+        tunnel: Option<&Arc<dyn Tunnel>>,
+        container: &ContainerInfo,
+    ) -> Result<Vec<Exposure>> {
+        let Some(tunnel) = tunnel else {
             return Ok(Vec::new());
         };
         if container.ports.is_empty() {
@@ -916,8 +954,11 @@ impl Server {
     }
 
     /// Re-exposes the ports of a running container that have no exposure.
-    async fn restore_exposures(&self, container: &ContainerInfo) -> Result<()> {
-        let Some(tunnel) = &self.inner.tunnel else {
+    async fn restore_exposures(
+        tunnel: Option<&Arc<dyn Tunnel>>,
+        container: &ContainerInfo,
+    ) -> Result<()> {
+        let Some(tunnel) = tunnel else {
             return Ok(());
         };
         if container.ports.is_empty() {
@@ -940,8 +981,8 @@ impl Server {
         Ok(())
     }
 
-    async fn withdraw_exposures(&self, container: &ContainerId) {
-        let Some(tunnel) = &self.inner.tunnel else {
+    async fn withdraw_exposures(tunnel: Option<&Arc<dyn Tunnel>>, container: &ContainerId) {
+        let Some(tunnel) = tunnel else {
             return;
         };
         let filter = LabelFilter::all().with(labels::CONTAINER, container.as_str());
@@ -959,7 +1000,14 @@ impl Server {
 
     /// The exposures of a container.
     pub async fn exposures(&self, container: &ContainerId) -> Result<Vec<Exposure>> {
-        match &self.inner.tunnel {
+        let node = self
+            .inner
+            .locations
+            .lock()
+            .expect("locations lock")
+            .get(container)
+            .cloned();
+        match self.tunnel_for(node.as_ref()) {
             Some(tunnel) => {
                 tunnel
                     .list(&LabelFilter::all().with(labels::CONTAINER, container.as_str()))
@@ -1019,7 +1067,7 @@ impl Server {
             Err(error) if error.kind() == crate::ErrorKind::NotFound => return Ok(()),
             Err(error) => return Err(error),
         };
-        self.withdraw_exposures(&info.id).await;
+        Self::withdraw_exposures(self.tunnel_for(Some(&node)).as_ref(), &info.id).await;
         runtime.remove(&info.id).await?;
         self.inner
             .locations

@@ -15,7 +15,7 @@ use super::remote::RemoteRuntime;
 use super::wire::{Control, Hello, PROTOCOL_VERSION, WireError};
 use crate::cluster::Server;
 use crate::model::NodeId;
-use crate::{ContainerRuntime, Error, Result, Secret};
+use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
 
 /// Accepts agent links and plugs each agent's node into a [`Server`] as a
 /// [`RemoteRuntime`]. Cheap to clone.
@@ -155,9 +155,12 @@ impl AgentGateway {
                 hello.clone(),
             );
             async move {
+                let tunnel = runtime
+                    .has_tunnel()
+                    .then(|| runtime.clone() as Arc<dyn Tunnel>);
                 let node: Arc<dyn ContainerRuntime> = runtime;
                 if let Err(error) = server
-                    .connect_node(hello.node.clone(), hello.capacity, node)
+                    .connect_node_with_tunnel(hello.node.clone(), hello.capacity, node, tunnel)
                     .await
                 {
                     tracing::warn!(%error, "cannot resync the node; closing its link");
