@@ -9,6 +9,7 @@ mod hijack;
 mod images;
 mod networks;
 mod runtime;
+pub mod sidecar;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
