@@ -494,3 +494,45 @@ async fn ports_are_exposed_by_the_agent_that_runs_the_container() {
     assert!(tunnel.list(&LabelFilter::all()).await.unwrap().is_empty());
     server.remove_network("team-3").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_one_engine_each_see_their_own_containers() {
+    let (server, gateway) = server(&Log::default());
+    let engine = memory();
+    let (a, b) = (node("node-a"), node("node-b"));
+    let mut links = Vec::new();
+    for id in [&a, &b] {
+        let agent = Agent::with_options(id.clone(), capacity(), engine.clone(), options());
+        links.push(link(&gateway, &agent).await);
+        online(&server, id, true).await;
+    }
+    for (i, id) in [&a, &b, &b].into_iter().enumerate() {
+        let mut request = LaunchRequest::new(ContainerSpec::new(image()));
+        request.node = Some(id.clone());
+        request.container.name = Some(format!("shared-{i}"));
+        server.launch_container(request, WAIT).await.unwrap();
+    }
+    let listed = server
+        .list(&kisara_core::cluster::ContainerQuery::default())
+        .await
+        .unwrap();
+    let mut placed: Vec<(String, String)> = listed
+        .iter()
+        .map(|(node, info)| (info.name.clone(), node.to_string()))
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        [
+            ("shared-0".to_owned(), "node-a".to_owned()),
+            ("shared-1".to_owned(), "node-b".to_owned()),
+            ("shared-2".to_owned(), "node-b".to_owned()),
+        ]
+    );
+    // Inspect names the node that runs it.
+    let (on, _) = server
+        .inspect(&kisara_core::model::ContainerId::new("shared-2"))
+        .await
+        .unwrap();
+    assert_eq!(on, b);
+}

@@ -1037,7 +1037,15 @@ impl Server {
         let online = self.online_nodes();
         for (node, runtime) in online {
             match runtime.inspect(container).await {
-                Ok(info) if info.labels.contains_key(labels::MANAGED) => {
+                // Nodes may share an engine: a container labelled for
+                // another node is not this node's.
+                Ok(info)
+                    if info.labels.contains_key(labels::MANAGED)
+                        && info
+                            .labels
+                            .get(labels::NODE)
+                            .is_none_or(|owner| owner == node.as_str()) =>
+                {
                     return Ok((node, runtime, info));
                 }
                 Ok(_) => {}
@@ -1151,6 +1159,7 @@ impl Server {
             driver: request.driver,
             internal: request.internal,
             labels: Default::default(),
+            node: None,
         };
         let mut created = Vec::new();
         for (node, runtime) in &targets {

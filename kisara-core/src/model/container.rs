@@ -94,6 +94,11 @@ pub struct ContainerSpec {
     /// Linux capabilities to keep; all others are dropped.
     #[serde(default)]
     pub cap_add: Vec<String>,
+    /// The cluster node it belongs to, labelled [`labels::NODE`]; set by
+    /// the node's agent so that agents sharing one engine each see only
+    /// their own containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 impl ContainerSpec {
@@ -115,6 +120,7 @@ impl ContainerSpec {
             expires_at: None,
             read_only_root: false,
             cap_add: Vec::new(),
+            node: None,
         }
     }
 
@@ -137,6 +143,9 @@ impl ContainerSpec {
                 labels::EXPIRES_AT.to_owned(),
                 expires_at.unix_secs().to_string(),
             );
+        }
+        if let Some(node) = &self.node {
+            all.insert(labels::NODE.to_owned(), node.to_string());
         }
         all
     }

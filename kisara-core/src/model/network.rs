@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ContainerId, Labels, NetworkId, labels};
+use super::{ContainerId, Labels, NetworkId, NodeId, labels};
 
 /// The kind of network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,6 +40,10 @@ pub struct NetworkSpec {
     /// Extra labels (keys under `io.kisara.` are reserved).
     #[serde(default)]
     pub labels: Labels,
+    /// The cluster node it belongs to, labelled [`labels::NODE`] (see
+    /// [`crate::model::ContainerSpec::node`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 impl NetworkSpec {
@@ -52,6 +56,7 @@ impl NetworkSpec {
             driver: NetworkDriver::Bridge,
             internal: false,
             labels: Labels::new(),
+            node: None,
         }
     }
 
@@ -63,6 +68,9 @@ impl NetworkSpec {
         all.insert(labels::NETWORK.to_owned(), self.name.clone());
         if let Some(subnet) = self.subnet {
             all.insert(labels::SUBNET.to_owned(), subnet.to_string());
+        }
+        if let Some(node) = &self.node {
+            all.insert(labels::NODE.to_owned(), node.to_string());
         }
         all
     }

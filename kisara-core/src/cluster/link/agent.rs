@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::peer::{AbortOnDrop, Inbound, InboundStream, Peer, websocket_config};
 use super::wire::{Channel, Control, Hello, Op, PROTOCOL_VERSION, WireError, WireResult};
 use super::{AGENT_LINK_PATH, LinkOptions};
-use crate::model::{ExecOutput, LabelFilter, NodeCapacity, NodeId, Protocol};
+use crate::model::{ExecOutput, LabelFilter, NodeCapacity, NodeId, Protocol, labels};
 use crate::traits::{ByteStream, ProgressStream};
 use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
 
@@ -198,7 +198,10 @@ impl Agent {
     {
         let inner = &self.inner;
         // Subscribed before the hello, so no event after it is missed.
-        let mut events = inner.runtime.events(&LabelFilter::managed()).await?;
+        let mut events = inner
+            .runtime
+            .events(&LabelFilter::managed().with(labels::NODE, inner.node.as_str()))
+            .await?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             node: inner.node.clone(),
@@ -370,9 +373,33 @@ impl Agent {
             .clone()
     }
 
+    /// Ties what the server creates and lists to this node: agents that
+    /// share one engine (a test rig, or two node ids on one host) each see
+    /// only their own containers and networks.
+    fn scoped(&self, op: Op) -> Op {
+        let node = &self.inner.node;
+        match op {
+            Op::Launch { mut spec } => {
+                spec.node = Some(node.clone());
+                Op::Launch { spec }
+            }
+            Op::CreateNetwork { mut spec } => {
+                spec.node = Some(node.clone());
+                Op::CreateNetwork { spec }
+            }
+            Op::List { filter } => Op::List {
+                filter: filter.with(labels::NODE, node.as_str()),
+            },
+            Op::ListNetworks { filter } => Op::ListNetworks {
+                filter: filter.with(labels::NODE, node.as_str()),
+            },
+            other => other,
+        }
+    }
+
     async fn unary(&self, op: Op) -> Result<serde_json::Value> {
         let runtime = &*self.inner.runtime;
-        let value = match op {
+        let value = match self.scoped(op) {
             Op::CreateNetwork { spec } => json(runtime.create_network(&spec).await?),
             Op::InspectNetwork { network } => json(runtime.inspect_network(&network).await?),
             Op::ListNetworks { filter } => json(runtime.list_networks(&filter).await?),
