@@ -1,14 +1,25 @@
 //! The forwarding sidecar (`kisara-sidecar`) for containers the Docker host
 //! cannot reach, such as those on Swarm overlay networks: its image, built
-//! `FROM scratch` from the static binary, and its container spec.
+//! `FROM scratch` from the static binary, its container spec, and
+//! [`SidecarTunnel`], which exposes such containers through sidecars.
 
 use std::fmt;
 use std::hash::Hasher;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
-use kisara_core::model::{BuildSpec, ContainerPort, ContainerSpec, ImageRef};
-use kisara_core::{ContainerRuntime, Error, Result, bytes_stream, drain_progress};
+use async_trait::async_trait;
+use bollard::models::NetworkConnectRequest;
+use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
+use kisara_core::model::{
+    BuildSpec, ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState,
+    ExposeRequest, Exposure, ExposureId, ImageRef, LabelFilter, Labels, NetworkDriver, NetworkSpec,
+    Protocol, labels,
+};
+use kisara_core::{
+    ContainerRuntime, Error, ErrorKind, Result, Tunnel, bytes_stream, drain_progress,
+};
 
 use crate::DockerRuntime;
 use crate::error::is_not_found;
@@ -74,33 +85,50 @@ pub async fn sidecar_image(runtime: &DockerRuntime, binary: &Path) -> Result<Ima
     hasher.write(DOCKERFILE.as_bytes());
     hasher.write(&content);
     let image = ImageRef::parse(&format!("{SIDECAR_REPOSITORY}:{:016x}", hasher.finish()))?;
+    build_once(
+        runtime,
+        &image,
+        &[
+            ("Dockerfile", DOCKERFILE.as_bytes(), 0o644),
+            ("kisara-sidecar", &content, 0o755),
+        ],
+    )
+    .await?;
+    Ok(image)
+}
+
+/// Builds `image` from a context of `files` (name, content, mode) unless
+/// the engine has it already: images tagged with a hash of their content
+/// are built once.
+pub(crate) async fn build_once(
+    runtime: &DockerRuntime,
+    image: &ImageRef,
+    files: &[(&str, &[u8], u32)],
+) -> Result<()> {
     match runtime.docker().inspect_image(image.as_str()).await {
-        Ok(_) => return Ok(image),
+        Ok(_) => return Ok(()),
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(runtime.err(e, "image", image.as_str())),
     }
     let mut context = tar::Builder::new(Vec::new());
-    for (name, data, mode) in [
-        ("Dockerfile", DOCKERFILE.as_bytes(), 0o644),
-        ("kisara-sidecar", content.as_slice(), 0o755),
-    ] {
+    for &(name, data, mode) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
         header.set_mode(mode);
         header.set_cksum();
         context
             .append_data(&mut header, name, data)
-            .map_err(|e| Error::invalid("sidecar image", format!("packing {name}: {e}")))?;
+            .map_err(|e| Error::invalid("image context", format!("packing {name}: {e}")))?;
     }
     let context = context
         .into_inner()
-        .map_err(|e| Error::invalid("sidecar image", format!("packing the context: {e}")))?;
+        .map_err(|e| Error::invalid("image context", format!("packing the context: {e}")))?;
     let progress = runtime
         .build_image(&BuildSpec::new(image.clone()), bytes_stream(context))
         .await?;
     drain_progress(progress).await?;
-    tracing::info!(%image, "sidecar image built");
-    Ok(image)
+    tracing::info!(%image, "image built");
+    Ok(())
 }
 
 /// The spec of a sidecar running `image` on `networks` (one the host
@@ -126,6 +154,344 @@ pub fn sidecar_spec(
     spec.read_only_root = true;
     spec.resources.pids = Some(SIDECAR_PIDS);
     spec
+}
+
+/// On a sidecar of [`SidecarTunnel`]: the id of the container it forwards
+/// to.
+///
+/// Sidecars carry no [`labels::MANAGED`]: the cluster server lists, counts,
+/// watches and re-exposes every managed container as a user's, so a managed
+/// sidecar would show in listings, take a slot of the node's capacity and
+/// get its own port exposed after a reconnect. This label finds them
+/// instead (`docker ps --filter label=io.kisara.sidecar-of`).
+pub const SIDECAR_OF: &str = "io.kisara.sidecar-of";
+
+/// On a sidecar of [`SidecarTunnel`]: its forward
+/// (`8080:10.201.7.2:8080/tcp`). One found with another forward (its
+/// container came back with another address) is replaced.
+pub const SIDECAR_FORWARD: &str = "io.kisara.sidecar-forward";
+
+/// On an exposure going through a sidecar: the sidecar's container name, so
+/// that withdrawing it finds the sidecar, after an agent restart too.
+pub const SIDECAR: &str = "io.kisara.sidecar";
+
+/// A [`Tunnel`] for a node's tunnel client that reaches containers on Swarm
+/// overlay networks through sidecars, and everything else directly.
+///
+/// `expose` looks up the container named by the request's
+/// [`labels::CONTAINER`]. When the target is its address on an overlay
+/// network, a sidecar joins that overlay and the bridge network (created on
+/// first use, labelled [`labels::MANAGED`] by the runtime), forwarding the
+/// port, and `inner` exposes the sidecar's address on the bridge with the
+/// request's labels plus [`SIDECAR`]. Any other request (no such label, no
+/// such container, a bridge network, a protocol `inner` refuses) goes to
+/// `inner` unchanged.
+///
+/// The exposures returned and listed are `inner`'s, so behind a sidecar
+/// their `target` is the sidecar's address, where the tunnel client really
+/// sends the traffic; the container's address is the sidecar's
+/// [`SIDECAR_FORWARD`] label.
+///
+/// There is one sidecar per container port, named
+/// `kisara-sidecar-<container id>-<port>-<protocol>` and labelled
+/// [`SIDECAR_OF`] and [`SIDECAR_FORWARD`] (not [`labels::MANAGED`], see
+/// [`SIDECAR_OF`]), so exposing again, after a restart too, reuses it.
+/// `withdraw` removes it once no exposure goes through it; the cluster
+/// server withdraws a container's exposures before removing the container,
+/// so removed containers leave no sidecars behind.
+#[derive(Debug)]
+pub struct SidecarTunnel {
+    runtime: DockerRuntime,
+    inner: Arc<dyn Tunnel>,
+    image: ImageRef,
+    bridge: String,
+    labels: Labels,
+    /// Held while a sidecar is started or reused and exposed, or withdrawn
+    /// and removed, so a withdrawal that finds a sidecar unused cannot
+    /// remove it under an exposure being added.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl SidecarTunnel {
+    /// Exposes through `inner`, running sidecars of `image` (see
+    /// [`sidecar_image`]) that join `bridge_network`, a bridge network the
+    /// host reaches; it is created on first use when missing, with a subnet
+    /// the engine picks.
+    pub fn new(
+        runtime: DockerRuntime,
+        inner: Arc<dyn Tunnel>,
+        image: ImageRef,
+        bridge_network: impl Into<String>,
+    ) -> Self {
+        Self {
+            runtime,
+            inner,
+            image,
+            bridge: bridge_network.into(),
+            labels: Labels::new(),
+            lifecycle: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Also puts `labels` on the sidecars and on the bridge network when it
+    /// creates it (keys under `io.kisara.` are reserved), e.g. for an
+    /// operator's or a test's cleanup.
+    #[must_use]
+    pub fn with_labels(
+        mut self,
+        labels: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
+    ) -> Self {
+        self.labels
+            .extend(labels.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Every sidecar on the engine ([`SIDECAR_OF`]), running or not,
+    /// whichever `SidecarTunnel` started it.
+    pub async fn sidecars(&self) -> Result<Vec<ContainerInfo>> {
+        self.runtime
+            .list(&LabelFilter::all().with_key(SIDECAR_OF))
+            .await
+    }
+
+    /// The container the request targets and the name of the overlay
+    /// network on which the target address is its, when it is one.
+    async fn overlay_target(
+        &self,
+        request: &ExposeRequest,
+    ) -> Result<Option<(ContainerInfo, String)>> {
+        let Some(container) = request.labels.get(labels::CONTAINER) else {
+            return Ok(None);
+        };
+        let container = match self.runtime.inspect_impl(container).await {
+            Ok(container) => container,
+            // Not a container of this engine: `inner` reaches it or not.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some((network, attachment)) = container
+            .networks
+            .iter()
+            .find(|(_, attachment)| attachment.ip == Some(request.target.ip()))
+        else {
+            return Ok(None);
+        };
+        let network = network.clone();
+        let driver = self
+            .runtime
+            .inspect_network_impl(&attachment.network_id)
+            .await?
+            .driver;
+        Ok((driver == NetworkDriver::Overlay).then_some((container, network)))
+    }
+
+    /// Creates the bridge network unless it exists.
+    async fn ensure_bridge(&self) -> Result<()> {
+        match self.runtime.inspect_network_impl(&self.bridge).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            found => return found.map(drop),
+        }
+        let mut spec = NetworkSpec::new(&self.bridge, None);
+        spec.labels = self.labels.clone();
+        match self.runtime.create_network_impl(&spec).await {
+            Ok(_) => {
+                tracing::info!(network = %self.bridge, "sidecar bridge network created");
+                Ok(())
+            }
+            // Created meanwhile by another agent process on this engine.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The running sidecar forwarding to `container` on `overlay` with
+    /// `forward`, reused or started: its name and address on the bridge.
+    async fn sidecar(
+        &self,
+        container: &ContainerInfo,
+        overlay: &str,
+        forward: SidecarForward,
+    ) -> Result<(String, IpAddr)> {
+        let name = sidecar_name(&container.id, forward.listen);
+        let wanted = forward.to_string();
+        match self.runtime.inspect_impl(&name).await {
+            Ok(existing) if !existing.labels.contains_key(SIDECAR_OF) => {
+                return Err(Error::conflict(format!(
+                    "container {name:?} exists and is not a Kisara sidecar"
+                )));
+            }
+            Ok(existing) => {
+                let current = existing.state == ContainerState::Running
+                    && existing.labels.get(SIDECAR_FORWARD) == Some(&wanted);
+                if let (true, Some(ip)) = (current, existing.ip_on(&self.bridge)) {
+                    return Ok((name, ip));
+                }
+                // Its container came back with another address, or the
+                // engine restarted and left it stopped.
+                self.runtime.remove_impl(&name).await?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.ensure_bridge().await?;
+        let spec = sidecar_spec(
+            self.image.clone(),
+            [self.bridge.as_str(), overlay],
+            &[forward],
+        );
+        let mut labels = self.labels.clone();
+        labels.insert(SIDECAR_OF.to_owned(), container.id.to_string());
+        labels.insert(SIDECAR_FORWARD.to_owned(), wanted);
+        let sidecar = self.launch(&name, &spec, labels).await?;
+        tracing::info!(sidecar = %name, container = %container.id, %forward, "sidecar started");
+        let ip = sidecar.ip_on(&self.bridge).ok_or_else(|| {
+            Error::conflict(format!(
+                "sidecar {name:?} has no address on network {:?}",
+                self.bridge
+            ))
+        })?;
+        Ok((name, ip))
+    }
+
+    /// Creates and starts the sidecar `name` from `spec` like
+    /// [`ContainerRuntime::launch`] (the same create request, with the
+    /// runtime's secure defaults) but labelled with `labels` only:
+    /// `launch` adds [`labels::MANAGED`] and refuses `io.kisara.` keys.
+    async fn launch(
+        &self,
+        name: &str,
+        spec: &ContainerSpec,
+        labels: Labels,
+    ) -> Result<ContainerInfo> {
+        let docker = self.runtime.docker();
+        let mut body = self.runtime.create_body(spec);
+        body.labels = Some(labels.into_iter().collect());
+        let options = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            platform: String::new(),
+        };
+        let created = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.runtime.err(e, "container", name))?;
+        let started = async {
+            // The first network is attached at creation.
+            for network in spec.networks.iter().skip(1) {
+                let request = NetworkConnectRequest {
+                    container: created.id.clone(),
+                    endpoint_config: None,
+                };
+                docker
+                    .connect_network(network, request)
+                    .await
+                    .map_err(|e| self.runtime.err(e, "network", network))?;
+            }
+            docker
+                .start_container(&created.id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| self.runtime.err(e, "container", name))?;
+            self.runtime.inspect_impl(&created.id).await
+        }
+        .await;
+        if started.is_err()
+            && let Err(error) = self.runtime.force_remove(&created.id).await
+        {
+            tracing::warn!(%error, sidecar = name, "could not remove a failed sidecar");
+        }
+        started
+    }
+
+    /// Removes the sidecar `name` unless an exposure still goes through it.
+    async fn release(&self, name: &str) -> Result<()> {
+        if !self
+            .inner
+            .list(&LabelFilter::all().with(SIDECAR, name))
+            .await?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        // The name comes from an exposure's labels, which the caller of
+        // `expose` could have set: remove only sidecars.
+        match self.runtime.inspect_impl(name).await {
+            Ok(sidecar) if sidecar.labels.contains_key(SIDECAR_OF) => {
+                self.runtime.remove_impl(sidecar.id.as_str()).await?;
+                tracing::info!(sidecar = name, "sidecar removed");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `kisara-sidecar-<container id, 12 digits>-<port>-<protocol>`: one per
+/// container port, found again by name.
+fn sidecar_name(container: &ContainerId, port: ContainerPort) -> String {
+    let id = container.as_str();
+    let short = id.get(..12).unwrap_or(id);
+    format!("kisara-sidecar-{short}-{}-{}", port.port, port.protocol)
+}
+
+#[async_trait]
+impl Tunnel for SidecarTunnel {
+    fn supports(&self, protocol: Protocol) -> bool {
+        self.inner.supports(protocol)
+    }
+
+    async fn expose(&self, request: &ExposeRequest) -> Result<Exposure> {
+        // A protocol `inner` refuses needs no sidecar to be refused.
+        let overlay = if self.inner.supports(request.protocol) {
+            self.overlay_target(request).await?
+        } else {
+            None
+        };
+        let Some((container, overlay)) = overlay else {
+            return self.inner.expose(request).await;
+        };
+        let forward = SidecarForward {
+            listen: ContainerPort {
+                port: request.target.port(),
+                protocol: request.protocol,
+            },
+            target: request.target,
+        };
+        let _lifecycle = self.lifecycle.lock().await;
+        let (name, ip) = self.sidecar(&container, &overlay, forward).await?;
+        let mut through = request.clone();
+        through.target = SocketAddr::new(ip, forward.listen.port);
+        through.labels.insert(SIDECAR.to_owned(), name.clone());
+        let exposed = self.inner.expose(&through).await;
+        if exposed.is_err()
+            && let Err(error) = self.release(&name).await
+        {
+            tracing::warn!(%error, sidecar = %name, "could not remove the sidecar of a failed exposure");
+        }
+        exposed
+    }
+
+    async fn withdraw(&self, exposure: &ExposureId) -> Result<()> {
+        // Found from the exposure's labels, not from memory: the agent may
+        // have restarted since it was exposed.
+        let sidecar = self
+            .inner
+            .list(&LabelFilter::all().with_key(SIDECAR))
+            .await?
+            .into_iter()
+            .find(|e| e.id == *exposure)
+            .and_then(|mut e| e.labels.remove(SIDECAR));
+        let Some(sidecar) = sidecar else {
+            return self.inner.withdraw(exposure).await;
+        };
+        let _lifecycle = self.lifecycle.lock().await;
+        self.inner.withdraw(exposure).await?;
+        self.release(&sidecar).await
+    }
+
+    async fn list(&self, filter: &LabelFilter) -> Result<Vec<Exposure>> {
+        self.inner.list(filter).await
+    }
 }
 
 /// Builds `kisara-sidecar` statically linked from the workspace at

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bollard::models::{LocalNodeState, SwarmInitRequest};
-use kisara_core::model::{BuildSpec, ImageRef};
-use kisara_core::{ContainerRuntime, drain_progress};
+use kisara_core::ContainerRuntime;
+use kisara_core::model::ImageRef;
 use sha2::{Digest, Sha256};
 
 use crate::{DockerOptions, DockerRuntime};
@@ -110,33 +110,16 @@ pub async fn test_image(runtime: &DockerRuntime) -> ImageRef {
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let image = ImageRef::parse(&format!("{TEST_IMAGE_REPOSITORY}:{hash}"))
         .expect("valid test image reference");
-    if runtime.docker().inspect_image(image.as_str()).await.is_ok() {
-        return image;
-    }
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, content, mode) in [
-        ("Dockerfile", DOCKERFILE.as_bytes(), 0o644),
-        ("busybox", busybox.as_slice(), 0o755),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(mode);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, name, content)
-            .expect("tar the test image context");
-    }
-    let context = builder.into_inner().expect("tar the test image context");
-    let progress = runtime
-        .build_image(
-            &BuildSpec::new(image.clone()),
-            kisara_core::bytes_stream(context),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("building the test image {image}: {e}"));
-    drain_progress(progress)
-        .await
-        .unwrap_or_else(|e| panic!("building the test image {image}: {e}"));
+    crate::sidecar::build_once(
+        runtime,
+        &image,
+        &[
+            ("Dockerfile", DOCKERFILE.as_bytes(), 0o644),
+            ("busybox", &busybox, 0o755),
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("building the test image {image}: {e}"));
     image
 }
 

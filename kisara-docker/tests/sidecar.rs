@@ -1,7 +1,8 @@
 //! The forwarding sidecar against the real engine: its image built from the
 //! static binary, services on an internal bridge and on an overlay network
 //! reached from the host through it (and which of them the host reaches
-//! without it), its secure defaults and fast stop.
+//! without it), its secure defaults and fast stop; `SidecarTunnel` exposing
+//! overlay containers through sidecars and bridge ones directly.
 //!
 //! Busybox has no UDP server (its `nc` lacks `-u`), so UDP is checked
 //! against an echo server in this process, reached from the sidecar over the
@@ -9,12 +10,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kisara_core::model::{ContainerInfo, ContainerPort, ImageRef, NetworkDriver, NetworkInfo};
-use kisara_core::{ContainerRuntime, ErrorKind};
+use kisara_core::memory::LoopbackTunnel;
+use kisara_core::model::{
+    ContainerId, ContainerInfo, ContainerPort, ExposeRequest, Exposure, ImageRef, LabelFilter,
+    NetworkDriver, NetworkId, NetworkInfo, Protocol, labels,
+};
+use kisara_core::{ContainerRuntime, ErrorKind, Tunnel};
 use kisara_docker::DockerRuntime;
-use kisara_docker::sidecar::{self, SIDECAR_PIDS, SidecarForward};
+use kisara_docker::sidecar::{
+    self, SIDECAR, SIDECAR_FORWARD, SIDECAR_OF, SIDECAR_PIDS, SidecarForward, SidecarTunnel,
+};
 use kisara_docker::testing::{self, Cleanup, TEST_RUN_LABEL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -71,9 +79,9 @@ impl Setup {
         panic!("no free test subnet after 8 tries");
     }
 
-    /// A busybox web server answering [`MARKER`] on port 8080 of `network`;
-    /// returns its address there.
-    async fn web_server(&self, network: &NetworkInfo) -> SocketAddr {
+    /// A busybox web server answering [`MARKER`] on port 8080 of `network`:
+    /// its id and its address there.
+    async fn web_server(&self, network: &NetworkInfo) -> (ContainerId, SocketAddr) {
         let mut spec = self.cleanup.spec(
             &self.busybox,
             [
@@ -84,7 +92,8 @@ impl Setup {
         );
         spec.networks = vec![network.name.clone()];
         let web = self.runtime.launch(&spec).await.unwrap();
-        SocketAddr::new(web.ip_on(&network.name).unwrap(), 8080)
+        let address = SocketAddr::new(web.ip_on(&network.name).unwrap(), 8080);
+        (web.id, address)
     }
 
     /// A sidecar on `networks` with `forwards`, labelled with this run.
@@ -103,6 +112,40 @@ impl Setup {
             .insert(TEST_RUN_LABEL.to_owned(), self.cleanup.run().to_owned());
         self.runtime.launch(&spec).await.unwrap()
     }
+
+    /// A `SidecarTunnel` over `inner` with the bridge network `bridge`, its
+    /// sidecars and network labelled with this run.
+    fn sidecar_tunnel(&self, inner: Arc<dyn Tunnel>, bridge: &str) -> SidecarTunnel {
+        SidecarTunnel::new(self.runtime.clone(), inner, self.sidecar.clone(), bridge)
+            .with_labels([(TEST_RUN_LABEL, self.cleanup.run())])
+    }
+
+    /// The sidecars forwarding to `container`.
+    async fn sidecars_of(&self, container: &ContainerId) -> Vec<ContainerInfo> {
+        self.runtime
+            .list(&LabelFilter::all().with(SIDECAR_OF, container.as_str()))
+            .await
+            .unwrap()
+    }
+}
+
+/// The request the cluster server makes to expose port 8080 of `container`
+/// at `target`.
+fn expose_request(container: &ContainerId, target: SocketAddr) -> ExposeRequest {
+    let mut request = ExposeRequest::new(target, Protocol::Tcp);
+    for (key, value) in [
+        (labels::MANAGED, "true"),
+        (labels::CONTAINER, container.as_str()),
+        (labels::PORT, "8080/tcp"),
+    ] {
+        request.labels.insert(key.to_owned(), value.to_owned());
+    }
+    request
+}
+
+/// Where visitors reach `exposure` (the loopback tunnel's address).
+fn public(exposure: &Exposure) -> SocketAddr {
+    exposure.public.to_string().parse().unwrap()
 }
 
 /// `GET /` from `address`, the whole answer; an error when it takes longer
@@ -143,7 +186,7 @@ async fn internal_bridge_services_are_reached_through_the_sidecar() {
     let runtime = &setup.runtime;
     let internal = setup.network(NetworkDriver::Bridge, true).await;
     let reachable = setup.network(NetworkDriver::Bridge, false).await;
-    let web = setup.web_server(&internal).await;
+    let (_, web) = setup.web_server(&internal).await;
 
     // The UDP peer: this process, at the host's address on the internal
     // bridge (20.10 gives internal bridges one; 25.0.0 did not, later
@@ -250,7 +293,7 @@ async fn overlay_services_are_reached_only_through_the_sidecar() {
     );
     let overlay = setup.network(NetworkDriver::Overlay, false).await;
     let reachable = setup.network(NetworkDriver::Bridge, false).await;
-    let web = setup.web_server(&overlay).await;
+    let (_, web) = setup.web_server(&overlay).await;
     let sidecar = setup
         .sidecar(
             [&reachable, &overlay],
@@ -270,4 +313,125 @@ async fn overlay_services_are_reached_only_through_the_sidecar() {
         "the host reached {web} on the overlay directly: {direct:?}"
     );
     setup.cleanup.clean().await;
+}
+
+#[tokio::test]
+async fn sidecar_tunnels_expose_overlay_containers_through_a_sidecar() {
+    let setup = setup().await;
+    let runtime = &setup.runtime;
+    assert!(
+        testing::ensure_swarm(runtime).await,
+        "the engine becomes a Swarm manager"
+    );
+    let overlay = setup.network(NetworkDriver::Overlay, false).await;
+    let (web_id, web) = setup.web_server(&overlay).await;
+    let bridge = kisara_core::testing::unique_name("kdsb");
+    let inner: Arc<dyn Tunnel> = Arc::new(LoopbackTunnel::default());
+    let tunnel = setup.sidecar_tunnel(inner.clone(), &bridge);
+    let request = expose_request(&web_id, web);
+
+    // A failed exposure leaves no sidecar behind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut refused = request.clone();
+    refused.public_port = Some(taken.local_addr().unwrap().port());
+    let conflict = tunnel.expose(&refused).await.unwrap_err();
+    assert_eq!(conflict.kind(), ErrorKind::Conflict, "{conflict}");
+    assert!(setup.sidecars_of(&web_id).await.is_empty());
+
+    let exposure = tunnel.expose(&request).await.unwrap();
+    assert_serves_marker(public(&exposure)).await;
+    let sidecars = setup.sidecars_of(&web_id).await;
+    let [sidecar] = sidecars.as_slice() else {
+        panic!("one sidecar for the container: {sidecars:?}");
+    };
+    // The exposure targets the sidecar on the bridge network, which the
+    // tunnel created (labelled managed, so the leak check sees it).
+    assert_eq!(
+        exposure.target,
+        SocketAddr::new(sidecar.ip_on(&bridge).unwrap(), 8080)
+    );
+    assert_eq!(sidecar.labels[SIDECAR_FORWARD], format!("8080:{web}/tcp"));
+    assert_eq!(exposure.labels[SIDECAR], sidecar.name);
+    assert_eq!(exposure.labels[labels::CONTAINER], web_id.as_str());
+    let network = runtime
+        .inspect_network(&NetworkId::new(bridge.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(network.driver, NetworkDriver::Bridge);
+    assert_eq!(network.labels[labels::MANAGED], "true");
+    // The cluster server finds the exposure by its container, and counts
+    // only managed containers: the sidecar is not one.
+    let listed = tunnel
+        .list(&LabelFilter::all().with(labels::CONTAINER, web_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(listed, std::slice::from_ref(&exposure));
+    let managed = runtime
+        .list(&setup.cleanup.filter().with(labels::MANAGED, "true"))
+        .await
+        .unwrap();
+    assert_eq!(managed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&web_id]);
+
+    // Exposing again from a fresh tunnel, as after an agent restart, reuses
+    // the sidecar, which stays while an exposure goes through it.
+    let restarted = setup.sidecar_tunnel(inner.clone(), &bridge);
+    let again = restarted.expose(&request).await.unwrap();
+    assert_eq!(again.target, exposure.target);
+    restarted.withdraw(&exposure.id).await.unwrap();
+    assert_serves_marker(public(&again)).await;
+    let still = setup.sidecars_of(&web_id).await;
+    assert_eq!(
+        still.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        [&sidecar.id]
+    );
+
+    restarted.withdraw(&again.id).await.unwrap();
+    assert!(setup.sidecars_of(&web_id).await.is_empty());
+    assert!(inner.list(&LabelFilter::all()).await.unwrap().is_empty());
+    restarted.withdraw(&again.id).await.unwrap();
+    setup.cleanup.clean().await;
+}
+
+#[tokio::test]
+async fn sidecar_tunnels_expose_bridge_containers_directly() {
+    let setup = setup().await;
+    let network = setup.network(NetworkDriver::Bridge, false).await;
+    let (web_id, web) = setup.web_server(&network).await;
+    let bridge = kisara_core::testing::unique_name("kdsb");
+    let tunnel = setup.sidecar_tunnel(Arc::new(LoopbackTunnel::default()), &bridge);
+
+    let exposure = tunnel.expose(&expose_request(&web_id, web)).await.unwrap();
+    assert_eq!(exposure.target, web);
+    assert!(!exposure.labels.contains_key(SIDECAR));
+    assert_serves_marker(public(&exposure)).await;
+    assert!(setup.sidecars_of(&web_id).await.is_empty());
+    // Needing no sidecar, it created no bridge network either.
+    let missing = setup
+        .runtime
+        .inspect_network(&NetworkId::new(bridge.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+    tunnel.withdraw(&exposure.id).await.unwrap();
+    setup.cleanup.clean().await;
+}
+
+/// Requests naming no container (the suite's) go to the inner tunnel, so
+/// the decorator keeps its contract.
+#[tokio::test]
+async fn sidecar_tunnels_pass_the_tunnel_conformance_suite() {
+    let runtime = testing::connect_default().await;
+    kisara_core::testing::tunnel::all(|| {
+        let runtime = runtime.clone();
+        async move {
+            let image = ImageRef::parse("kisara/sidecar:unused").unwrap();
+            Arc::new(SidecarTunnel::new(
+                runtime,
+                Arc::new(LoopbackTunnel::default()),
+                image,
+                "kisara-sidecars-unused",
+            )) as Arc<dyn Tunnel>
+        }
+    })
+    .await;
 }

@@ -29,14 +29,25 @@ async fn main() -> ExitCode {
     let path = std::env::args_os()
         .nth(1)
         .unwrap_or_else(|| "conf/kisara-conf.toml".into());
-    let config = match Config::load_with_process_env(&path).and_then(|c| c.resolve_for(Role::Relay)) {
+    let config = match Config::load_with_process_env(&path).and_then(|c| c.resolve_for(Role::Relay))
+    {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{}: {error}", path.to_string_lossy());
             return ExitCode::FAILURE;
         }
     };
-    let relay = match Relay::bind(RelayOptions::from_config(&config.relay)).await {
+    let mut options = RelayOptions::from_config(&config.relay);
+    if let Some((cert, key)) = config.relay.tls() {
+        match kisara_examples::relay_tls(cert, key) {
+            Ok(tls) => options = options.with_tls(tls),
+            Err(error) => {
+                eprintln!("relay: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let relay = match Relay::bind(options).await {
         Ok(relay) => relay,
         Err(error) => {
             eprintln!("relay: {error}");

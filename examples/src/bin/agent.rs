@@ -1,0 +1,56 @@
+//! The Kisara node agent (the Go original's "client"): serves the local
+//! Docker engine to the server over a link it dials, and exposes container
+//! ports through the relays in `[agent] relays`.
+//!
+//! Run: `cargo run -p kisara-examples --bin agent -- conf/kisara.toml`
+//! (`[agent]`: `server_url`, `token`, `state_dir`, `node_id`,
+//! `max_containers`, `bandwidth_in`/`_out`, `docker_host`, `relays`;
+//! `[containers]` defaults). Stopping or killing the agent stops no
+//! container; a restarted agent re-registers everything.
+
+use std::sync::Arc;
+
+use kisara_core::cluster::link::Agent;
+use kisara_core::cluster::load_or_create_node_id;
+use kisara_core::config::Role;
+use kisara_core::model::NodeCapacity;
+use kisara_docker::{DockerOptions, DockerRuntime};
+use kisara_examples::{
+    Failure, exit_on_failure, init_logging, load_config, relay_client, shutdown_signal,
+};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_logging();
+    exit_on_failure(run()).await
+}
+
+async fn run() -> Result<(), Failure> {
+    let (_, config) = load_config(Role::Agent)?;
+    let agent_config = &config.agent;
+    let options = DockerOptions {
+        host: agent_config.docker_host.clone(),
+        defaults: config.containers.clone(),
+        ..DockerOptions::default()
+    };
+    let runtime = DockerRuntime::connect(options).await?;
+    let node = load_or_create_node_id(&agent_config.state_dir, agent_config.node_id.as_deref())?;
+    let capacity = NodeCapacity {
+        max_containers: agent_config.max_containers,
+        bandwidth_in: agent_config.bandwidth_in,
+        bandwidth_out: agent_config.bandwidth_out,
+    };
+    tracing::info!(%node, "node agent starting");
+    let mut agent = Agent::new(node.clone(), capacity, Arc::new(runtime));
+    if let Some(tunnel) = relay_client(&node, &agent_config.relays).await? {
+        agent = agent.with_tunnel(tunnel);
+    }
+    agent
+        .run(
+            &agent_config.server_url,
+            &agent_config.token,
+            shutdown_signal(),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The glue Kisara's example binaries share: logging, loading the config
+//! for a role, and assembling the crates (subnet pool, agent tunnel, HTTP
+//! API with the agent endpoint). Each binary stays a page long.
+
+#![doc = include_str!("../README.md")]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kisara_core::cluster::Server;
+use kisara_core::cluster::link::{AgentGateway, LinkOptions, agent_link};
+use kisara_core::config::{AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig};
+use kisara_core::http::ApiBuilder;
+use kisara_core::model::NodeId;
+use kisara_core::{SubnetAllocator, Tunnel};
+use kisara_net::{PoolAllocator, SubnetPool};
+use kisara_tunnel::rustls::RootCertStore;
+use kisara_tunnel::rustls::pki_types::pem::PemObject;
+use kisara_tunnel::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use kisara_tunnel::{ClientTls, RelayTls, TunnelClient, rustls};
+
+/// What a binary reports when it cannot go on.
+pub type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Logs to stderr; `KISARA_LOG` sets the filter (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KISARA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The config file named by the first argument (default
+/// `conf/kisara.toml`), with `KISARA_*` overrides, checked for `role`.
+///
+/// # Errors
+///
+/// Every problem at once, prefixed with the file.
+pub fn load_config(role: Role) -> Result<(PathBuf, ResolvedConfig), Failure> {
+    let path: PathBuf = std::env::args_os()
+        .nth(1)
+        .unwrap_or_else(|| "conf/kisara.toml".into())
+        .into();
+    let config = Config::load_with_process_env(&path)
+        .and_then(|config| config.resolve_for(role))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, config))
+}
+
+/// The subnet pool from `[network] pools`, logging what its patterns warn
+/// of (public address space).
+///
+/// # Errors
+///
+/// A pattern that does not parse, or pools that overlap.
+pub fn subnet_allocator(network: &NetworkConfig) -> Result<Arc<dyn SubnetAllocator>, Failure> {
+    let pool = SubnetPool::parse_list(&network.pools)?;
+    for warning in pool.warnings() {
+        tracing::warn!("network.pools: {warning}");
+    }
+    Ok(Arc::new(PoolAllocator::new(pool)))
+}
+
+/// A relay client for `node` linked to `relays`, or `None` without relays.
+///
+/// # Errors
+///
+/// An unreadable CA file, or no relay reachable.
+pub async fn relay_client(
+    node: &NodeId,
+    relays: &[AgentRelay],
+) -> Result<Option<Arc<dyn Tunnel>>, Failure> {
+    if relays.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = TunnelClient::builder(node.as_str());
+    for relay in relays {
+        builder = match &relay.tls_ca {
+            Some(ca) => {
+                let server_name = relay.tls_server_name().unwrap_or("localhost");
+                let tls = client_tls(ca, server_name)?;
+                builder.relay_with_tls(&relay.name, &relay.address, relay.token.clone(), tls)
+            }
+            None => builder.relay(&relay.name, &relay.address, relay.token.clone()),
+        };
+    }
+    Ok(Some(Arc::new(builder.connect().await?)))
+}
+
+fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS to a relay whose certificate a CA in the PEM file `ca` signed.
+fn client_tls(ca: &Path, server_name: &str) -> Result<ClientTls, Failure> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        roots.add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tls_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(ClientTls::new(Arc::new(config), server_name)?)
+}
+
+/// The relay's TLS from `[relay] tls_cert` / `tls_key` (PEM files).
+///
+/// # Errors
+///
+/// An unreadable or malformed file, or a key that does not fit.
+pub fn relay_tls(cert: &Path, key: &Path) -> Result<RelayTls, Failure> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(tls_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(RelayTls::new(Arc::new(config)))
+}
+
+/// The HTTP API (bearer tokens from `[server] api_tokens`) with the agent
+/// endpoint beside it, agents admitted by `[server] token`.
+///
+/// # Errors
+///
+/// An empty agent token.
+pub fn api_router(
+    server: &Server,
+    config: &ServerConfig,
+) -> Result<(axum::Router, AgentGateway), Failure> {
+    // A link silent for three heartbeats is dead: fit them in the timeout.
+    let heartbeat = config.heartbeat_timeout() / 3;
+    let gateway = AgentGateway::new(
+        server.clone(),
+        config.token.clone(),
+        LinkOptions::default().with_heartbeat(heartbeat),
+    )?;
+    let api = ApiBuilder::new(server.clone(), Arc::new(config.api_authenticator())).build();
+    Ok((api.merge(agent_link(gateway.clone())), gateway))
+}
+
+/// Serves `router` on `listen` until Ctrl-C or SIGTERM.
+///
+/// # Errors
+///
+/// When `listen` cannot be bound.
+pub async fn serve_http(listen: SocketAddr, router: axum::Router) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving the API and agent links");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping");
+}
+
+/// Runs `main`, printing its failure and exiting non-zero.
+pub async fn exit_on_failure(
+    main: impl Future<Output = Result<(), Failure>>,
+) -> std::process::ExitCode {
+    match main.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
