@@ -349,6 +349,7 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/containers",
         "/v1/containers/{id}",
         "/v1/containers/{id}/exec",
+        "/v1/containers/{id}/exposures",
         "/v1/networks",
         "/v1/images",
         "/v1/images/pull",

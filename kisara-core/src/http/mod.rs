@@ -125,6 +125,7 @@ impl ApiBuilder {
             .route("/v1/containers", post(launch).get(list_containers))
             .route("/v1/containers/{id}", get(inspect).delete(remove))
             .route("/v1/containers/{id}/stop", post(stop))
+            .route("/v1/containers/{id}/exposures", get(exposures))
             .route("/v1/containers/{id}/exec", post(exec))
             .route("/v1/networks", post(create_network).get(list_networks))
             .route("/v1/networks/{name}", delete(remove_network))
@@ -416,6 +417,16 @@ async fn inspect(
 ) -> ApiResult<impl IntoResponse> {
     let (node, item) = state.server.inspect(&ContainerId::new(id)).await?;
     Ok(axum::Json(Placed { node, item }))
+}
+
+async fn exposures(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    PathParam(id): PathParam,
+) -> ApiResult<impl IntoResponse> {
+    Ok(axum::Json(
+        state.server.exposures(&ContainerId::new(id)).await?,
+    ))
 }
 
 async fn remove(

@@ -19,7 +19,9 @@ use tracing::Instrument;
 use super::peer::{AbortOnDrop, Inbound, InboundStream, Peer, websocket_config};
 use super::wire::{Channel, Control, Hello, Op, PROTOCOL_VERSION, WireError, WireResult};
 use super::{AGENT_LINK_PATH, LinkOptions};
-use crate::model::{ExecOutput, LabelFilter, NodeCapacity, NodeId, Protocol, labels};
+use crate::model::{
+    ContainerState, ExecOutput, LabelFilter, NodeCapacity, NodeId, NodeStats, Protocol, labels,
+};
 use crate::traits::{ByteStream, ProgressStream};
 use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
 
@@ -252,12 +254,12 @@ impl Agent {
             }))
         };
         let _beat = {
-            let (peer, runtime) = (peer.clone(), inner.runtime.clone());
+            let (peer, runtime, node) = (peer.clone(), inner.runtime.clone(), inner.node.clone());
             AbortOnDrop(tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(heartbeat);
                 loop {
                     ticker.tick().await;
-                    match runtime.node_stats().await {
+                    match node_stats(&*runtime, &node).await {
                         Ok(stats) => {
                             if peer.send_control(&Control::Heartbeat { stats }).is_err() {
                                 break;
@@ -421,7 +423,7 @@ impl Agent {
             Op::ListImages => json(runtime.list_images().await?),
             Op::RemoveImage { image } => json(runtime.remove_image(&image).await?),
             Op::ContainerStats { container } => json(runtime.container_stats(&container).await?),
-            Op::NodeStats => json(runtime.node_stats().await?),
+            Op::NodeStats => json(node_stats(runtime, &self.inner.node).await?),
             Op::Expose { request } => json(self.tunnel()?.expose(&request).await?),
             Op::Withdraw { exposure } => json(self.tunnel()?.withdraw(&exposure).await?),
             Op::ListExposures { filter } => json(self.tunnel()?.list(&filter).await?),
@@ -547,6 +549,21 @@ impl Agent {
         }
         outbound.end(failure.as_ref()).await
     }
+}
+
+/// The engine's load, with this node's own running containers counted (the
+/// engine counts those of every agent sharing it).
+async fn node_stats(runtime: &dyn ContainerRuntime, node: &NodeId) -> Result<NodeStats> {
+    let mut stats = runtime.node_stats().await?;
+    let mine = runtime
+        .list(&LabelFilter::managed().with(labels::NODE, node.as_str()))
+        .await?;
+    let running = mine
+        .iter()
+        .filter(|c| c.state == ContainerState::Running)
+        .count();
+    stats.containers = u32::try_from(running).unwrap_or(u32::MAX);
+    Ok(stats)
 }
 
 fn json<T: serde::Serialize>(value: T) -> serde_json::Value {

@@ -1,0 +1,407 @@
+//! The whole cluster as separate processes on the real Docker engine: a
+//! relay, the server and two agents (distinct node ids, same engine).
+//! Twenty containers for five owners are launched through the HTTP API and
+//! reached through the relay's public ports; one agent is killed with
+//! SIGKILL and restarted, then the server is; after each, everything is
+//! still there and reachable. Teardown leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kisara_core::model::LabelFilter;
+use kisara_core::{ContainerRuntime, model::labels};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const API_TOKEN: &str = "e2e-api-token-0123456789abcdef";
+const AGENT_TOKEN: &str = "e2e-agent-token-0123456789abcdef";
+const RELAY_TOKEN: &str = "e2e-relay-token-0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A free port on 127.0.0.1 (bound, then released for a child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One child process of the rig, killed when dropped; its log is kept for
+/// failure messages.
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(dir: &Path, name: &str, binary: &str, config: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(binary)
+            .arg(config)
+            .env("KISARA_LOG", "info,kisara_core=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({binary}): {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let start = lines.len().saturating_sub(30);
+        format!("--- {} ---\n{}", self.name, lines[start..].join("\n"))
+    }
+}
+
+/// The rig: config files and processes. Dropping it kills the processes
+/// and removes whatever its nodes left on the engine, so a failed run
+/// leaks nothing.
+struct Rig {
+    dir: tempfile::TempDir,
+    api: String,
+    nodes: [String; 2],
+    processes: BTreeMap<String, Process>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.processes.clear();
+        for node in &self.nodes {
+            let label = format!("label={}={node}", labels::NODE);
+            let docker = |args: &[&str]| {
+                std::process::Command::new("docker")
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+                docker(&["rm", "-f", id]);
+            }
+            for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
+                docker(&["network", "rm", id]);
+            }
+        }
+    }
+}
+
+impl Rig {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (api, relay) = (free_port(), free_port());
+        // A private slice of the public port range, so parallel runs of
+        // other tests do not collide with it.
+        let first = 21000 + (kisara_core::testing::random_u64() % 200) as u16 * 100;
+        let base = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{api}"
+token = "{AGENT_TOKEN}"
+api_tokens = [{{ name = "e2e", token = "{API_TOKEN}" }}]
+heartbeat_timeout_secs = 3
+
+[network]
+pools = ["10.[200-209].[0-255].0/24"]
+
+[relay]
+listen = "127.0.0.1:{relay}"
+public_host = "127.0.0.1"
+port_range = "{first}-{last}"
+token = "{RELAY_TOKEN}"
+"#,
+            last = first + 99,
+        );
+        std::fs::write(dir.path().join("server.toml"), &base).unwrap();
+        // Fresh node ids: nothing from an earlier run is adopted.
+        let run = kisara_core::testing::random_u64() % 1_000_000;
+        let nodes = [format!("e2e-{run}-a"), format!("e2e-{run}-b")];
+        for node in &nodes {
+            let agent = format!(
+                r#"{base}
+[agent]
+server_url = "ws://127.0.0.1:{api}"
+token = "{AGENT_TOKEN}"
+state_dir = "{state}"
+node_id = "{node}"
+max_containers = 15
+relays = [{{ name = "relay-1", address = "127.0.0.1:{relay}", token = "{RELAY_TOKEN}" }}]
+"#,
+                state = dir.path().join(node).display(),
+            );
+            std::fs::write(dir.path().join(format!("{node}.toml")), agent).unwrap();
+        }
+        Self {
+            dir,
+            api: format!("127.0.0.1:{api}"),
+            nodes,
+            processes: BTreeMap::new(),
+        }
+    }
+
+    /// Starts `relay`, `server`, or agent `0` / `1`.
+    fn start(&mut self, name: &str) {
+        let (binary, config) = match name {
+            "relay" => (env!("CARGO_BIN_EXE_relay"), "server.toml".to_owned()),
+            "server" => (env!("CARGO_BIN_EXE_server"), "server.toml".to_owned()),
+            index => {
+                let node = &self.nodes[index.parse::<usize>().expect("an agent index")];
+                (env!("CARGO_BIN_EXE_agent"), format!("{node}.toml"))
+            }
+        };
+        let config = self.dir.path().join(config);
+        let process = Process::start(self.dir.path(), name, binary, &config);
+        self.processes.insert(name.to_owned(), process);
+    }
+
+    fn logs(&self) -> String {
+        self.processes
+            .values()
+            .map(Process::tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Calls the API; answers the status and the JSON body (status 0 and
+    /// the error when the server cannot be reached, e.g. while it starts).
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {API_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.api,
+            body.len()
+        );
+        match http(&self.api, &request).await {
+            Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
+            Err(error) => (0, Value::String(format!("{method} {path}: {error}"))),
+        }
+    }
+
+    /// Polls `check` until it holds, failing with the logs after `WAIT`.
+    async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + WAIT;
+        while !check().await {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never happened\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn online_nodes(&self) -> Vec<String> {
+        let (status, nodes) = self.call("GET", "/v1/nodes", None).await;
+        if status != 200 {
+            return Vec::new();
+        }
+        let mut online: Vec<String> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["online"] == true)
+            .map(|n| n["node"].as_str().unwrap().to_owned())
+            .collect();
+        online.sort();
+        online
+    }
+}
+
+/// A raw HTTP/1.1 exchange (the answer is read to the end).
+async fn http(address: &str, request: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 30 s"))??;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {answer:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// What a container's httpd answers for `/hostname` through its public
+/// address: its hostname, the start of its id.
+async fn fetch_hostname(public: &Value) -> Option<String> {
+    let address = format!("{}:{}", public["host"].as_str()?, public["port"].as_u64()?);
+    let request = format!("GET /hostname HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    match http(&address, &request).await {
+        Ok((200, body)) => Some(body.trim().to_owned()),
+        _ => None,
+    }
+}
+
+/// Whether every container answers with its own hostname through the
+/// relay, exposures read fresh from the server.
+async fn all_reachable(rig: &Rig, containers: &[(String, String)]) -> bool {
+    for (id, _) in containers {
+        let (status, exposures) = rig
+            .call("GET", &format!("/v1/containers/{id}/exposures"), None)
+            .await;
+        let Some(public) = (status == 200)
+            .then(|| exposures.get(0).map(|e| e["public"].clone()))
+            .flatten()
+        else {
+            return false;
+        };
+        if fetch_hostname(&public).await.as_deref() != Some(&id[..12]) {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_agent_cluster_survives_crashes_and_restarts() {
+    let docker = kisara_docker::testing::connect_default().await;
+    let image = kisara_docker::testing::test_image(&docker).await;
+    let mut rig = Rig::new();
+    for name in ["relay", "server", "0", "1"] {
+        rig.start(name);
+    }
+    let [a, b] = rig.nodes.clone();
+    rig.eventually("both agents online", async || {
+        rig.online_nodes().await == [a.clone(), b.clone()]
+    })
+    .await;
+
+    // Five owners, each with a network on one node and four containers.
+    let mut containers = Vec::new();
+    for team in 1..=5 {
+        let node = if team % 2 == 1 { &a } else { &b };
+        let network = format!("e2e-team-{team}");
+        let (status, created) = rig
+            .call(
+                "POST",
+                "/v1/networks",
+                Some(json!({"name": network, "node": node})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}\n{}", rig.logs());
+        for _ in 0..4 {
+            let spec = json!({
+                "node": node,
+                "container": {
+                    "image": image.to_string(),
+                    "owner": format!("team-{team}"),
+                    "networks": [network],
+                    "ports": ["8080/tcp"],
+                    "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"],
+                },
+            });
+            let (status, launched) = rig.call("POST", "/v1/containers", Some(spec)).await;
+            assert_eq!(status, 201, "{launched}\n{}", rig.logs());
+            assert_eq!(launched["node"], node.as_str());
+            assert_eq!(launched["exposures"].as_array().unwrap().len(), 1);
+            let id = launched["container"]["id"].as_str().unwrap().to_owned();
+            containers.push((id, node.clone()));
+        }
+    }
+    assert_eq!(containers.len(), 20);
+    rig.eventually("every container answers through the relay", async || {
+        all_reachable(&rig, &containers).await
+    })
+    .await;
+
+    // An agent crashes: its containers keep running...
+    rig.processes.get_mut("0").unwrap().kill().await;
+    rig.eventually("node a seen offline", async || {
+        rig.online_nodes().await == [b.clone()]
+    })
+    .await;
+    let on_a = LabelFilter::managed().with(labels::NODE, a.as_str());
+    let running = docker.list(&on_a).await.unwrap();
+    assert_eq!(running.len(), 12, "{running:?}");
+    assert!(
+        running
+            .iter()
+            .all(|c| c.state == kisara_core::model::ContainerState::Running)
+    );
+    // ... and after a restart they are resynced and reachable again.
+    rig.start("0");
+    rig.eventually("node a back", async || rig.online_nodes().await.len() == 2)
+        .await;
+    rig.eventually("node a's containers reachable again", async || {
+        all_reachable(&rig, &containers).await
+    })
+    .await;
+
+    // The server crashes and comes back: it rebuilds everything from what
+    // the agents report.
+    rig.processes.get_mut("server").unwrap().kill().await;
+    rig.start("server");
+    rig.eventually("both agents relinked", async || {
+        rig.online_nodes().await.len() == 2
+    })
+    .await;
+    let (status, listed) = rig.call("GET", "/v1/containers", None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 20, "{listed}");
+    let (status, networks) = rig.call("GET", "/v1/networks", None).await;
+    assert_eq!(status, 200, "{networks}");
+    assert_eq!(networks.as_array().unwrap().len(), 5, "{networks}");
+    rig.eventually("reachable after the server restart", async || {
+        all_reachable(&rig, &containers).await
+    })
+    .await;
+
+    // Teardown through the API leaves nothing behind.
+    let mut publics = Vec::new();
+    for (id, _) in &containers {
+        let (_, exposures) = rig
+            .call("GET", &format!("/v1/containers/{id}/exposures"), None)
+            .await;
+        publics.push(exposures[0]["public"].clone());
+        let (status, body) = rig
+            .call("DELETE", &format!("/v1/containers/{id}"), None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+    for team in 1..=5 {
+        let (status, body) = rig
+            .call("DELETE", &format!("/v1/networks/e2e-team-{team}"), None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+    for node in [&a, &b] {
+        let mine = LabelFilter::managed().with(labels::NODE, node.as_str());
+        assert!(docker.list(&mine).await.unwrap().is_empty());
+        assert!(docker.list_networks(&mine).await.unwrap().is_empty());
+    }
+    for public in &publics {
+        assert_eq!(fetch_hostname(public).await, None, "{public} still answers");
+    }
+}
