@@ -125,12 +125,14 @@ pub fn relay_tls(cert: &Path, key: &Path) -> Result<RelayTls, Failure> {
     Ok(RelayTls::new(Arc::new(config)))
 }
 
-/// The HTTP API (bearer tokens from `[server] api_tokens`) with the agent
-/// endpoint beside it, agents admitted by `[server] token`.
+/// The HTTP API (bearer tokens from `[server] api_tokens`, Prometheus
+/// metrics at `/metrics`) with the agent endpoint beside it, agents
+/// admitted by `[server] token`. Call it once per process: it installs the
+/// metrics recorder.
 ///
 /// # Errors
 ///
-/// An empty agent token.
+/// An empty agent token, or a metrics recorder already installed.
 pub fn api_router(
     server: &Server,
     config: &ServerConfig,
@@ -142,7 +144,12 @@ pub fn api_router(
         config.token.clone(),
         LinkOptions::default().with_heartbeat(heartbeat),
     )?;
-    let api = ApiBuilder::new(server.clone(), Arc::new(config.api_authenticator())).build();
+    // The process-wide recorder the cluster's metrics go to, rendered at
+    // GET /metrics.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let api = ApiBuilder::new(server.clone(), Arc::new(config.api_authenticator()))
+        .with_metrics(move || metrics.render())
+        .build();
     Ok((api.merge(agent_link(gateway.clone())), gateway))
 }
 

@@ -331,6 +331,23 @@ async fn a_two_agent_cluster_survives_crashes_and_restarts() {
         }
     }
     assert_eq!(containers.len(), 20);
+    let metrics = http(
+        &rig.api,
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n",
+            rig.api
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(metrics.0, 200);
+    assert!(
+        metrics
+            .1
+            .contains("kisara_launches_total{outcome=\"ok\"} 20"),
+        "{}",
+        metrics.1
+    );
     rig.eventually("every container answers through the relay", async || {
         all_reachable(&rig, &containers).await
     })
