@@ -12,10 +12,11 @@ use kisara_core::model::{
     ExposeRequest, Exposure, ExposureId, LabelFilter, Protocol, PublicAddress,
 };
 use kisara_core::{ErrorKind, Secret, Tunnel};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::auth::{self, Role, hex};
 use crate::error::{Result, TunnelError};
@@ -23,7 +24,8 @@ use crate::limit::{splice, splice_tcp};
 use crate::transport::{self, ClientTls, Conn};
 use crate::udp;
 use crate::wire::{
-    self, Auth, Challenge, ClientMessage, Opening, Registration, RelayMessage, VERSION, Verdict,
+    self, Auth, Challenge, ClientMessage, Dispatch, Opening, Registration, RelayMessage, VERSION,
+    Verdict,
 };
 
 /// How long a request to a relay may take.
@@ -754,6 +756,18 @@ impl Link {
         }
     }
 
+    /// Keeps a standby data connection open until the relay dispatches a
+    /// visitor on it, then carries the visitor to its exposure's target.
+    async fn standby_connection(&self, relay: SocketAddr, ticket: &str) -> Result<()> {
+        let mut data = open_data(relay, self.endpoint.tls.as_ref(), ticket).await?;
+        let Dispatch { id } = wire::read_frame(&mut data).await?;
+        let target = self.state().exposures.get(&id).map(|e| e.target);
+        let target = target
+            .ok_or_else(|| TunnelError::Closed(format!("a visitor for unknown exposure {id}")))?;
+        carry(data, open_target(target).await?).await;
+        Ok(())
+    }
+
     /// Acts on one message from the relay.
     fn dispatch(
         self: &Arc<Self>,
@@ -799,6 +813,17 @@ impl Link {
                     .instrument(info_span!("visitor", exposure = %id)),
                 );
             }
+            RelayMessage::Standby { ticket } => {
+                let link = self.clone();
+                self.spawn(
+                    async move {
+                        if let Err(error) = link.standby_connection(relay, &ticket).await {
+                            debug!(%error, "standby connection ended");
+                        }
+                    }
+                    .instrument(debug_span!("standby")),
+                );
+            }
             RelayMessage::UdpSession { id, ticket, port } => {
                 let target = self.state().exposures.get(&id).map(|e| e.target);
                 let Some(target) = target else {
@@ -825,13 +850,17 @@ async fn data_connection(
     target: SocketAddr,
     ticket: &str,
 ) -> Result<()> {
-    let (upstream, data) = tokio::join!(
-        tokio::net::TcpStream::connect(target),
-        transport::dial(relay, tls)
-    );
-    let mut upstream = upstream.map_err(|e| TunnelError::io(format!("connect to {target}"), e))?;
-    let mut data = data.map_err(|e| TunnelError::io("open a data connection", e))?;
-    let _ = upstream.set_nodelay(true);
+    let (upstream, data) = tokio::join!(open_target(target), open_data(relay, tls, ticket));
+    let upstream = upstream?;
+    carry(data?, upstream).await;
+    Ok(())
+}
+
+/// Dials the relay for a data connection and presents `ticket`.
+async fn open_data(relay: SocketAddr, tls: Option<&ClientTls>, ticket: &str) -> Result<Conn> {
+    let mut data = transport::dial(relay, tls)
+        .await
+        .map_err(|e| TunnelError::io("open a data connection", e))?;
     wire::write_frame(
         &mut data,
         &Opening::Data {
@@ -839,9 +868,22 @@ async fn data_connection(
         },
     )
     .await?;
+    Ok(data)
+}
+
+/// Connects to a visitor's target.
+async fn open_target(target: SocketAddr) -> Result<TcpStream> {
+    let upstream = TcpStream::connect(target)
+        .await
+        .map_err(|e| TunnelError::io(format!("connect to {target}"), e))?;
+    let _ = upstream.set_nodelay(true);
+    Ok(upstream)
+}
+
+/// Splices a data connection with its target until both directions end.
+async fn carry(mut data: Conn, mut upstream: TcpStream) {
     let _ = match &mut data {
         Conn::Plain(data) => splice_tcp(data, &mut upstream).await,
         data @ Conn::Tls(_) => splice(data, &mut upstream, None).await,
     };
-    Ok(())
 }

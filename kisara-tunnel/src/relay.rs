@@ -27,7 +27,8 @@ use crate::limit::{TokenBucket, splice, splice_tcp};
 use crate::transport::{Conn, RelayTls};
 use crate::udp;
 use crate::wire::{
-    self, Auth, Challenge, ClientMessage, Opening, Registration, RelayMessage, VERSION, Verdict,
+    self, Auth, Challenge, ClientMessage, Dispatch, Opening, Registration, RelayMessage, VERSION,
+    Verdict,
 };
 
 /// How long a new connection may take to send its opening frame and answer
@@ -37,6 +38,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at finding a bindable port before giving up.
 const BIND_ATTEMPTS: usize = 64;
+/// Standby data connections each client keeps open, unless configured
+/// otherwise.
+const DEFAULT_STANDBY: usize = 4;
 
 /// How a [`Relay`] runs.
 #[derive(Debug, Clone)]
@@ -63,6 +67,11 @@ pub struct RelayOptions {
     /// TLS on the client port (control links and data connections); UDP
     /// session channels stay plain.
     pub tls: Option<RelayTls>,
+    /// Idle data connections each client keeps open to this relay, so a
+    /// TCP visitor is carried at once instead of waiting for a new
+    /// connection from the client (each costs a socket on both sides);
+    /// visitors beyond them wait for a dial. 0 turns them off.
+    pub standby: usize,
 }
 
 impl RelayOptions {
@@ -79,6 +88,7 @@ impl RelayOptions {
             heartbeat: Duration::from_secs(15),
             udp_idle: udp::DEFAULT_IDLE,
             tls: None,
+            standby: DEFAULT_STANDBY,
         }
     }
 
@@ -113,6 +123,12 @@ impl RelayOptions {
         self.udp_idle = idle;
         self
     }
+
+    /// Sets how many idle data connections each client keeps open.
+    pub fn with_standby(mut self, standby: usize) -> Self {
+        self.standby = standby;
+        self
+    }
 }
 
 /// A running relay. Dropping it (or [`Relay::shutdown`]) closes every
@@ -132,7 +148,7 @@ struct Shared {
     tcp_ports: PortPool,
     udp_ports: PortPool,
     clients: Mutex<HashMap<String, Arc<ClientSlot>>>,
-    tickets: Mutex<HashMap<String, oneshot::Sender<Conn>>>,
+    tickets: Mutex<HashMap<String, Waiting>>,
     failures: Failures,
     cancel: CancellationToken,
     /// Every task the relay spawned, so [`Relay::stop`] can wait until
@@ -152,6 +168,17 @@ struct SlotState {
     link: Option<mpsc::UnboundedSender<RelayMessage>>,
     link_cancel: Option<CancellationToken>,
     exposures: HashMap<ExposureId, Held>,
+    /// Idle data connections of the current link, for the next visitors.
+    standby: Vec<Conn>,
+}
+
+/// What a ticket stands for until its data connection arrives.
+#[derive(Debug)]
+enum Waiting {
+    /// A visitor waiting for its data connection.
+    Visitor(oneshot::Sender<Conn>),
+    /// A standby connection for a client's link of this generation.
+    Standby(Arc<ClientSlot>, u64),
 }
 
 #[derive(Debug)]
@@ -168,6 +195,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ClientSlot {
     fn link(&self) -> Option<mpsc::UnboundedSender<RelayMessage>> {
         lock(&self.state).link.clone()
+    }
+
+    /// Takes an idle data connection, if the client has one open.
+    fn take_standby(&self) -> Option<Conn> {
+        lock(&self.state).standby.pop()
     }
 }
 
@@ -232,6 +264,7 @@ impl Relay {
     /// connection.
     pub fn shutdown(&self) {
         self.shared.cancel.cancel();
+        self.shared.close_standby();
     }
 
     /// Shuts down like [`Relay::shutdown`] and returns once every listener
@@ -241,6 +274,8 @@ impl Relay {
         self.shutdown();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        // One may have arrived while the tasks were ending.
+        self.shared.close_standby();
     }
 }
 
@@ -315,7 +350,7 @@ impl Shared {
             let address = SocketAddr::new(self.public_bind, port);
             let bound = match protocol {
                 Protocol::Tcp => TcpListener::bind(address).await.map(Bound::Tcp),
-                Protocol::Udp => UdpSocket::bind(address).await.map(Bound::Udp),
+                Protocol::Udp => udp::bind(address).await.map(Bound::Udp),
             };
             match bound {
                 Ok(bound) => return Ok((port, bound)),
@@ -339,6 +374,45 @@ impl Shared {
             "no bindable port found in {} after {BIND_ATTEMPTS} attempts",
             self.options.port_range
         )))
+    }
+
+    /// Closes every client's standby connections (they belong to no task,
+    /// so cancelling the tasks leaves them open).
+    fn close_standby(&self) {
+        let slots: Vec<Arc<ClientSlot>> = lock(&self.clients).values().cloned().collect();
+        for slot in slots {
+            let standby = std::mem::take(&mut lock(&slot.state).standby);
+            drop(standby);
+        }
+    }
+
+    /// Asks the client of `slot` for one more standby data connection,
+    /// if its link is up.
+    fn request_standby(&self, slot: &Arc<ClientSlot>) {
+        let (generation, link) = {
+            let state = lock(&slot.state);
+            (state.generation, state.link.clone())
+        };
+        let Some(link) = link else { return };
+        let ticket = hex::encode(&auth::random::<16>());
+        lock(&self.tickets).insert(ticket.clone(), Waiting::Standby(slot.clone(), generation));
+        if link
+            .send(RelayMessage::Standby {
+                ticket: ticket.clone(),
+            })
+            .is_err()
+        {
+            lock(&self.tickets).remove(&ticket);
+        }
+    }
+
+    /// Forgets the standby tickets of `slot`'s links before `generation`
+    /// (their connections would be refused anyway).
+    fn forget_standby_tickets(&self, slot: &Arc<ClientSlot>, generation: u64) {
+        lock(&self.tickets).retain(|_, waiting| {
+            !matches!(waiting, Waiting::Standby(of, issued)
+                if Arc::ptr_eq(of, slot) && *issued < generation)
+        });
     }
 
     /// Removes an exposure: closes its public port and gives the port back.
@@ -415,8 +489,15 @@ async fn connection(shared: Arc<Shared>, mut stream: Conn, peer: SocketAddr) -> 
         Opening::Data { ticket } => {
             let waiting = lock(&shared.tickets).remove(&ticket);
             match waiting {
-                Some(visitor) => {
+                Some(Waiting::Visitor(visitor)) => {
                     let _ = visitor.send(stream);
+                }
+                Some(Waiting::Standby(slot, generation)) => {
+                    let mut state = lock(&slot.state);
+                    // Kept only while the link that asked for it is up.
+                    if state.generation == generation && state.link.is_some() {
+                        state.standby.push(stream);
+                    }
                 }
                 None => {
                     // Late rather than forged (128 random bits): no penalty.
@@ -492,10 +573,12 @@ async fn control(
     let slot = shared.slot(&client);
     let (outgoing, mut queue) = mpsc::unbounded_channel();
     let link_cancel = shared.cancel.child_token();
-    let (generation, held) = {
+    let (generation, held, replaced) = {
         let mut state = lock(&slot.state);
         state.generation += 1;
         state.link = Some(outgoing.clone());
+        // Standby connections of an older link go with it.
+        let replaced = std::mem::take(&mut state.standby);
         if let Some(old) = state.link_cancel.replace(link_cancel.clone()) {
             // A newer link of the same client replaces the old one.
             old.cancel();
@@ -505,8 +588,10 @@ async fn control(
             .values()
             .map(|h| h.registration.clone())
             .collect();
-        (state.generation, held)
+        (state.generation, held, replaced)
     };
+    drop(replaced);
+    shared.forget_standby_tickets(&slot, generation);
     info!(%client, held = held.len(), "client connected");
     let welcome = Verdict::Welcome {
         proof: hex::encode(&auth::proof(
@@ -520,6 +605,9 @@ async fn control(
         held,
     };
     wire::write_frame(&mut stream, &welcome).await?;
+    for _ in 0..shared.options.standby {
+        shared.request_standby(&slot);
+    }
 
     let (mut reader, mut writer) = tokio::io::split(stream);
     let heartbeat = shared.options.heartbeat;
@@ -561,7 +649,10 @@ async fn control(
     if state.generation == generation {
         state.link = None;
         state.link_cancel = None;
+        let standby = std::mem::take(&mut state.standby);
         drop(state);
+        drop(standby);
+        shared.forget_standby_tickets(&slot, generation + 1);
         let grace = shared.options.grace;
         let (expiring, slot) = (shared.clone(), slot.clone());
         shared.spawn(async move {
@@ -698,8 +789,43 @@ async fn expose(
     Ok(port)
 }
 
-/// Accepts visitors on a TCP exposure and splices each to a fresh data
-/// connection from the client.
+/// How a visitor gets its data connection.
+enum Route {
+    /// A standby connection, told which exposure the visitor came to.
+    Standby(Conn, ExposureId),
+    /// A connection the client dials with the ticket, answering `Connect`.
+    Ticket(String, oneshot::Receiver<Conn>),
+}
+
+impl Route {
+    /// The data connection, ready for the visitor's bytes.
+    async fn open(self, shared: &Shared) -> Option<Conn> {
+        match self {
+            Self::Standby(mut data, id) => {
+                match wire::write_frame(&mut data, &Dispatch { id }).await {
+                    Ok(()) => Some(data),
+                    Err(error) => {
+                        debug!(%error, "the standby connection is gone");
+                        None
+                    }
+                }
+            }
+            Self::Ticket(ticket, receiver) => {
+                let data = tokio::time::timeout(DATA_TIMEOUT, receiver).await;
+                if let Ok(Ok(data)) = data {
+                    return Some(data);
+                }
+                lock(&shared.tickets).remove(&ticket);
+                debug!("no data connection for the visitor");
+                None
+            }
+        }
+    }
+}
+
+/// Accepts visitors on a TCP exposure and splices each to a data
+/// connection from the client: a standby one when the client has one open,
+/// else a fresh one.
 async fn serve_tcp(
     shared: Arc<Shared>,
     slot: Arc<ClientSlot>,
@@ -741,28 +867,34 @@ async fn serve_tcp(
             debug!(%peer, "client not connected; visitor refused");
             continue;
         };
-        let ticket = hex::encode(&auth::random::<16>());
-        let (sender, receiver) = oneshot::channel();
-        lock(&shared.tickets).insert(ticket.clone(), sender);
-        if link
-            .send(RelayMessage::Connect {
-                id: id.clone(),
-                ticket: ticket.clone(),
-            })
-            .is_err()
-        {
-            lock(&shared.tickets).remove(&ticket);
-            continue;
-        }
+        let route = match slot.take_standby() {
+            Some(standby) => {
+                shared.request_standby(&slot);
+                Route::Standby(standby, id.clone())
+            }
+            None => {
+                let ticket = hex::encode(&auth::random::<16>());
+                let (sender, receiver) = oneshot::channel();
+                lock(&shared.tickets).insert(ticket.clone(), Waiting::Visitor(sender));
+                if link
+                    .send(RelayMessage::Connect {
+                        id: id.clone(),
+                        ticket: ticket.clone(),
+                    })
+                    .is_err()
+                {
+                    lock(&shared.tickets).remove(&ticket);
+                    continue;
+                }
+                Route::Ticket(ticket, receiver)
+            }
+        };
         let buckets = buckets.clone();
         let tickets = shared.clone();
         shared.spawn(
             async move {
                 let _permit = permit;
-                let data = tokio::time::timeout(DATA_TIMEOUT, receiver).await;
-                let Ok(Ok(mut data)) = data else {
-                    lock(&tickets.tickets).remove(&ticket);
-                    debug!("no data connection for the visitor");
+                let Some(mut data) = route.open(&tickets).await else {
                     return;
                 };
                 let _ = visitor.set_nodelay(true);

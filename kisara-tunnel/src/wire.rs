@@ -2,8 +2,10 @@
 //!
 //! Every connection to the relay starts with one frame from the client:
 //! [`Opening::Control`] for a control link or [`Opening::Data`] for a data
-//! connection answering a [`RelayMessage::Connect`]. After a data opening the
-//! connection carries raw visitor bytes.
+//! connection answering a [`RelayMessage::Connect`] or a
+//! [`RelayMessage::Standby`]. After a data opening the connection carries raw
+//! visitor bytes; a standby connection first waits for the relay's
+//! [`Dispatch`] naming the exposure its visitor came to.
 
 use std::net::SocketAddr;
 
@@ -33,7 +35,8 @@ pub(crate) enum Opening {
     },
     /// Opens a data connection for one TCP visitor.
     Data {
-        /// The one-time ticket from [`RelayMessage::Connect`].
+        /// The one-time ticket from [`RelayMessage::Connect`] or
+        /// [`RelayMessage::Standby`].
         ticket: String,
     },
 }
@@ -93,6 +96,14 @@ pub(crate) struct Registration {
     pub(crate) labels: Labels,
 }
 
+/// The relay's one frame on a standby data connection: a visitor of
+/// exposure `id` is on the other end; raw bytes follow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Dispatch {
+    pub(crate) id: ExposureId,
+}
+
 /// Client to relay, after authentication.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -126,6 +137,10 @@ pub(crate) enum RelayMessage {
     },
     /// A TCP visitor arrived: open a data connection with this ticket.
     Connect { id: ExposureId, ticket: String },
+    /// Open a standby data connection with this ticket and keep it until
+    /// the relay sends a [`Dispatch`] on it, so the next visitor need not
+    /// wait for a dial.
+    Standby { ticket: String },
     /// A UDP peer arrived: open a datagram channel to the relay's `port`
     /// and greet it with the ticket.
     UdpSession {
