@@ -139,6 +139,10 @@ mod config {
                 .token
                 .matches("0123456789abcdef-api-ctl")
         );
+        assert_eq!(
+            r.agent.sidecar_binary.as_deref(),
+            Some(std::path::Path::new("/usr/local/lib/kisara/kisara-sidecar"))
+        );
         let relays = &r.agent.relays;
         assert_eq!(relays.len(), 2);
         assert_eq!(

@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo run -p kisara-examples --bin agent -- conf/kisara.toml`
 //! (`[agent]`: `server_url`, `token`, `state_dir`, `node_id`,
-//! `max_containers`, `bandwidth_in`/`_out`, `docker_host`, `relays`;
+//! `max_containers`, `bandwidth_in`/`_out`, `docker_host`, `relays`,
+//! `sidecar_binary` for containers on overlay networks;
 //! `[containers]` defaults). Stopping or killing the agent stops no
 //! container; a restarted agent re-registers everything.
 
@@ -14,10 +15,14 @@ use kisara_core::cluster::link::Agent;
 use kisara_core::cluster::load_or_create_node_id;
 use kisara_core::config::Role;
 use kisara_core::model::NodeCapacity;
+use kisara_docker::sidecar::{SidecarTunnel, sidecar_image};
 use kisara_docker::{DockerOptions, DockerRuntime};
 use kisara_examples::{
     Failure, exit_on_failure, init_logging, load_config, relay_client, shutdown_signal,
 };
+
+/// The bridge network sidecars join so the host reaches them.
+const SIDECAR_NETWORK: &str = "kisara-sidecars";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -34,6 +39,7 @@ async fn run() -> Result<(), Failure> {
         ..DockerOptions::default()
     };
     let runtime = DockerRuntime::connect(options).await?;
+    let engine = runtime.clone();
     let node = load_or_create_node_id(&agent_config.state_dir, agent_config.node_id.as_deref())?;
     let capacity = NodeCapacity {
         max_containers: agent_config.max_containers,
@@ -42,7 +48,11 @@ async fn run() -> Result<(), Failure> {
     };
     tracing::info!(%node, "node agent starting");
     let mut agent = Agent::new(node.clone(), capacity, Arc::new(runtime));
-    if let Some(tunnel) = relay_client(&node, &agent_config.relays).await? {
+    if let Some(mut tunnel) = relay_client(&node, &agent_config.relays).await? {
+        if let Some(binary) = &agent_config.sidecar_binary {
+            let image = sidecar_image(&engine, binary).await?;
+            tunnel = Arc::new(SidecarTunnel::new(engine, tunnel, image, SIDECAR_NETWORK));
+        }
         agent = agent.with_tunnel(tunnel);
     }
     agent

@@ -292,6 +292,11 @@ pub struct AgentConfig {
     /// The relays this node's tunnel client links to; default none (no
     /// ports exposed).
     pub relays: Vec<AgentRelay>,
+    /// A statically linked `kisara-sidecar` binary. Set, the agent builds
+    /// the forwarding sidecar image from it and exposes ports of containers
+    /// on overlay networks (which the host cannot reach) through sidecars;
+    /// unset, such exposures point at addresses only the swarm reaches.
+    pub sidecar_binary: Option<PathBuf>,
 }
 
 /// A relay an agent links to (`[[agent.relays]]`), as the tunnel client
@@ -370,6 +375,7 @@ impl Default for AgentConfig {
             docker_host: None,
             db_path: None,
             relays: Vec::new(),
+            sidecar_binary: None,
         }
     }
 }
