@@ -23,12 +23,12 @@ use kisara_tunnel::{ClientTls, RelayTls, TunnelClient, rustls};
 /// What a binary reports when it cannot go on.
 pub type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// Logs to stderr; `KISARA_LOG` sets the filter (default `info`).
-pub fn init_logging() {
+/// Logs to stderr; `KISARA_LOG` sets the filter (default `default_filter`).
+pub fn init_logging(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KISARA_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();

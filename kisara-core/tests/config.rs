@@ -141,7 +141,7 @@ mod config {
         );
         assert_eq!(
             r.agent.sidecar_binary.as_deref(),
-            Some(std::path::Path::new("/usr/local/lib/kisara/kisara-sidecar"))
+            Some(Path::new("/usr/local/lib/kisara/kisara-sidecar"))
         );
         let relays = &r.agent.relays;
         assert_eq!(relays.len(), 2);

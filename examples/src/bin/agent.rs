@@ -26,7 +26,7 @@ const SIDECAR_NETWORK: &str = "kisara-sidecars";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
+    init_logging("info");
     exit_on_failure(run()).await
 }
 

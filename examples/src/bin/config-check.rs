@@ -14,13 +14,7 @@ use std::process::ExitCode;
 use kisara_core::config::Config;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KISARA_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kisara_examples::init_logging("warn");
     let path = std::env::args_os()
         .nth(1)
         .unwrap_or_else(|| "conf/kisara-conf.toml".into());

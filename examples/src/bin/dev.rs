@@ -20,7 +20,7 @@ use kisara_tunnel::{Relay, RelayOptions, TunnelClient};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
+    init_logging("info");
     exit_on_failure(run()).await
 }
 

@@ -13,7 +13,7 @@ use kisara_examples::{
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
+    init_logging("info");
     exit_on_failure(run()).await
 }
 

@@ -1000,14 +1000,7 @@ impl Server {
 
     /// The exposures of a container.
     pub async fn exposures(&self, container: &ContainerId) -> Result<Vec<Exposure>> {
-        let node = self
-            .inner
-            .locations
-            .lock()
-            .expect("locations lock")
-            .get(container)
-            .cloned();
-        match self.tunnel_for(node.as_ref()) {
+        match self.tunnel_for(self.known_node(container).as_ref()) {
             Some(tunnel) => {
                 tunnel
                     .list(&LabelFilter::all().with(labels::CONTAINER, container.as_str()))
@@ -1017,19 +1010,22 @@ impl Server {
         }
     }
 
+    /// The node a container was last seen on, by the id the server knows.
+    fn known_node(&self, container: &ContainerId) -> Option<NodeId> {
+        self.inner
+            .locations
+            .lock()
+            .expect("locations lock")
+            .get(container)
+            .cloned()
+    }
+
     /// Finds the node of a container, by id or name.
     async fn locate(
         &self,
         container: &ContainerId,
     ) -> Result<(NodeId, Arc<dyn ContainerRuntime>, ContainerInfo)> {
-        let known = self
-            .inner
-            .locations
-            .lock()
-            .expect("locations lock")
-            .get(container)
-            .cloned();
-        if let Some(node) = known {
+        if let Some(node) = self.known_node(container) {
             let runtime = self.runtime_of(&node)?;
             let info = runtime.inspect(container).await?;
             return Ok((node, runtime, info));
