@@ -20,7 +20,9 @@
 //! limit accuracy at 1, 10 and 100 Mbit/s (iperf3 receiver rate ÷ limit).
 //!
 //! Kisara's relay and client run inside this process (two tokio worker
-//! threads); the peers run as their own server and client processes.
+//! threads); the peers run as their own server and client processes. The
+//! run ends with a summary table (each measure, Kisara, the peers, the
+//! goal) to paste into notes.
 
 // A benchmark harness reports on its terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -80,7 +82,15 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM, which `timeout` passes on to the program it runs; a
+        // SIGKILL would stop `timeout` alone and leave the program running.
+        let stopped = Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !stopped {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
@@ -225,6 +235,51 @@ async fn wait_for_echo(port: u16) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// The closing table: one row per measure, Kisara beside its peers and the
+/// goal, ready to paste into notes.
+#[derive(Default)]
+struct Summary {
+    rows: Vec<[String; 5]>,
+}
+
+impl Summary {
+    /// Adds a row; `met` is `None` for a measure without a goal.
+    fn row(
+        &mut self,
+        measure: &str,
+        kisara: String,
+        peers: &[String],
+        goal: &str,
+        met: Option<bool>,
+    ) {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "–",
+        };
+        self.rows.push([
+            measure.to_owned(),
+            kisara,
+            if peers.is_empty() {
+                "–".to_owned()
+            } else {
+                peers.join(", ")
+            },
+            goal.to_owned(),
+            met.to_owned(),
+        ]);
+    }
+
+    fn print(&self) {
+        println!("\n## Summary\n");
+        println!("| measure | Kisara | peers | goal | met |");
+        println!("|---|---|---|---|---|");
+        for row in &self.rows {
+            println!("| {} |", row.join(" | "));
+        }
+    }
 }
 
 /// A path visitors take to the targets: direct, Kisara or a peer.
@@ -417,6 +472,7 @@ async fn run(settings: Settings) -> ExitCode {
         None => println!("(bore not installed or not starting: skipped)"),
     }
     let mut failures = Vec::new();
+    let mut summary = Summary::default();
 
     // Throughput, interleaved: each repetition runs every path in turn.
     if settings.runs("tcp") {
@@ -441,6 +497,8 @@ async fn run(settings: Settings) -> ExitCode {
             } else {
                 median(&rates[0])
             };
+            let mut kisara = f64::NAN;
+            let mut peers = Vec::new();
             for (path, rates) in paths.iter().zip(&rates) {
                 if rates.is_empty() {
                     println!("- {:8} failed", path.name);
@@ -448,6 +506,11 @@ async fn run(settings: Settings) -> ExitCode {
                 }
                 let ratio = median(rates) / direct;
                 println!("- {:8} {}  → {ratio:.2}", path.name, spread(rates));
+                match path.name {
+                    "direct" => {}
+                    "kisara" => kisara = ratio,
+                    peer => peers.push(format!("{peer} {ratio:.2}")),
+                }
                 if path.name == "kisara"
                     && case == "TCP 1 stream"
                     && settings.smoke
@@ -456,12 +519,25 @@ async fn run(settings: Settings) -> ExitCode {
                     failures.push(format!("{case}: kisara/direct {ratio:.2} < 0.1"));
                 }
             }
+            let goal = match case {
+                "TCP 1 stream" => Some(0.6),
+                "TCP -P 4" => Some(0.7),
+                _ => None,
+            };
+            summary.row(
+                &format!("{case} ÷ direct"),
+                format!("{kisara:.2}"),
+                &peers,
+                &goal.map_or("–".to_owned(), |g| format!("≥ {g}")),
+                goal.map(|g| kisara >= g),
+            );
         }
     }
 
     // UDP at 500 Mbit/s (direct and Kisara; the peers carry no UDP here).
     if settings.runs("udp") {
         println!("\n## UDP 500 Mbit/s, 1400-byte datagrams: received Gbit/s, loss %");
+        let mut udp_loss = Vec::new();
         for path in &paths[..2] {
             let mut losses = Vec::new();
             let mut received = Vec::new();
@@ -476,14 +552,24 @@ async fn run(settings: Settings) -> ExitCode {
             }
             if received.is_empty() {
                 println!("- {:8} failed", path.name);
-            } else {
-                println!(
-                    "- {:8} {} Gbit/s, loss {} %",
-                    path.name,
-                    spread(&received),
-                    spread(&losses)
-                );
+                continue;
             }
+            println!(
+                "- {:8} {} Gbit/s, loss {} %",
+                path.name,
+                spread(&received),
+                spread(&losses)
+            );
+            udp_loss.push(median(&losses));
+        }
+        if let [direct, kisara] = udp_loss[..] {
+            summary.row(
+                "UDP loss at 500 Mbit/s",
+                format!("{kisara:.1} %"),
+                &[format!("direct {direct:.1} %")],
+                "< 5 %",
+                Some(kisara < 5.0),
+            );
         }
     }
 
@@ -494,6 +580,8 @@ async fn run(settings: Settings) -> ExitCode {
             settings.pings
         );
         let mut direct_latency = None;
+        let mut kisara = None;
+        let mut peers = Vec::new();
         for path in &paths {
             let mut p50s = Vec::new();
             let mut p99s = Vec::new();
@@ -509,11 +597,21 @@ async fn run(settings: Settings) -> ExitCode {
             }
             let (p50, p99) = (median(&p50s), median(&p99s));
             let (base50, base99) = *direct_latency.get_or_insert((p50, p99));
-            println!(
-                "- {:8} {p50:.0} / {p99:.0}  (+{:.0} / +{:.0})",
-                path.name,
-                p50 - base50,
-                p99 - base99
+            let added = format!("+{:.0} / +{:.0} µs", p50 - base50, p99 - base99);
+            println!("- {:8} {p50:.0} / {p99:.0}  ({added})", path.name);
+            match path.name {
+                "direct" => {}
+                "kisara" => kisara = Some((p50 - base50, p99 - base99, added)),
+                peer => peers.push(format!("{peer} {added}")),
+            }
+        }
+        if let Some((p50, p99, added)) = kisara {
+            summary.row(
+                "added latency p50 / p99 (64-byte RTT)",
+                added,
+                &peers,
+                "≤ +60 / +120 µs",
+                Some(p50 <= 60.0 && p99 <= 120.0),
             );
         }
     }
@@ -525,6 +623,8 @@ async fn run(settings: Settings) -> ExitCode {
             settings.connections
         );
         let mut direct_rate = None;
+        let mut kisara = None;
+        let mut peers = Vec::new();
         for path in &paths {
             let mut rates = Vec::new();
             for _ in 0..settings.reps {
@@ -538,7 +638,22 @@ async fn run(settings: Settings) -> ExitCode {
             }
             let rate = median(&rates);
             let base = *direct_rate.get_or_insert(rate);
-            println!("- {:8} {rate:.0}  → {:.2}", path.name, rate / base);
+            let ratio = rate / base;
+            println!("- {:8} {rate:.0}  → {ratio:.2}", path.name);
+            match path.name {
+                "direct" => {}
+                "kisara" => kisara = Some(ratio),
+                peer => peers.push(format!("{peer} {ratio:.2}")),
+            }
+        }
+        if let Some(ratio) = kisara {
+            summary.row(
+                "new connections/s ÷ direct",
+                format!("{ratio:.2}"),
+                &peers,
+                "≥ 0.8",
+                Some(ratio >= 0.8),
+            );
         }
     }
 
@@ -554,11 +669,18 @@ async fn run(settings: Settings) -> ExitCode {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (rss_after, fds_after) = process_usage();
         let n = settings.idle_exposures as f64;
+        let sockets = (fds_after as f64 - fds_before as f64) / n;
+        let kb = (rss_after - rss_before) / n;
         println!(
-            "\n## Idle cost per exposure (relay + client, {} exposures): {:.2} sockets, {:.1} kB RSS",
+            "\n## Idle cost per exposure (relay + client, {} exposures): {sockets:.2} sockets, {kb:.1} kB RSS",
             settings.idle_exposures,
-            (fds_after as f64 - fds_before as f64) / n,
-            (rss_after - rss_before) / n
+        );
+        summary.row(
+            "idle cost per exposure",
+            format!("{sockets:.2} sockets, {kb:.1} kB"),
+            &[],
+            "≤ 2 sockets, ≤ 16 kB",
+            Some(sockets <= 2.0 && kb <= 16.0),
         );
     }
 
@@ -568,6 +690,7 @@ async fn run(settings: Settings) -> ExitCode {
     if settings.runs("limits") {
         println!("\n## Bandwidth limit accuracy (iperf3 receiver rate ÷ limit, one direction)");
         let limits: &[u64] = if settings.smoke { &[10] } else { &[1, 10, 100] };
+        let mut worst: Option<f64> = None;
         for &mbit in limits {
             let mut ratios = Vec::new();
             for _ in 0..settings.reps {
@@ -598,16 +721,25 @@ async fn run(settings: Settings) -> ExitCode {
             }
             let ratio = median(&ratios);
             println!("- {mbit:>3} Mbit/s: {}", spread(&ratios));
+            let off = (ratio - 1.0) * 100.0;
+            worst = Some(worst.map_or(off, |w: f64| if off.abs() > w.abs() { off } else { w }));
             let tolerance = if settings.smoke { 0.10 } else { 0.05 };
             if (ratio - 1.0).abs() > tolerance {
-                failures.push(format!(
-                    "limit {mbit} Mbit/s off by {:.1} %",
-                    (ratio - 1.0) * 100.0
-                ));
+                failures.push(format!("limit {mbit} Mbit/s off by {off:.1} %"));
             }
+        }
+        if let Some(worst) = worst {
+            summary.row(
+                "bandwidth-limit accuracy (worst)",
+                format!("{worst:+.1} %"),
+                &[],
+                "± 5 %",
+                Some(worst.abs() <= 5.0),
+            );
         }
     }
 
+    summary.print();
     let _ = std::fs::remove_dir_all(&scratch);
     if failures.is_empty() {
         ExitCode::SUCCESS

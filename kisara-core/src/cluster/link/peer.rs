@@ -31,12 +31,19 @@ use super::wire::{
 use crate::{Error, Result};
 
 /// The WebSocket settings both ends use: messages and frames over
-/// [`MAX_MESSAGE_BYTES`] are refused.
+/// [`MAX_MESSAGE_BYTES`] are refused. Buffers are small (the defaults are
+/// 128 KiB each way): a server holds hundreds of mostly idle links, and a
+/// stream chunk is at most 64 KiB anyway.
 pub(crate) fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(LINK_BUFFER_BYTES)
+        .write_buffer_size(LINK_BUFFER_BYTES)
 }
+
+/// See [`websocket_config`].
+const LINK_BUFFER_BYTES: usize = 16 << 10;
 
 /// How many stream frames may wait for the socket before stream senders
 /// wait: enough to keep the socket busy, small enough to bound memory.

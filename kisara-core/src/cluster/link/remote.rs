@@ -25,8 +25,10 @@ use crate::traits::{
 use crate::{ContainerRuntime, Error, Result, Tunnel};
 
 /// How many events wait for slow subscribers before the oldest are dropped
-/// (and the subscriber told so).
-const EVENT_BUFFER: usize = 4096;
+/// (and the subscriber told so). The buffer is allocated up front for every
+/// node and subscribers (the server's watcher) read promptly, so it is
+/// small: 500 nodes at 4096 slots cost 190 MB.
+const EVENT_BUFFER: usize = 256;
 
 /// A node behind an agent link. Survives reconnects: calls made while the
 /// link is down wait for it (up to their timeout); reads and keyed
