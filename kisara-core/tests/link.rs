@@ -490,6 +490,11 @@ async fn ports_are_exposed_by_the_agent_that_runs_the_container() {
         server.exposures(&launched.container.id).await.unwrap(),
         launched.exposures
     );
+    let by_name = kisara_core::model::ContainerId::new(launched.container.name.clone());
+    assert_eq!(
+        server.exposures(&by_name).await.unwrap(),
+        launched.exposures
+    );
     server.remove(&launched.container.id).await.unwrap();
     assert!(tunnel.list(&LabelFilter::all()).await.unwrap().is_empty());
     server.remove_network("team-3").await.unwrap();

@@ -4,14 +4,19 @@
 //!
 //! Run: `./scripts/dev` (starts a Docker engine when none answers), or
 //! `cargo run -p kisara-examples --bin dev -- conf/dev.toml`. It builds a
-//! small busybox demo image locally (nothing is pulled) and prints how to
-//! launch a container and reach it through the relay.
+//! small busybox demo image locally (nothing is pulled), launches a demo
+//! container serving HTTP with its port exposed through the relay, and
+//! prints its public address and how to use the API.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use kisara_core::cluster::{Server, load_or_create_node_id};
+use kisara_core::ErrorKind;
+use kisara_core::cluster::{NetworkRequest, Server, load_or_create_node_id};
 use kisara_core::config::Role;
-use kisara_core::model::NodeCapacity;
+use kisara_core::model::{
+    ContainerId, ContainerSpec, ContainerState, ImageRef, LaunchRequest, NodeCapacity,
+};
 use kisara_docker::{DockerOptions, DockerRuntime};
 use kisara_examples::{
     Failure, api_router, exit_on_failure, init_logging, load_config, serve_http, subnet_allocator,
@@ -62,6 +67,7 @@ async fn run() -> Result<(), Failure> {
     server
         .connect_node(node.clone(), capacity, Arc::new(runtime))
         .await?;
+    let demo = demo_container(&server, &image).await?;
     let (router, _) = api_router(&server, &config.server)?;
     let listen = config.server.listen;
     let token = config
@@ -74,15 +80,60 @@ async fn run() -> Result<(), Failure> {
         config = %path.display(),
         %node,
         relay = %relay.local_addr(),
-        "dev deployment up; try:\n  \
+        "dev deployment up. The demo container {DEMO} serves HTTP at http://{demo}/hostname \
+         (through the relay). Launch your own:\n  \
          curl {auth} -d '{{\"name\": \"team-1\"}}' http://{listen}/v1/networks\n  \
          curl {auth} -d '{{\"container\": {{\"image\": \"{image}\", \"owner\": \"team-1\", \
          \"networks\": [\"team-1\"], \"ports\": [\"8080/tcp\"], \
          \"command\": [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]}}}}' \
          http://{listen}/v1/containers\n  \
-         curl http://<exposures[0].public host:port>/hostname"
+         curl http://<exposures[0].public host:port>/hostname\n\
+         The API's OpenAPI document: curl {auth} http://{listen}/v1/openapi.json"
     );
     serve_http(listen, router).await?;
     relay.stop().await;
     Ok(())
+}
+
+/// The demo container's name (and its network's).
+const DEMO: &str = "kisara-demo";
+
+/// Starts the demo container, a busybox httpd on its own network with its
+/// port exposed, unless it survived from an earlier run; answers its public
+/// address.
+async fn demo_container(server: &Server, image: &ImageRef) -> Result<String, Failure> {
+    let demo = ContainerId::new(DEMO);
+    let running = match server.inspect(&demo).await {
+        Ok((_, info)) => info.state == ContainerState::Running,
+        Err(error) if error.kind() == ErrorKind::NotFound => false,
+        Err(error) => return Err(error.into()),
+    };
+    if !running {
+        // A stopped leftover is replaced.
+        server.remove(&demo).await?;
+        let networks = server.list_networks().await?;
+        if !networks.iter().any(|(_, network)| network.name == DEMO) {
+            server.create_network(&NetworkRequest::new(DEMO)).await?;
+        }
+        let mut spec = ContainerSpec::new(image.clone());
+        spec.name = Some(DEMO.to_owned());
+        spec.owner = Some("demo".to_owned());
+        spec.networks = vec![DEMO.to_owned()];
+        spec.ports = vec!["8080/tcp".parse()?];
+        spec.command = Some(
+            ["httpd", "-f", "-p", "8080", "-h", "/etc"]
+                .map(str::to_owned)
+                .to_vec(),
+        );
+        server
+            .launch_container(LaunchRequest::new(spec), Duration::from_secs(60))
+            .await?;
+    }
+    let exposure = server
+        .exposures(&demo)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or("the demo container has no exposure")?;
+    Ok(format!("{}:{}", exposure.public.host, exposure.public.port))
 }

@@ -998,12 +998,13 @@ impl Server {
         }
     }
 
-    /// The exposures of a container.
+    /// The exposures of a container, by id or name.
     pub async fn exposures(&self, container: &ContainerId) -> Result<Vec<Exposure>> {
-        match self.tunnel_for(self.known_node(container).as_ref()) {
+        let (node, _, info) = self.locate(container).await?;
+        match self.tunnel_for(Some(&node)) {
             Some(tunnel) => {
                 tunnel
-                    .list(&LabelFilter::all().with(labels::CONTAINER, container.as_str()))
+                    .list(&LabelFilter::all().with(labels::CONTAINER, info.id.as_str()))
                     .await
             }
             None => Ok(Vec::new()),
