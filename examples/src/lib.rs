@@ -4,13 +4,14 @@
 
 #![doc = include_str!("../README.md")]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kisara_core::cluster::Server;
-use kisara_core::cluster::link::{AgentGateway, LinkOptions, agent_link};
-use kisara_core::config::{AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig};
+use kisara_core::cluster::link::{AgentGateway, LinkOptions, TlsListener, agent_link};
+use kisara_core::config::{
+    AgentConfig, AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig,
+};
 use kisara_core::http::ApiBuilder;
 use kisara_core::model::NodeId;
 use kisara_core::{SubnetAllocator, Tunnel};
@@ -95,17 +96,70 @@ fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The certificates in a PEM file.
+fn pem_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
+    Ok(CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+/// The private key in a PEM file.
+fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, Failure> {
+    Ok(PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+/// The CAs in a PEM file, as trust roots.
+fn pem_roots(path: &Path) -> Result<Arc<RootCertStore>, Failure> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem_chain(path)? {
+        roots.add(cert)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client TLS config trusting the CAs in `ca`, presenting `client_cert`
+/// (chain, key) when given.
+fn client_config(
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, Failure> {
+    let builder = rustls::ClientConfig::builder_with_provider(tls_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(pem_roots(ca)?);
+    let config = match client_cert {
+        Some((chain, key)) => builder.with_client_auth_cert(pem_chain(chain)?, pem_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A server TLS config serving `cert` / `key`, demanding client
+/// certificates signed by `client_ca` when given (mutual TLS).
+fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, Failure> {
+    let builder = rustls::ServerConfig::builder_with_provider(tls_provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                pem_roots(ca)?,
+                tls_provider(),
+            )
+            .build()?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(
+        builder.with_single_cert(pem_chain(cert)?, pem_key(key)?)?,
+    ))
+}
+
 /// TLS to a relay whose certificate a CA in the PEM file `ca` signed.
 fn client_tls(ca: &Path, server_name: &str) -> Result<ClientTls, Failure> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-        roots.add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tls_provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(ClientTls::new(Arc::new(config), server_name)?)
+    Ok(ClientTls::new(client_config(ca, None)?, server_name)?)
 }
 
 /// The relay's TLS from `[relay] tls_cert` / `tls_key` (PEM files).
@@ -114,15 +168,21 @@ fn client_tls(ca: &Path, server_name: &str) -> Result<ClientTls, Failure> {
 ///
 /// An unreadable or malformed file, or a key that does not fit.
 pub fn relay_tls(cert: &Path, key: &Path) -> Result<RelayTls, Failure> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(tls_provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(RelayTls::new(Arc::new(config)))
+    Ok(RelayTls::new(server_config(cert, key, None)?))
+}
+
+/// The agent's TLS for a `wss://` server (`[agent] server_ca`, and
+/// `tls_cert` / `tls_key` for mutual TLS), or `None` without a CA.
+///
+/// # Errors
+///
+/// An unreadable or malformed file.
+pub fn agent_tls(agent: &AgentConfig) -> Result<Option<Arc<rustls::ClientConfig>>, Failure> {
+    agent
+        .server_ca
+        .as_deref()
+        .map(|ca| client_config(ca, agent.client_cert()))
+        .transpose()
 }
 
 /// The HTTP API (bearer tokens from `[server] api_tokens`, Prometheus
@@ -153,19 +213,32 @@ pub fn api_router(
     Ok((api.merge(agent_link(gateway.clone())), gateway))
 }
 
-/// Serves `router` on `listen` until Ctrl-C or SIGTERM.
+/// Serves `router` on `[server] listen` until Ctrl-C or SIGTERM, over TLS
+/// when `[server] tls_cert` is set (and mutual TLS with `tls_client_ca`).
 ///
 /// # Errors
 ///
-/// When `listen` cannot be bound.
-pub async fn serve_http(listen: SocketAddr, router: axum::Router) -> Result<(), Failure> {
+/// When the address cannot be bound or the TLS files cannot be read.
+pub async fn serve_http(config: &ServerConfig, router: axum::Router) -> Result<(), Failure> {
+    let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving the API and agent links");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    match config.tls() {
+        Some((cert, key)) => {
+            let tls = server_config(cert, key, config.tls_client_ca.as_deref())?;
+            tracing::info!(%listen, mutual = config.tls_client_ca.is_some(), "serving the API and agent links over TLS");
+            axum::serve(TlsListener::new(listener, tls)?, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+        None => {
+            tracing::info!(%listen, "serving the API and agent links");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+    }
     Ok(())
 }
 

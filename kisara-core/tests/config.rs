@@ -140,6 +140,22 @@ mod config {
                 .matches("0123456789abcdef-api-ctl")
         );
         assert_eq!(
+            r.server.tls(),
+            Some((
+                Path::new("/etc/kisara/server.pem"),
+                Path::new("/etc/kisara/server-key.pem")
+            ))
+        );
+        assert_eq!(
+            r.server.tls_client_ca.as_deref(),
+            Some(Path::new("/etc/kisara/agents-ca.pem"))
+        );
+        assert_eq!(
+            r.agent.server_ca.as_deref(),
+            Some(Path::new("/etc/kisara/server-ca.pem"))
+        );
+        assert!(r.agent.client_cert().is_some());
+        assert_eq!(
             r.agent.sidecar_binary.as_deref(),
             Some(Path::new("/usr/local/lib/kisara/kisara-sidecar"))
         );
@@ -335,13 +351,17 @@ mod config {
             "agent.relays[0].server_name: needs agent.relays[0].tls_ca",
             "agent.relays[1].name: \"relay-1\" is also the name of agent.relays[0]",
             "relay.tls_key: must be set when relay.tls_cert is",
+            "server.tls_cert: must be set when server.tls_key is",
+            "server.tls_client_ca: needs server.tls_cert and server.tls_key",
+            "agent.tls_key: must be set when agent.tls_cert is",
+            "agent.server_ca: must name the CA of the server's certificate",
         ] {
             assert!(
                 found.iter().any(|line| line.starts_with(expected)),
                 "{expected:?} missing from {found:#?}"
             );
         }
-        assert_eq!(found.len(), 9, "{found:#?}");
+        assert_eq!(found.len(), 13, "{found:#?}");
         assert!(
             !format!("{found:?}").contains("0123456789abcdef"),
             "no secret printed"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use kisara_core::cluster::link::{
     AGENT_LINK_PATH, Agent, AgentGateway, LinkOptions, MAX_MESSAGE_BYTES, RemoteRuntime,
-    agent_link, pipe,
+    TlsListener, agent_link, pipe,
 };
 use kisara_core::cluster::{ClusterEvent, NetworkRequest, Server};
 use kisara_core::memory::{LoopbackTunnel, MemoryRuntime, MemorySubnetAllocator};
@@ -19,6 +19,7 @@ use kisara_core::model::{
 use kisara_core::testing::{runtime, tunnel};
 use kisara_core::{ContainerRuntime, ErrorKind, Secret, Tunnel, exec_to_end};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
 
 const WAIT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "agent-token-for-tests";
@@ -540,4 +541,123 @@ async fn agents_sharing_one_engine_each_see_their_own_containers() {
         .await
         .unwrap();
     assert_eq!(on, b);
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate,
+/// all made for this test.
+struct Pki {
+    ca: rustls::pki_types::CertificateDer<'static>,
+    server: (rustls::pki_types::CertificateDer<'static>, rcgen::KeyPair),
+    client: (rustls::pki_types::CertificateDer<'static>, rcgen::KeyPair),
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert.der().clone(), key)
+        };
+        Self {
+            ca: ca.der().clone(),
+            server: leaf("localhost"),
+            client: leaf("node-tls"),
+        }
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        roots
+    }
+
+    fn key(key: &rcgen::KeyPair) -> rustls::pki_types::PrivateKeyDer<'static> {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into())
+    }
+
+    /// The server's TLS, demanding client certificates from this CA.
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.server.0.clone()], Self::key(&self.server.1))
+            .unwrap();
+        Arc::new(config)
+    }
+
+    /// An agent's TLS, with or without its client certificate.
+    fn client_config(&self, with_certificate: bool) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots());
+        let config = if with_certificate {
+            builder
+                .with_client_auth_cert(vec![self.client.0.clone()], Self::key(&self.client.1))
+                .unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        Arc::new(config)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_link_over_mutual_tls() {
+    let pki = Pki::new();
+    let (server, gateway) = server(&Log::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = TlsListener::new(listener, pki.server_config()).unwrap();
+    tokio::spawn(async move { axum::serve(listener, agent_link(gateway)).await });
+    let url = format!("wss://localhost:{port}");
+    let token = Secret::new(TOKEN);
+
+    // Without a client certificate the handshake fails: no node.
+    let anonymous = Agent::with_options(node("node-anonymous"), capacity(), memory(), options())
+        .with_tls(pki.client_config(false));
+    anonymous
+        .run(&url, &token, tokio::time::sleep(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(server.nodes().is_empty(), "{:?}", server.nodes());
+
+    // wss:// without any TLS config is refused up front.
+    let plain = Agent::with_options(node("node-plain"), capacity(), memory(), options());
+    let err = plain
+        .run(&url, &token, std::future::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+
+    // With its certificate (and the token) the agent links.
+    let id = node("node-tls");
+    let agent = Agent::with_options(id.clone(), capacity(), memory(), options())
+        .with_tls(pki.client_config(true));
+    let running =
+        tokio::spawn(async move { agent.run(&url, &token, std::future::pending()).await });
+    online(&server, &id, true).await;
+    let launched = server
+        .launch_container(LaunchRequest::new(ContainerSpec::new(image())), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(launched.node, id);
+    running.abort();
 }

@@ -18,7 +18,7 @@ use kisara_core::model::NodeCapacity;
 use kisara_docker::sidecar::{SidecarTunnel, sidecar_image};
 use kisara_docker::{DockerOptions, DockerRuntime};
 use kisara_examples::{
-    Failure, exit_on_failure, init_logging, load_config, relay_client, shutdown_signal,
+    Failure, agent_tls, exit_on_failure, init_logging, load_config, relay_client, shutdown_signal,
 };
 
 /// The bridge network sidecars join so the host reaches them.
@@ -27,7 +27,8 @@ const SIDECAR_NETWORK: &str = "kisara-sidecars";
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     init_logging("info");
-    exit_on_failure(run()).await
+    // Boxed: the agent's whole state would otherwise sit on the stack.
+    exit_on_failure(Box::pin(run())).await
 }
 
 async fn run() -> Result<(), Failure> {
@@ -54,6 +55,9 @@ async fn run() -> Result<(), Failure> {
             tunnel = Arc::new(SidecarTunnel::new(engine, tunnel, image, SIDECAR_NETWORK));
         }
         agent = agent.with_tunnel(tunnel);
+    }
+    if let Some(tls) = agent_tls(agent_config)? {
+        agent = agent.with_tls(tls);
     }
     agent
         .run(

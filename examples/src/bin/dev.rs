@@ -90,7 +90,7 @@ async fn run() -> Result<(), Failure> {
          curl http://<exposures[0].public host:port>/hostname\n\
          The API's OpenAPI document: curl {auth} http://{listen}/v1/openapi.json"
     );
-    serve_http(listen, router).await?;
+    serve_http(&config.server, router).await?;
     relay.stop().await;
     Ok(())
 }

@@ -21,5 +21,5 @@ async fn run() -> Result<(), Failure> {
     let (_, config) = load_config(Role::Server)?;
     let server = Server::builder(subnet_allocator(&config.network)?).build();
     let (router, _) = api_router(&server, &config.server)?;
-    serve_http(config.server.listen, router).await
+    serve_http(&config.server, router).await
 }

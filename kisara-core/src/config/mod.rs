@@ -212,6 +212,15 @@ pub struct ServerConfig {
     /// Seconds without a heartbeat after which an agent's link counts as
     /// dead and its node goes offline; default 15.
     pub heartbeat_timeout_secs: u64,
+    /// A PEM certificate chain to serve the API and agent links over TLS
+    /// (agents then dial `wss://`); set with `tls_key` or not at all.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A PEM CA: set, every client (agents and API callers) must present a
+    /// certificate it signed (mutual TLS), besides its token. Needs
+    /// `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -221,6 +230,9 @@ impl Default for ServerConfig {
             token: Secret::default(),
             api_tokens: Vec::new(),
             heartbeat_timeout_secs: 15,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -292,6 +304,14 @@ pub struct AgentConfig {
     /// The relays this node's tunnel client links to; default none (no
     /// ports exposed).
     pub relays: Vec<AgentRelay>,
+    /// A PEM CA that signed the server's certificate: needed to dial a
+    /// `wss://` server.
+    pub server_ca: Option<PathBuf>,
+    /// A PEM client certificate chain for a server that demands one
+    /// (mutual TLS); set with `tls_key` or not at all.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// A statically linked `kisara-sidecar` binary. Set, the agent builds
     /// the forwarding sidecar image from it and exposes ports of containers
     /// on overlay networks (which the host cannot reach) through sidecars;
@@ -375,6 +395,9 @@ impl Default for AgentConfig {
             docker_host: None,
             db_path: None,
             relays: Vec::new(),
+            server_ca: None,
+            tls_cert: None,
+            tls_key: None,
             sidecar_binary: None,
         }
     }
@@ -423,6 +446,20 @@ pub struct RelayConfig {
 impl RelayConfig {
     /// The certificate chain and key to serve TLS with, when both are set.
     pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+}
+
+impl ServerConfig {
+    /// The certificate chain and key to serve TLS with, when both are set.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+}
+
+impl AgentConfig {
+    /// The client certificate chain and key, when both are set.
+    pub fn client_cert(&self) -> Option<(&Path, &Path)> {
         Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 }

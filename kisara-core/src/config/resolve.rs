@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Component;
+use std::path::{Component, PathBuf};
 
 use super::{
     AgentConfig, AgentRelay, Config, ContainerDefaults, Mode, NetworkConfig, RelayConfig,
@@ -493,6 +493,13 @@ impl Checker {
         for (i, api) in server.api_tokens.iter().enumerate() {
             self.token(&format!("server.api_tokens[{i}].token"), &api.token, true);
         }
+        self.cert_and_key("server", server.tls_cert.as_ref(), server.tls_key.as_ref());
+        if server.tls_client_ca.is_some() && server.tls_cert.is_none() {
+            self.problem(
+                "server.tls_client_ca",
+                "needs server.tls_cert and server.tls_key: client certificates are asked for over TLS",
+            );
+        }
     }
 
     fn check_agent(&mut self, agent: &AgentConfig) {
@@ -515,6 +522,16 @@ impl Checker {
         }
         let names: Vec<&str> = agent.relays.iter().map(|r| r.name.as_str()).collect();
         self.unique_names("agent.relays", &names);
+        self.cert_and_key("agent", agent.tls_cert.as_ref(), agent.tls_key.as_ref());
+        if agent.server_url.starts_with("wss://") && agent.server_ca.is_none() {
+            self.problem(
+                "agent.server_ca",
+                format!(
+                    "must name the CA of the server's certificate to dial {}",
+                    agent.server_url
+                ),
+            );
+        }
         for (i, relay) in agent.relays.iter().enumerate() {
             self.agent_relay(&format!("agent.relays[{i}]"), relay);
         }
@@ -587,9 +604,20 @@ impl Checker {
         if relay.public_host.trim().is_empty() {
             self.problem("relay.public_host", "must not be empty");
         }
-        match (&relay.tls_cert, &relay.tls_key) {
-            (Some(_), None) => self.problem("relay.tls_key", "must be set when relay.tls_cert is"),
-            (None, Some(_)) => self.problem("relay.tls_cert", "must be set when relay.tls_key is"),
+        self.cert_and_key("relay", relay.tls_cert.as_ref(), relay.tls_key.as_ref());
+    }
+
+    /// A certificate and its key come together or not at all.
+    fn cert_and_key(&mut self, section: &str, cert: Option<&PathBuf>, key: Option<&PathBuf>) {
+        match (cert, key) {
+            (Some(_), None) => self.problem(
+                format!("{section}.tls_key"),
+                format!("must be set when {section}.tls_cert is"),
+            ),
+            (None, Some(_)) => self.problem(
+                format!("{section}.tls_cert"),
+                format!("must be set when {section}.tls_key is"),
+            ),
             _ => {}
         }
     }

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tracing::Instrument;
 
 use super::peer::{AbortOnDrop, Inbound, InboundStream, Peer, websocket_config};
@@ -58,6 +60,7 @@ struct Inner {
     capacity: NodeCapacity,
     runtime: Arc<dyn ContainerRuntime>,
     tunnel: Option<Arc<dyn Tunnel>>,
+    tls: Option<Arc<ClientConfig>>,
     options: LinkOptions,
     outcomes: Mutex<HashMap<String, (Instant, Outcome)>>,
 }
@@ -120,6 +123,7 @@ impl Agent {
                 capacity,
                 runtime,
                 tunnel: None,
+                tls: None,
                 options,
                 outcomes: Mutex::default(),
             }),
@@ -141,7 +145,23 @@ impl Agent {
         self
     }
 
-    /// Dials `server_url` (the server's base URL, `ws://host:port`) and
+    /// Dials `wss://` servers with `config`: its roots verify the server, and
+    /// a client certificate in it answers a server that demands one (mutual
+    /// TLS).
+    ///
+    /// # Panics
+    ///
+    /// When called on a clone that is already serving.
+    #[must_use]
+    pub fn with_tls(mut self, config: Arc<ClientConfig>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_tls is called before serving")
+            .tls = Some(config);
+        self
+    }
+
+    /// Dials `server_url` (the server's base URL, `ws://host:port`, or
+    /// `wss://host:port` with [`Agent::with_tls`]) and
     /// serves, reconnecting with backoff, until `stop` resolves. Errors only
     /// on a URL it can never dial; every other failure is logged and
     /// retried.
@@ -152,20 +172,59 @@ impl Agent {
         stop: impl Future<Output = ()>,
     ) -> Result<()> {
         let request = link_request(server_url, token)?;
+        let secure = request.uri().scheme_str() == Some("wss");
+        let host = request.uri().host().unwrap_or_default().to_owned();
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let tls = match (secure, &self.inner.tls) {
+            (true, None) => {
+                return Err(Error::invalid(
+                    "server_url",
+                    format!(
+                        "{server_url:?} is wss:// but the agent has no TLS config (set [agent] server_ca)"
+                    ),
+                ));
+            }
+            (true, Some(tls)) => Some(tls.clone()),
+            (false, _) => None,
+        };
         let options = &self.inner.options;
         let mut backoff = options.min_backoff;
         tokio::pin!(stop);
         loop {
             let attempt = async {
-                let (ws, _) = tokio_tungstenite::connect_async_with_config(
-                    request.clone(),
-                    Some(websocket_config()),
-                    true,
-                )
-                .await
-                .map_err(|e| Error::unavailable(format!("cannot reach {server_url}: {e}")))?;
-                tracing::info!(server = server_url, node = %self.inner.node, "linked to the server");
-                self.serve_link(ws).await
+                let unreachable = |e: &dyn std::fmt::Display| {
+                    Error::unavailable(format!("cannot reach {server_url}: {e}"))
+                };
+                let tcp = TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                // Ignored: only latency suffers without it.
+                let _ = tcp.set_nodelay(true);
+                let config = Some(websocket_config());
+                match &tls {
+                    Some(tls) => {
+                        let stream = super::tls::connect(tls.clone(), &host, tcp).await?;
+                        let (ws, _) = client_async_with_config(request.clone(), stream, config)
+                            .await
+                            .map_err(|e| unreachable(&e))?;
+                        tracing::info!(server = server_url, node = %self.inner.node, "linked to the server (TLS)");
+                        // Boxed: one link's state is large, and two stream
+                        // types would double it inside this future.
+                        Box::pin(self.serve_link(ws)).await
+                    }
+                    None => {
+                        let (ws, _) = client_async_with_config(request.clone(), tcp, config)
+                            .await
+                            .map_err(|e| unreachable(&e))?;
+                        tracing::info!(server = server_url, node = %self.inner.node, "linked to the server");
+                        // Boxed: one link's state is large, and two stream
+                        // types would double it inside this future.
+                        Box::pin(self.serve_link(ws)).await
+                    }
+                }
             };
             let started = Instant::now();
             let outcome = tokio::select! {
@@ -610,15 +669,17 @@ fn link_request(
     token: &Secret,
 ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
     let base = server_url.trim_end_matches('/');
-    if !(base.starts_with("ws://") || base.starts_with("http://")) {
-        return Err(Error::invalid(
-            "server_url",
-            format!(
-                "{server_url:?}: use ws://host:port (terminate TLS in front of the server; wss is not built in)"
-            ),
-        ));
-    }
-    let url = format!("{}{AGENT_LINK_PATH}", base.replacen("http://", "ws://", 1));
+    let base = match base.split_once("://") {
+        Some(("ws" | "http", rest)) => format!("ws://{rest}"),
+        Some(("wss" | "https", rest)) => format!("wss://{rest}"),
+        _ => {
+            return Err(Error::invalid(
+                "server_url",
+                format!("{server_url:?}: use ws://host:port or wss://host:port"),
+            ));
+        }
+    };
+    let url = format!("{base}{AGENT_LINK_PATH}");
     let mut request = url
         .as_str()
         .into_client_request()

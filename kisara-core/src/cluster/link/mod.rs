@@ -25,6 +25,13 @@
 //!
 //! Messages over [`MAX_MESSAGE_BYTES`] close the link.
 //!
+//! **TLS**: the agent dials `wss://` with [`Agent::with_tls`] (its roots
+//! verify the server; a client certificate in the config answers a server
+//! that demands one), and the server serves TLS with [`TlsListener`] —
+//! with a client certificate verifier in its config that is mutual TLS, on
+//! top of the token. Or terminate TLS in a reverse proxy in front of a
+//! plain `ws://` server: the link is a normal WebSocket upgrade.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> kisara_core::Result<()> {
 //! use std::sync::Arc;
@@ -55,6 +62,7 @@ mod agent;
 mod gateway;
 mod peer;
 mod remote;
+mod tls;
 #[cfg(feature = "http")]
 mod upgrade;
 mod wire;
@@ -62,6 +70,7 @@ mod wire;
 pub use agent::Agent;
 pub use gateway::AgentGateway;
 pub use remote::RemoteRuntime;
+pub use tls::TlsListener;
 #[cfg(feature = "http")]
 pub use upgrade::agent_link;
 pub use wire::{Hello, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
