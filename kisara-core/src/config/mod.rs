@@ -28,9 +28,15 @@
 //! token = "a-long-random-shared-token"   # agents present it
 //! heartbeat_timeout_secs = 15            # an agent link this quiet is dead
 //! api_tokens = [{ name = "platform", token = "a-long-random-api-token" }]
+//! tls_cert = "/etc/kisara/server.pem"     # TLS; both or neither
+//! tls_key = "/etc/kisara/server-key.pem"
+//! tls_client_ca = "/etc/kisara/agents-ca.pem"  # optional: mutual TLS
 //!
 //! [agent]
 //! server_url = "wss://kisara.example.com:7474"
+//! server_ca = "/etc/kisara/server-ca.pem"  # verifies the server (wss://)
+//! tls_cert = "/etc/kisara/agent.pem"       # for mutual TLS; both or neither
+//! tls_key = "/etc/kisara/agent-key.pem"
 //! token = "a-long-random-shared-token"
 //! state_dir = "/var/lib/kisara"
 //! max_containers = 120
