@@ -59,7 +59,7 @@ use tracing::Instrument;
 
 use crate::model::{
     ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerPort, ContainerState,
-    ExecSpec, ExposeRequest, Exposure, ImageInfo, ImageRef, LabelFilter, LaunchRequest,
+    ExecSpec, ExposeRequest, Exposure, ImageInfo, ImageRef, Inventory, LabelFilter, LaunchRequest,
     NetworkDriver, NetworkInfo, NetworkSpec, NodeCapacity, NodeEvent, NodeId, NodeLoad, NodeStats,
     Progress, Timestamp, labels,
 };
@@ -476,6 +476,36 @@ impl ServerBuilder {
     }
 }
 
+/// What a joining node brings besides its runtime (see
+/// [`Server::connect_node_with`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct NodeExtras {
+    /// The node's own tunnel (an agent's relay client, which reaches
+    /// container addresses the server cannot), used instead of the
+    /// server's for its containers.
+    pub tunnel: Option<Arc<dyn Tunnel>>,
+    /// Its Kisara objects as it presented them (an agent's hello); listed
+    /// from the runtime when `None`.
+    pub inventory: Option<Inventory>,
+}
+
+impl NodeExtras {
+    /// Exposes the node's containers through `tunnel`.
+    #[must_use]
+    pub fn with_tunnel(mut self, tunnel: Arc<dyn Tunnel>) -> Self {
+        self.tunnel = Some(tunnel);
+        self
+    }
+
+    /// Starts from `inventory` instead of listing the node.
+    #[must_use]
+    pub fn with_inventory(mut self, inventory: Inventory) -> Self {
+        self.inventory = Some(inventory);
+        self
+    }
+}
+
 /// The handle an embedding program holds to run containers across the
 /// cluster. Cheap to clone.
 #[derive(Clone)]
@@ -549,25 +579,33 @@ impl Server {
         capacity: NodeCapacity,
         runtime: Arc<dyn ContainerRuntime>,
     ) -> Result<()> {
-        self.connect_node_with_tunnel(node, capacity, runtime, None)
+        self.connect_node_with(node, capacity, runtime, NodeExtras::default())
             .await
     }
 
-    /// [`Server::connect_node`] for a node that exposes its containers'
-    /// ports through its own `tunnel` (e.g. an agent running a relay
-    /// client beside the engine, which reaches container addresses the
-    /// server cannot). Without one, the server's tunnel is used.
-    pub async fn connect_node_with_tunnel(
+    /// [`Server::connect_node`] for a node that brings more along: its own
+    /// tunnel, or the inventory it presented (see [`NodeExtras`]).
+    pub async fn connect_node_with(
         &self,
         node: NodeId,
         capacity: NodeCapacity,
         runtime: Arc<dyn ContainerRuntime>,
-        tunnel: Option<Arc<dyn Tunnel>>,
+        extras: NodeExtras,
     ) -> Result<()> {
+        let NodeExtras { tunnel, inventory } = extras;
         let span = tracing::info_span!("connect_node", %node);
         async {
-            let containers = runtime.list(&LabelFilter::managed()).await?;
-            for network in runtime.list_networks(&LabelFilter::managed()).await? {
+            let Inventory {
+                containers,
+                networks,
+            } = match inventory {
+                Some(inventory) => inventory,
+                None => Inventory {
+                    containers: runtime.list(&LabelFilter::managed()).await?,
+                    networks: runtime.list_networks(&LabelFilter::managed()).await?,
+                },
+            };
+            for network in networks {
                 let subnet = network
                     .labels
                     .get(labels::SUBNET)

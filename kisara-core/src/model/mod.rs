@@ -25,5 +25,5 @@ pub use ids::{
 pub use image::{BuildSpec, ImageInfo, ImageRef, Progress};
 pub use labels::{LabelFilter, Labels};
 pub use network::{NetworkDriver, NetworkInfo, NetworkSpec};
-pub use node::{NodeCapacity, NodeLoad, NodeStats};
+pub use node::{Inventory, NodeCapacity, NodeLoad, NodeStats};
 pub use port::{ContainerPort, Protocol};

@@ -42,3 +42,12 @@ pub struct NodeLoad {
     /// What it carries now.
     pub stats: NodeStats,
 }
+
+/// The Kisara objects on a node, as its agent presents them when it links.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Its Kisara containers, running or not.
+    pub containers: Vec<super::ContainerInfo>,
+    /// Its Kisara networks.
+    pub networks: Vec<super::NetworkInfo>,
+}

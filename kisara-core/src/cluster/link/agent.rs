@@ -22,7 +22,8 @@ use super::peer::{AbortOnDrop, Inbound, InboundStream, Peer, websocket_config};
 use super::wire::{Channel, Control, Hello, Op, PROTOCOL_VERSION, WireError, WireResult};
 use super::{AGENT_LINK_PATH, LinkOptions};
 use crate::model::{
-    ContainerState, ExecOutput, LabelFilter, NodeCapacity, NodeId, NodeStats, Protocol, labels,
+    ContainerState, ExecOutput, Inventory, LabelFilter, NodeCapacity, NodeId, NodeStats, Protocol,
+    labels,
 };
 use crate::traits::{ByteStream, ProgressStream};
 use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
@@ -263,8 +264,14 @@ impl Agent {
             .runtime
             .events(&LabelFilter::managed().with(labels::NODE, inner.node.as_str()))
             .await?;
+        let mine = LabelFilter::managed().with(labels::NODE, inner.node.as_str());
+        let inventory = Inventory {
+            containers: inner.runtime.list(&mine).await?,
+            networks: inner.runtime.list_networks(&mine).await?,
+        };
         let hello = Hello {
             version: PROTOCOL_VERSION,
+            inventory,
             node: inner.node.clone(),
             capacity: inner.capacity,
             runtime: inner.runtime.name().to_owned(),

@@ -13,9 +13,9 @@ use super::LinkOptions;
 use super::peer::Peer;
 use super::remote::RemoteRuntime;
 use super::wire::{Control, Hello, PROTOCOL_VERSION, WireError};
-use crate::cluster::Server;
+use crate::cluster::{NodeExtras, Server};
 use crate::model::NodeId;
-use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
+use crate::{ContainerRuntime, Error, Result, Secret};
 
 /// Accepts agent links and plugs each agent's node into a [`Server`] as a
 /// [`RemoteRuntime`]. Cheap to clone.
@@ -155,12 +155,13 @@ impl AgentGateway {
                 hello.clone(),
             );
             async move {
-                let tunnel = runtime
-                    .has_tunnel()
-                    .then(|| runtime.clone() as Arc<dyn Tunnel>);
+                let mut extras = NodeExtras::default().with_inventory(hello.inventory.clone());
+                if runtime.has_tunnel() {
+                    extras = extras.with_tunnel(runtime.clone());
+                }
                 let node: Arc<dyn ContainerRuntime> = runtime;
                 if let Err(error) = server
-                    .connect_node_with_tunnel(hello.node.clone(), hello.capacity, node, tunnel)
+                    .connect_node_with(hello.node.clone(), hello.capacity, node, extras)
                     .await
                 {
                     tracing::warn!(%error, "cannot resync the node; closing its link");

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     BuildSpec, ContainerEvent, ContainerId, ContainerSpec, ExecId, ExecSpec, ExposeRequest,
-    ExposureId, ImageRef, LabelFilter, NetworkId, NetworkSpec, NodeCapacity, NodeId, NodeStats,
-    Protocol, TtySize,
+    ExposureId, ImageRef, Inventory, LabelFilter, NetworkId, NetworkSpec, NodeCapacity, NodeId,
+    NodeStats, Protocol, TtySize,
 };
 use crate::traits::RuntimeCapabilities;
 use crate::{Error, ErrorKind};
@@ -54,6 +54,9 @@ pub struct Hello {
     /// server (empty: the agent has no tunnel).
     #[serde(default)]
     pub tunnel: Vec<Protocol>,
+    /// Its Kisara containers and networks, which the server resyncs from.
+    #[serde(default)]
+    pub inventory: Inventory,
 }
 
 /// An error as it crosses the link: its kind and its message.
