@@ -7,10 +7,13 @@
 //! the server checks in constant time before upgrading. Then:
 //!
 //! 1. the agent sends a **hello**: protocol version, stable node id,
-//!    capacity, runtime name and capabilities; the server answers
-//!    **welcome** (with the heartbeat period) or **refused** (with why);
-//! 2. the server resyncs the node from its labelled objects
-//!    ([`crate::cluster::Server::connect_node`]), over the link;
+//!    capacity, runtime name and capabilities, its tunnel's protocols and
+//!    its **inventory** (its labelled containers and networks); the server
+//!    answers **welcome** (with the heartbeat period) or **refused** (with
+//!    why);
+//! 2. the server resyncs the node from that inventory
+//!    ([`crate::cluster::Server::connect_node_with`]): subnets adopted,
+//!    exposures restored, no container touched;
 //! 3. the server sends **requests** (id, timeout, idempotency key, one
 //!    runtime operation); the agent answers each with a **response**;
 //!    container **events** and **heartbeats** (node load) flow back;
