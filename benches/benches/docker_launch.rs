@@ -106,17 +106,7 @@ fn cli_run(image: &ImageRef, run: &str, name: &str) {
         .args(["run", "-d", "--name", name, "--network", "none"])
         .args(["--label", &format!("{}=true", labels::MANAGED)])
         .args(["--label", &format!("{BENCH_LABEL}={run}")])
-        .args(["--security-opt", "no-new-privileges", "--cap-drop", "ALL"])
-        .args([
-            "--pids-limit",
-            "256",
-            "--memory",
-            "512m",
-            "--memory-swap",
-            "512m",
-            "--cpus",
-            "1",
-        ])
+        .args(kisara_benches::DOCKER_RUN_DEFAULTS)
         .arg(image.as_str())
         .args(["sleep", "3600"])
         .stdout(std::process::Stdio::null())

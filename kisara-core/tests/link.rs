@@ -249,13 +249,20 @@ async fn a_launch_cut_off_by_a_dying_link_runs_once() {
     assert_eq!(all.len(), 6, "exactly one container per launch: {all:?}");
 }
 
+/// A server with one memory node linked as `name`: the server, the link
+/// (abort it to cut the link) and the node as the server sees it.
+async fn one_linked(name: &str) -> (Server, JoinHandle<()>, Arc<RemoteRuntime>) {
+    let (server, gateway) = server(&Log::default());
+    let id = node(name);
+    let agent = Agent::with_options(id.clone(), capacity(), memory(), options());
+    let link = link(&gateway, &agent).await;
+    let remote = remote_of(&gateway, &id).await;
+    (server, link, remote)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_stream_does_not_delay_control() {
-    let (_server, gateway) = server(&Log::default());
-    let id = node("node-busy");
-    let agent = Agent::with_options(id.clone(), capacity(), memory(), options());
-    let _link = link(&gateway, &agent).await;
-    let remote = remote_of(&gateway, &id).await;
+    let (_server, _link, remote) = one_linked("node-busy").await;
     let container = remote.launch(&ContainerSpec::new(image())).await.unwrap();
 
     // An exec whose output nobody reads fills its window and stalls...
@@ -312,13 +319,9 @@ async fn remote_of(gateway: &AgentGateway, id: &NodeId) -> Arc<RemoteRuntime> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_an_absent_node_fail_after_their_timeout() {
-    let (server, gateway) = server(&Log::default());
-    let id = node("node-gone");
-    let agent = Agent::with_options(id.clone(), capacity(), memory(), options());
-    let link = link(&gateway, &agent).await;
-    let remote = remote_of(&gateway, &id).await;
+    let (server, link, remote) = one_linked("node-gone").await;
     link.abort();
-    online(&server, &id, false).await;
+    online(&server, remote.node(), false).await;
     let started = Instant::now();
     let err = ContainerRuntime::list(&*remote, &LabelFilter::all())
         .await
