@@ -137,6 +137,16 @@ async fn online(server: &Server, node: &NodeId, online: bool) {
     }
 }
 
+/// Waits for `node` to come online, then launches on it through the server.
+async fn serves_launches(server: &Server, node: &NodeId) {
+    online(server, node, true).await;
+    let launched = server
+        .launch_container(LaunchRequest::new(ContainerSpec::new(image())), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(&launched.node, node);
+}
+
 fn node(name: &str) -> NodeId {
     NodeId::new(name).unwrap()
 }
@@ -384,12 +394,7 @@ async fn agents_link_over_http_with_the_right_token_only() {
                 .await
         }
     });
-    online(&server, &id, true).await;
-    let launched = server
-        .launch_container(LaunchRequest::new(ContainerSpec::new(image())), WAIT)
-        .await
-        .unwrap();
-    assert_eq!(launched.node, id);
+    serves_launches(&server, &id).await;
     stop_tx.send(()).unwrap();
     running.await.unwrap().unwrap();
     online(&server, &id, false).await;
@@ -656,11 +661,6 @@ async fn agents_link_over_mutual_tls() {
         .with_tls(pki.client_config(true));
     let running =
         tokio::spawn(async move { agent.run(&url, &token, std::future::pending()).await });
-    online(&server, &id, true).await;
-    let launched = server
-        .launch_container(LaunchRequest::new(ContainerSpec::new(image())), WAIT)
-        .await
-        .unwrap();
-    assert_eq!(launched.node, id);
+    serves_launches(&server, &id).await;
     running.abort();
 }
