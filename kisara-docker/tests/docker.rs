@@ -10,10 +10,8 @@ use kisara_core::model::{
     BuildSpec, ContainerEventKind, ContainerId, ContainerState, ExecOutput, ExecSpec, ImageRef,
     LabelFilter, Mount, NetworkDriver, NetworkId, TtySize, labels,
 };
-use kisara_core::testing::runtime::{files_of, tar_of};
-use kisara_core::{
-    ContainerRuntime, ErrorKind, bytes_stream, collect_bytes, drain_progress, exec_to_end,
-};
+use kisara_core::testing::runtime::{copied_out, tar_of};
+use kisara_core::{ContainerRuntime, ErrorKind, bytes_stream, drain_progress, exec_to_end};
 use kisara_docker::testing::{self, Cleanup};
 use kisara_docker::{DockerOptions, DockerRuntime, ImageGc};
 
@@ -364,10 +362,7 @@ async fn copy_in_and_out_round_trips_bytes() {
         String::from_utf8_lossy(&sum.stdout).trim(),
         big.len().to_string()
     );
-    let out = collect_bytes(runtime.copy_from(&launched.id, "/tmp/data").await.unwrap())
-        .await
-        .unwrap();
-    let files = files_of(&out);
+    let files = copied_out(&runtime, &launched.id, "/tmp/data").await;
     assert!(
         files.get("data/big.bin") == Some(&big),
         "big.bin differs: {:?}",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kisara_core::model::{ExposeRequest, Exposure, LabelFilter, Protocol};
 use kisara_core::testing::random_bytes;
-use kisara_core::testing::tunnel::{echoes, tcp_echo};
+use kisara_core::testing::tunnel::{echoes, tcp_echo, udp_visitor};
 use kisara_core::{ErrorKind, Tunnel};
 use kisara_tunnel::{LinkStatus, Relay, TunnelClient};
 use sha2::{Digest, Sha256};
@@ -70,11 +70,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 async fn udp_round_trip(exposure: &Exposure, payload: &[u8]) -> bool {
-    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    visitor
-        .connect((exposure.public.host.as_str(), exposure.public.port))
-        .await
-        .unwrap();
+    let visitor = udp_visitor(exposure).await;
     for _ in 0..5 {
         visitor.send(payload).await.unwrap();
         let mut back = vec![0u8; 65_536];
@@ -451,11 +447,7 @@ async fn idle_udp_sessions_expire_and_busy_ones_stay() {
         .expose(&ExposeRequest::new(target_address, Protocol::Udp))
         .await
         .unwrap();
-    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    visitor
-        .connect((exposure.public.host.as_str(), exposure.public.port))
-        .await
-        .unwrap();
+    let visitor = udp_visitor(&exposure).await;
     let session_port = async || {
         for _ in 0..5 {
             visitor.send(b"which").await.unwrap();

@@ -723,6 +723,18 @@ pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// The regular files under `path` in `container`, copied out, by name.
+pub async fn copied_out(
+    runtime: &dyn ContainerRuntime,
+    container: &ContainerId,
+    path: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let archive = collect_bytes(runtime.copy_from(container, path).await.unwrap())
+        .await
+        .unwrap();
+    files_of(&archive)
+}
+
 /// The regular files of a tar archive, by name.
 pub fn files_of(archive: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
     use std::io::Read;
@@ -752,15 +764,7 @@ pub async fn files_round_trip(fx: RuntimeFixture) -> Outcome {
         .await
         .unwrap();
     assert_eq!(cat.stdout, b"hello kisara\n");
-    let out = collect_bytes(
-        fx.runtime
-            .copy_from(&launched.id, "/tmp/blob.bin")
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let files = files_of(&out);
+    let files = copied_out(&*fx.runtime, &launched.id, "/tmp/blob.bin").await;
     assert!(
         files.get("blob.bin") == Some(&content),
         "blob.bin came back different: {:?}",

@@ -84,6 +84,16 @@ async fn echo_through(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result
     Ok(back)
 }
 
+/// A UDP socket on 127.0.0.1 connected to `exposure`'s public address.
+pub async fn udp_visitor(exposure: &Exposure) -> UdpSocket {
+    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor
+        .connect((exposure.public.host.as_str(), exposure.public.port))
+        .await
+        .unwrap();
+    visitor
+}
+
 /// Whether a fresh visitor to `exposure` gets `ping` echoed back within
 /// two seconds.
 pub async fn echoes(exposure: &Exposure) -> bool {
@@ -277,11 +287,7 @@ pub async fn udp_round_trip_or_not_supported(tunnel: Arc<dyn Tunnel>) -> Outcome
         .expose(&request(target, Protocol::Udp))
         .await
         .unwrap();
-    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    visitor
-        .connect((exposure.public.host.as_str(), exposure.public.port))
-        .await
-        .unwrap();
+    let visitor = udp_visitor(&exposure).await;
     for size in [1, 512, 1400] {
         let payload = random_bytes(size);
         // UDP may drop a datagram: retry a few times before failing.
