@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod model;
 pub mod placement;
+#[cfg(any(feature = "cluster", feature = "testing"))]
 mod random;
 mod secret;
 #[cfg(feature = "testing")]

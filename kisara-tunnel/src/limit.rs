@@ -123,15 +123,14 @@ where
 }
 
 /// Splices two plain TCP sockets without limits: zero-copy through pipes
-/// on Linux, a buffered copy elsewhere.
+/// for bulk traffic on Linux, a buffered copy elsewhere.
 pub(crate) async fn splice_tcp(
     a: &mut tokio::net::TcpStream,
     b: &mut tokio::net::TcpStream,
 ) -> std::io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
-    if let Some(result) = crate::zero_copy::bidirectional(a, b).await {
-        return result;
-    }
+    return crate::zero_copy::bidirectional(a, b).await;
+    #[cfg(not(target_os = "linux"))]
     splice(a, b, None).await
 }
 
