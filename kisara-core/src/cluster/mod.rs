@@ -68,7 +68,9 @@ use crate::{
     ContainerRuntime, Error, ExecSession, Placement, ProgressStream, Result, SubnetAllocator,
     Tunnel,
 };
+use keyed::KeyedCells;
 
+mod keyed;
 pub mod link;
 mod node_id;
 
@@ -333,13 +335,11 @@ impl NodeEntry {
     }
 }
 
-type LaunchCell = Arc<OnceCell<Launched>>;
-
 struct Inner {
     nodes: Mutex<BTreeMap<NodeId, NodeEntry>>,
     /// Where each known container runs, by id.
     locations: Mutex<HashMap<ContainerId, NodeId>>,
-    launches: Mutex<HashMap<String, (Instant, LaunchCell)>>,
+    launches: Mutex<KeyedCells<OnceCell<Launched>>>,
     placement: Arc<dyn Placement>,
     subnets: Arc<dyn SubnetAllocator>,
     tunnel: Option<Arc<dyn Tunnel>>,
@@ -466,7 +466,7 @@ impl ServerBuilder {
             inner: Arc::new(Inner {
                 nodes: Mutex::new(BTreeMap::new()),
                 locations: Mutex::new(HashMap::new()),
-                launches: Mutex::new(HashMap::new()),
+                launches: Mutex::new(KeyedCells::new(IDEMPOTENCY_WINDOW)),
                 placement: self.placement,
                 subnets: self.subnets,
                 tunnel: self.tunnel,
@@ -822,12 +822,7 @@ impl Server {
         };
         let cell = {
             let mut launches = self.inner.launches.lock().expect("launches lock");
-            launches.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
-            launches
-                .entry(key)
-                .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
-                .1
-                .clone()
+            launches.cell(key, Instant::now())
         };
         cell.get_or_try_init(|| self.launch_once(request, timeout))
             .await

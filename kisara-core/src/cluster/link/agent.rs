@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::peer::{AbortOnDrop, Inbound, InboundStream, Peer, websocket_config};
 use super::wire::{Channel, Control, Hello, Op, PROTOCOL_VERSION, WireError, WireResult};
 use super::{AGENT_LINK_PATH, LinkOptions};
+use crate::cluster::keyed::KeyedCells;
 use crate::model::{
     ContainerState, ExecOutput, Inventory, LabelFilter, NodeCapacity, NodeId, NodeStats, Protocol,
     labels,
@@ -63,7 +64,7 @@ struct Inner {
     tunnel: Option<Arc<dyn Tunnel>>,
     tls: Option<Arc<ClientConfig>>,
     options: LinkOptions,
-    outcomes: Mutex<HashMap<String, (Instant, Outcome)>>,
+    outcomes: Mutex<KeyedCells<OnceCell<WireResult>>>,
 }
 
 /// The tasks serving one link's requests, by request id, with whether a
@@ -126,7 +127,7 @@ impl Agent {
                 tunnel: None,
                 tls: None,
                 options,
-                outcomes: Mutex::default(),
+                outcomes: Mutex::new(KeyedCells::new(IDEMPOTENCY_WINDOW)),
             }),
         }
     }
@@ -432,13 +433,7 @@ impl Agent {
     /// The outcome cell for an idempotency key (pruning expired ones).
     fn outcome(&self, key: String) -> Outcome {
         let mut outcomes = self.inner.outcomes.lock().expect("outcomes lock");
-        let now = Instant::now();
-        outcomes.retain(|_, (at, _)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
-        outcomes
-            .entry(key)
-            .or_insert_with(|| (now, Arc::default()))
-            .1
-            .clone()
+        outcomes.cell(key, Instant::now().into_std())
     }
 
     /// Ties what the server creates and lists to this node: agents that
