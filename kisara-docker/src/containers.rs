@@ -15,7 +15,7 @@ use bollard::query_parameters::{
 };
 use futures::{StreamExt, TryStreamExt};
 use kisara_core::model::{
-    ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState, LabelFilter,
+    ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState, LabelFilter, Labels,
     NetworkAttachment, Timestamp,
 };
 use kisara_core::{Error, Result};
@@ -354,11 +354,23 @@ impl DockerRuntime {
     /// cuts a launch in half: a launch whose caller went away is finished
     /// and then removed.
     pub(crate) async fn launch_impl(&self, spec: &ContainerSpec) -> Result<ContainerInfo> {
+        self.launch_labelled(spec, None).await
+    }
+
+    /// Launches `spec` like [`ContainerRuntime::launch`](kisara_core::ContainerRuntime::launch),
+    /// cancel-safe and cleaned up on failure, but with exactly `labels`
+    /// when given instead of the spec's plus [`MANAGED`](kisara_core::model::labels::MANAGED): for the
+    /// runtime's own helpers (sidecars), which user-facing listings skip.
+    pub(crate) async fn launch_labelled(
+        &self,
+        spec: &ContainerSpec,
+        labels: Option<Labels>,
+    ) -> Result<ContainerInfo> {
         let handoff = Arc::new(Mutex::new(Handoff::Waiting));
         let task = {
             let (this, spec, handoff) = (self.clone(), spec.clone(), handoff.clone());
             tokio::spawn(async move {
-                let result = this.launch_inner(&spec).await;
+                let result = this.launch_inner(&spec, labels).await;
                 if let Ok(info) = &result {
                     let abandoned = {
                         let mut state = handoff.lock().expect("launch handoff lock");
@@ -389,7 +401,11 @@ impl DockerRuntime {
         result?
     }
 
-    async fn launch_inner(&self, spec: &ContainerSpec) -> Result<ContainerInfo> {
+    async fn launch_inner(
+        &self,
+        spec: &ContainerSpec,
+        labels: Option<Labels>,
+    ) -> Result<ContainerInfo> {
         spec.validate()?;
         self.options.defaults.check_mounts(spec)?;
         let name = spec.name.clone().unwrap_or_else(generated_name);
@@ -400,7 +416,10 @@ impl DockerRuntime {
             for network in &spec.networks {
                 network_ids.push(self.inspect_network_impl(network).await?.id);
             }
-            let body = self.create_body(spec);
+            let mut body = self.create_body(spec);
+            if let Some(labels) = labels {
+                body.labels = Some(labels.into_iter().collect());
+            }
             let created = self
                 .docker
                 .create_container(

@@ -10,8 +10,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bollard::models::NetworkConnectRequest;
-use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
 use kisara_core::model::{
     BuildSpec, ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState,
     ExposeRequest, Exposure, ExposureId, ImageRef, LabelFilter, Labels, NetworkDriver, NetworkSpec,
@@ -198,7 +196,8 @@ pub const SIDECAR: &str = "io.kisara.sidecar";
 /// [`SIDECAR_OF`]), so exposing again, after a restart too, reuses it.
 /// `withdraw` removes it once no exposure goes through it; the cluster
 /// server withdraws a container's exposures before removing the container,
-/// so removed containers leave no sidecars behind.
+/// so removed containers leave no sidecars behind, and [`prune`](Self::prune)
+/// removes those an interrupted exposure left.
 #[derive(Debug)]
 pub struct SidecarTunnel {
     runtime: DockerRuntime,
@@ -252,6 +251,43 @@ impl SidecarTunnel {
         self.runtime
             .list(&LabelFilter::all().with_key(SIDECAR_OF))
             .await
+    }
+
+    /// Removes the sidecars with this tunnel's labels (see
+    /// [`with_labels`](Self::with_labels)) whose container is gone, withdrawing any
+    /// exposure still going through them, and returns their names. Such
+    /// orphans come from an agent that stopped between starting a sidecar
+    /// and exposing it, or from containers removed behind the server's
+    /// back. `withdraw` prunes after removing a sidecar; an agent also
+    /// prunes when it starts.
+    pub async fn prune(&self) -> Result<Vec<String>> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let mut pruned = Vec::new();
+        // Only sidecars with this tunnel's labels: those are its to manage.
+        let mine = self.labels.iter().fold(
+            LabelFilter::all().with_key(SIDECAR_OF),
+            |filter, (key, value)| filter.with(key, value),
+        );
+        for sidecar in self.runtime.list(&mine).await? {
+            let Some(container) = sidecar.labels.get(SIDECAR_OF) else {
+                continue;
+            };
+            match self.runtime.inspect_impl(container).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                other => {
+                    other?;
+                    continue;
+                }
+            }
+            let through = LabelFilter::all().with(SIDECAR, &sidecar.name);
+            for exposure in self.inner.list(&through).await? {
+                self.inner.withdraw(&exposure.id).await?;
+            }
+            self.runtime.remove_impl(sidecar.id.as_str()).await?;
+            tracing::info!(sidecar = %sidecar.name, %container, "orphaned sidecar removed");
+            pruned.push(sidecar.name);
+        }
+        Ok(pruned)
     }
 
     /// The container the request targets and the name of the overlay
@@ -334,7 +370,7 @@ impl SidecarTunnel {
             Err(e) => return Err(e),
         }
         self.ensure_bridge().await?;
-        let spec = sidecar_spec(
+        let mut spec = sidecar_spec(
             self.image.clone(),
             [self.bridge.as_str(), overlay],
             &[forward],
@@ -342,7 +378,8 @@ impl SidecarTunnel {
         let mut labels = self.labels.clone();
         labels.insert(SIDECAR_OF.to_owned(), container.id.to_string());
         labels.insert(SIDECAR_FORWARD.to_owned(), wanted);
-        let sidecar = self.launch(&name, &spec, labels).await?;
+        spec.name = Some(name.clone());
+        let sidecar = self.runtime.launch_labelled(&spec, Some(labels)).await?;
         tracing::info!(sidecar = %name, container = %container.id, %forward, "sidecar started");
         let ip = sidecar.ip_on(&self.bridge).ok_or_else(|| {
             Error::conflict(format!(
@@ -351,54 +388,6 @@ impl SidecarTunnel {
             ))
         })?;
         Ok((name, ip))
-    }
-
-    /// Creates and starts the sidecar `name` from `spec` like
-    /// [`ContainerRuntime::launch`] (the same create request, with the
-    /// runtime's secure defaults) but labelled with `labels` only:
-    /// `launch` adds [`labels::MANAGED`] and refuses `io.kisara.` keys.
-    async fn launch(
-        &self,
-        name: &str,
-        spec: &ContainerSpec,
-        labels: Labels,
-    ) -> Result<ContainerInfo> {
-        let docker = self.runtime.docker();
-        let mut body = self.runtime.create_body(spec);
-        body.labels = Some(labels.into_iter().collect());
-        let options = CreateContainerOptions {
-            name: Some(name.to_owned()),
-            platform: String::new(),
-        };
-        let created = docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| self.runtime.err(e, "container", name))?;
-        let started = async {
-            // The first network is attached at creation.
-            for network in spec.networks.iter().skip(1) {
-                let request = NetworkConnectRequest {
-                    container: created.id.clone(),
-                    endpoint_config: None,
-                };
-                docker
-                    .connect_network(network, request)
-                    .await
-                    .map_err(|e| self.runtime.err(e, "network", network))?;
-            }
-            docker
-                .start_container(&created.id, None::<StartContainerOptions>)
-                .await
-                .map_err(|e| self.runtime.err(e, "container", name))?;
-            self.runtime.inspect_impl(&created.id).await
-        }
-        .await;
-        if started.is_err()
-            && let Err(error) = self.runtime.force_remove(&created.id).await
-        {
-            tracing::warn!(%error, sidecar = name, "could not remove a failed sidecar");
-        }
-        started
     }
 
     /// Removes the sidecar `name` unless an exposure still goes through it.
@@ -484,9 +473,16 @@ impl Tunnel for SidecarTunnel {
         let Some(sidecar) = sidecar else {
             return self.inner.withdraw(exposure).await;
         };
-        let _lifecycle = self.lifecycle.lock().await;
-        self.inner.withdraw(exposure).await?;
-        self.release(&sidecar).await
+        {
+            let _lifecycle = self.lifecycle.lock().await;
+            self.inner.withdraw(exposure).await?;
+            self.release(&sidecar).await?;
+        }
+        // Best effort: the withdrawal itself succeeded.
+        if let Err(error) = self.prune().await {
+            tracing::warn!(%error, "could not prune orphaned sidecars");
+        }
+        Ok(())
     }
 
     async fn list(&self, filter: &LabelFilter) -> Result<Vec<Exposure>> {

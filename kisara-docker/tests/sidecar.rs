@@ -393,6 +393,51 @@ async fn sidecar_tunnels_expose_overlay_containers_through_a_sidecar() {
 }
 
 #[tokio::test]
+async fn sidecars_of_removed_containers_are_pruned() {
+    let setup = setup().await;
+    let runtime = &setup.runtime;
+    assert!(
+        testing::ensure_swarm(runtime).await,
+        "the engine becomes a Swarm manager"
+    );
+    let overlay = setup.network(NetworkDriver::Overlay, false).await;
+    let (kept_id, kept) = setup.web_server(&overlay).await;
+    let (gone_id, gone) = setup.web_server(&overlay).await;
+    let bridge = kisara_core::testing::unique_name("kdsb");
+    let inner: Arc<dyn Tunnel> = Arc::new(LoopbackTunnel::default());
+    let tunnel = setup.sidecar_tunnel(inner.clone(), &bridge);
+    let kept_exposure = tunnel
+        .expose(&expose_request(&kept_id, kept))
+        .await
+        .unwrap();
+    tunnel
+        .expose(&expose_request(&gone_id, gone))
+        .await
+        .unwrap();
+    let orphan = setup.sidecars_of(&gone_id).await.remove(0);
+
+    // Removed behind the server's back: nothing withdrew its exposure.
+    runtime.remove(&gone_id).await.unwrap();
+    assert_eq!(
+        tunnel.prune().await.unwrap(),
+        std::slice::from_ref(&orphan.name)
+    );
+    assert!(setup.sidecars_of(&gone_id).await.is_empty());
+    assert_eq!(
+        inner.list(&LabelFilter::all()).await.unwrap(),
+        std::slice::from_ref(&kept_exposure),
+        "the orphan's exposure is withdrawn, the other one kept"
+    );
+    assert_eq!(setup.sidecars_of(&kept_id).await.len(), 1);
+    assert_serves_marker(public(&kept_exposure)).await;
+    assert!(tunnel.prune().await.unwrap().is_empty());
+
+    tunnel.withdraw(&kept_exposure.id).await.unwrap();
+    assert!(setup.sidecars_of(&kept_id).await.is_empty());
+    setup.cleanup.clean().await;
+}
+
+#[tokio::test]
 async fn sidecar_tunnels_expose_bridge_containers_directly() {
     let setup = setup().await;
     let network = setup.network(NetworkDriver::Bridge, false).await;

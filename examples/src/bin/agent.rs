@@ -52,7 +52,12 @@ async fn run() -> Result<(), Failure> {
     if let Some(mut tunnel) = relay_client(&node, &agent_config.relays).await? {
         if let Some(binary) = &agent_config.sidecar_binary {
             let image = sidecar_image(&engine, binary).await?;
-            tunnel = Arc::new(SidecarTunnel::new(engine, tunnel, image, SIDECAR_NETWORK));
+            let sidecars = SidecarTunnel::new(engine, tunnel, image, SIDECAR_NETWORK);
+            let pruned = sidecars.prune().await?;
+            if !pruned.is_empty() {
+                tracing::info!(?pruned, "removed sidecars of containers that are gone");
+            }
+            tunnel = Arc::new(sidecars);
         }
         agent = agent.with_tunnel(tunnel);
     }
