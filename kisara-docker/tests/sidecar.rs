@@ -79,6 +79,15 @@ impl Setup {
         panic!("no free test subnet after 8 tries");
     }
 
+    /// An overlay network, the engine made a Swarm manager first.
+    async fn overlay(&self) -> NetworkInfo {
+        assert!(
+            testing::ensure_swarm(&self.runtime).await,
+            "the engine becomes a Swarm manager"
+        );
+        self.network(NetworkDriver::Overlay, false).await
+    }
+
     /// A busybox web server answering [`MARKER`] on port 8080 of `network`:
     /// its id and its address there.
     async fn web_server(&self, network: &NetworkInfo) -> (ContainerId, SocketAddr) {
@@ -287,11 +296,7 @@ async fn internal_bridge_services_are_reached_through_the_sidecar() {
 #[tokio::test]
 async fn overlay_services_are_reached_only_through_the_sidecar() {
     let setup = setup().await;
-    assert!(
-        testing::ensure_swarm(&setup.runtime).await,
-        "the engine becomes a Swarm manager"
-    );
-    let overlay = setup.network(NetworkDriver::Overlay, false).await;
+    let overlay = setup.overlay().await;
     let reachable = setup.network(NetworkDriver::Bridge, false).await;
     let (_, web) = setup.web_server(&overlay).await;
     let sidecar = setup
@@ -319,11 +324,7 @@ async fn overlay_services_are_reached_only_through_the_sidecar() {
 async fn sidecar_tunnels_expose_overlay_containers_through_a_sidecar() {
     let setup = setup().await;
     let runtime = &setup.runtime;
-    assert!(
-        testing::ensure_swarm(runtime).await,
-        "the engine becomes a Swarm manager"
-    );
-    let overlay = setup.network(NetworkDriver::Overlay, false).await;
+    let overlay = setup.overlay().await;
     let (web_id, web) = setup.web_server(&overlay).await;
     let bridge = kisara_core::testing::unique_name("kdsb");
     let inner: Arc<dyn Tunnel> = Arc::new(LoopbackTunnel::default());
@@ -396,11 +397,7 @@ async fn sidecar_tunnels_expose_overlay_containers_through_a_sidecar() {
 async fn sidecars_of_removed_containers_are_pruned() {
     let setup = setup().await;
     let runtime = &setup.runtime;
-    assert!(
-        testing::ensure_swarm(runtime).await,
-        "the engine becomes a Swarm manager"
-    );
-    let overlay = setup.network(NetworkDriver::Overlay, false).await;
+    let overlay = setup.overlay().await;
     let (kept_id, kept) = setup.web_server(&overlay).await;
     let (gone_id, gone) = setup.web_server(&overlay).await;
     let bridge = kisara_core::testing::unique_name("kdsb");
