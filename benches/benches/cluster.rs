@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use kisara_benches::{DOCKER_RUN_DEFAULTS, Samples, Table, env_count, met, rss_bytes, runs, smoke};
+use kisara_benches::{
+    DOCKER_RUN_DEFAULTS, Samples, Steal, Table, env_count, met, rss_bytes, runs, smoke,
+};
 use kisara_core::cluster::link::{Agent, AgentGateway, LinkOptions, pipe};
 use kisara_core::cluster::{Launched, NetworkRequest, Server};
 use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator, StaticAuthenticator};
@@ -96,6 +98,7 @@ impl Settings {
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_env();
+    let steal = Steal::start();
     let mut table = Table::new(&["measure", "Kisara", "reference", "ratio", "goal", "met?"]);
     // Scale first: its RSS figures then hold nothing of the Docker section.
     if runs("scale") {
@@ -104,6 +107,14 @@ async fn main() {
     if runs("latency") {
         launch_latency(&settings, &mut table).await;
     }
+    table.row(vec![
+        "host CPU steal during the run".to_owned(),
+        format!("{:.1} %", steal.percent()),
+        "–".to_owned(),
+        "–".to_owned(),
+        "–".to_owned(),
+        met(None),
+    ]);
     println!("\n## Summary\n\n{table}");
 }
 

@@ -14,35 +14,20 @@
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
+use kisara_benches::{Samples, env_count};
 use kisara_core::ContainerRuntime;
 use kisara_core::model::{ContainerSpec, ImageRef, labels};
 use kisara_docker::testing::{self, Cleanup};
 
 const BENCH_LABEL: &str = testing::TEST_RUN_LABEL;
 const BURST: usize = 50;
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// What `DockerRuntime` sends for a spec without options: the same secure
 /// defaults, so the raw path does the same work on the engine.
@@ -162,7 +147,8 @@ async fn main() {
     cli_run(&image, &run, &name("warm-c", 0));
     remove_all(&docker, &run).await;
 
-    let (mut kisara, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut kisara, mut raw, mut cli) =
+        (Samples::default(), Samples::default(), Samples::default());
     for i in 0..rounds {
         // Rotate the order so no method always goes first.
         for method in (0..3).map(|m| (m + i) % 3) {
@@ -187,21 +173,15 @@ async fn main() {
         }
         remove_all(&docker, &run).await;
     }
-    let (k, r, c) = (median(&mut kisara), median(&mut raw), median(&mut cli));
+    let (k, r, c) = (kisara.median(), raw.median(), cli.median());
     println!("launch latency, median of {rounds} (create + start + inspect):");
-    println!("  DockerRuntime::launch   {:8.1} ms", ms(k));
-    println!("  raw bollard             {:8.1} ms", ms(r));
-    println!("  docker run -d           {:8.1} ms", ms(c));
-    println!(
-        "  DockerRuntime / raw     {:8.3}   (goal <= 1.05)",
-        k.as_secs_f64() / r.as_secs_f64()
-    );
-    println!(
-        "  DockerRuntime / CLI     {:8.3}",
-        k.as_secs_f64() / c.as_secs_f64()
-    );
+    println!("  DockerRuntime::launch   {k:8.1} ms");
+    println!("  raw bollard             {r:8.1} ms");
+    println!("  docker run -d           {c:8.1} ms");
+    println!("  DockerRuntime / raw     {:8.3}   (goal <= 1.05)", k / r);
+    println!("  DockerRuntime / CLI     {:8.3}", k / c);
 
-    let (mut kisara_burst, mut raw_burst) = (Vec::new(), Vec::new());
+    let (mut kisara_burst, mut raw_burst) = (Samples::default(), Samples::default());
     for round in 0..burst_rounds {
         for kisara_first in [round % 2 == 0, round % 2 != 0] {
             let started = Instant::now();
@@ -236,13 +216,10 @@ async fn main() {
             remove_all(&docker, &run).await;
         }
     }
-    let (kb, rb) = (median(&mut kisara_burst), median(&mut raw_burst));
+    let (kb, rb) = (kisara_burst.median(), raw_burst.median());
     println!("burst of {BURST} concurrent launches, median of {burst_rounds}:");
-    println!("  DockerRuntime::launch   {:8.1} ms", ms(kb));
-    println!("  raw bollard (parallel)  {:8.1} ms", ms(rb));
-    println!(
-        "  DockerRuntime / raw     {:8.3}   (goal <= 1.2)",
-        kb.as_secs_f64() / rb.as_secs_f64()
-    );
+    println!("  DockerRuntime::launch   {kb:8.1} ms");
+    println!("  raw bollard (parallel)  {rb:8.1} ms");
+    println!("  DockerRuntime / raw     {:8.3}   (goal <= 1.2)", kb / rb);
     remove_all(&docker, &run).await;
 }

@@ -6,7 +6,9 @@
 //! `cargo bench -p kisara-benches --bench tunnel`. CI smoke (1 × 2 s, loose
 //! floors, exits 1 below them): `KISARA_BENCH_SMOKE=1 cargo bench -p
 //! kisara-benches --bench tunnel`. `KISARA_BENCH_SECONDS` and
-//! `KISARA_BENCH_REPS` override the run length and repetitions.
+//! `KISARA_BENCH_REPS` override the run length and repetitions;
+//! `KISARA_BENCH_ONLY=tcp` (or udp, latency, connections, idle, limits)
+//! runs one section.
 //!
 //! Needs `iperf3` (Debian: `apt-get install -y iperf3`). Peers are optional:
 //! `rathole` and `bore` on `PATH` (`cargo install rathole`, `cargo install
@@ -20,9 +22,11 @@
 //! limit accuracy at 1, 10 and 100 Mbit/s (iperf3 receiver rate ÷ limit).
 //!
 //! Kisara's relay and client run inside this process (two tokio worker
-//! threads); the peers run as their own server and client processes. The
-//! run ends with a summary table (each measure, Kisara, the peers, the
-//! goal) to paste into notes.
+//! threads); the peers run as their own server and client processes. Each
+//! section's results are followed by the share of CPU time the host stole
+//! from this VM meanwhile, a gauge of how noisy they are. The run ends with
+//! a summary table (each measure, Kisara, the peers, the goal; last, the
+//! steal over the whole run) to paste into notes.
 
 // A benchmark harness reports on its terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -32,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use kisara_benches::{Samples, Steal, Table, env_count, met, open_fds, rss_bytes, runs, smoke};
 use kisara_core::Tunnel;
 use kisara_core::model::{ExposeRequest, Exposure, Protocol};
 use kisara_tunnel::{Relay, RelayOptions, TunnelClient};
@@ -47,33 +52,19 @@ struct Settings {
     pings: usize,
     connections: usize,
     idle_exposures: usize,
-    /// Only this section (`KISARA_BENCH_ONLY`: tcp, udp, latency,
-    /// connections, idle, limits).
-    only: Option<String>,
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let smoke = std::env::var_os("KISARA_BENCH_SMOKE").is_some();
-        let number = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
+        let smoke = smoke();
         Self {
-            seconds: number("KISARA_BENCH_SECONDS", if smoke { 2 } else { 10 }),
-            reps: number("KISARA_BENCH_REPS", if smoke { 1 } else { 3 }) as usize,
+            seconds: env_count("KISARA_BENCH_SECONDS", if smoke { 2 } else { 10 }) as u64,
+            reps: env_count("KISARA_BENCH_REPS", if smoke { 1 } else { 3 }),
             smoke,
             pings: if smoke { 2_000 } else { 20_000 },
             connections: if smoke { 300 } else { 2_000 },
             idle_exposures: if smoke { 100 } else { 1_000 },
-            only: std::env::var("KISARA_BENCH_ONLY").ok(),
         }
-    }
-
-    fn runs(&self, section: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == section)
     }
 }
 
@@ -121,18 +112,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
-fn spread(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.2} [{min:.2}–{max:.2}]", median(values))
 }
 
 /// Runs iperf3 against `port` and returns the receiver's Gbit/s and, for
@@ -213,19 +192,6 @@ async fn connection_rate(port: u16, count: usize) -> Option<f64> {
     Some(count as f64 / started.elapsed().as_secs_f64())
 }
 
-fn process_usage() -> (f64, usize) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (rss_kb, fds)
-}
-
 async fn wait_for_echo(port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -237,49 +203,22 @@ async fn wait_for_echo(port: u16) -> bool {
     false
 }
 
-/// The closing table: one row per measure, Kisara beside its peers and the
-/// goal, ready to paste into notes.
-#[derive(Default)]
-struct Summary {
-    rows: Vec<[String; 5]>,
+/// The summary's peers cell: each peer's figure, or "–" without any.
+fn peers_cell(peers: &[String]) -> String {
+    if peers.is_empty() {
+        "–".to_owned()
+    } else {
+        peers.join(", ")
+    }
 }
 
-impl Summary {
-    /// Adds a row; `met` is `None` for a measure without a goal.
-    fn row(
-        &mut self,
-        measure: &str,
-        kisara: String,
-        peers: &[String],
-        goal: &str,
-        met: Option<bool>,
-    ) {
-        let met = match met {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "–",
-        };
-        self.rows.push([
-            measure.to_owned(),
-            kisara,
-            if peers.is_empty() {
-                "–".to_owned()
-            } else {
-                peers.join(", ")
-            },
-            goal.to_owned(),
-            met.to_owned(),
-        ]);
-    }
-
-    fn print(&self) {
-        println!("\n## Summary\n");
-        println!("| measure | Kisara | peers | goal | met |");
-        println!("|---|---|---|---|---|");
-        for row in &self.rows {
-            println!("| {} |", row.join(" | "));
-        }
-    }
+/// Closes a section's results with how much CPU time the host took away
+/// meanwhile: a high share means its figures are noisy.
+fn print_steal(section: &Steal) {
+    println!(
+        "  (host steal during this section: {:.1} % of CPU time)",
+        section.percent()
+    );
 }
 
 /// A path visitors take to the targets: direct, Kisara or a peer.
@@ -404,6 +343,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> ExitCode {
+    let whole_run = Steal::start();
     let seconds = settings.seconds;
     let bound = Duration::from_secs(seconds * 60 + 600);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -472,31 +412,28 @@ async fn run(settings: Settings) -> ExitCode {
         None => println!("(bore not installed or not starting: skipped)"),
     }
     let mut failures = Vec::new();
-    let mut summary = Summary::default();
+    let mut summary = Table::new(&["measure", "Kisara", "peers", "goal", "met"]);
 
     // Throughput, interleaved: each repetition runs every path in turn.
-    if settings.runs("tcp") {
+    if runs("tcp") {
         for (case, extra) in [
             ("TCP 1 stream", &[][..]),
             ("TCP -P 4", &["-P", "4"][..]),
             ("TCP -R", &["-R"][..]),
         ] {
-            let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+            let steal = Steal::start();
+            let mut rates = vec![Samples::default(); paths.len()];
             for _ in 0..settings.reps {
                 for (i, path) in paths.iter().enumerate() {
                     match iperf3(path.iperf, seconds, extra) {
-                        Some((gbits, _)) => rates[i].push(gbits),
+                        Some((gbits, _)) => rates[i].push_value(gbits),
                         None => eprintln!("{case} over {}: iperf3 failed", path.name),
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
             println!("\n## {case}, Gbit/s, median [min–max], ratio to direct");
-            let direct = if rates[0].is_empty() {
-                f64::NAN
-            } else {
-                median(&rates[0])
-            };
+            let direct = rates[0].median();
             let mut kisara = f64::NAN;
             let mut peers = Vec::new();
             for (path, rates) in paths.iter().zip(&rates) {
@@ -504,8 +441,8 @@ async fn run(settings: Settings) -> ExitCode {
                     println!("- {:8} failed", path.name);
                     continue;
                 }
-                let ratio = median(rates) / direct;
-                println!("- {:8} {}  → {ratio:.2}", path.name, spread(rates));
+                let ratio = rates.median() / direct;
+                println!("- {:8} {rates:.2}  → {ratio:.2}", path.name);
                 match path.name {
                     "direct" => {}
                     "kisara" => kisara = ratio,
@@ -519,34 +456,36 @@ async fn run(settings: Settings) -> ExitCode {
                     failures.push(format!("{case}: kisara/direct {ratio:.2} < 0.1"));
                 }
             }
+            print_steal(&steal);
             let goal = match case {
                 "TCP 1 stream" => Some(0.6),
                 "TCP -P 4" => Some(0.7),
                 _ => None,
             };
-            summary.row(
-                &format!("{case} ÷ direct"),
+            summary.row(vec![
+                format!("{case} ÷ direct"),
                 format!("{kisara:.2}"),
-                &peers,
-                &goal.map_or("–".to_owned(), |g| format!("≥ {g}")),
-                goal.map(|g| kisara >= g),
-            );
+                peers_cell(&peers),
+                goal.map_or("–".to_owned(), |g| format!("≥ {g}")),
+                met(goal.map(|g| kisara >= g)),
+            ]);
         }
     }
 
     // UDP at 500 Mbit/s (direct and Kisara; the peers carry no UDP here).
-    if settings.runs("udp") {
+    if runs("udp") {
+        let steal = Steal::start();
         println!("\n## UDP 500 Mbit/s, 1400-byte datagrams: received Gbit/s, loss %");
         let mut udp_loss = Vec::new();
         for path in &paths[..2] {
-            let mut losses = Vec::new();
-            let mut received = Vec::new();
+            let mut losses = Samples::default();
+            let mut received = Samples::default();
             for _ in 0..settings.reps {
                 if let Some((gbits, lost)) =
                     iperf3(path.iperf, seconds, &["-u", "-b", "500M", "-l", "1400"])
                 {
-                    received.push(gbits);
-                    losses.push(lost);
+                    received.push_value(gbits);
+                    losses.push_value(lost);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -554,27 +493,24 @@ async fn run(settings: Settings) -> ExitCode {
                 println!("- {:8} failed", path.name);
                 continue;
             }
-            println!(
-                "- {:8} {} Gbit/s, loss {} %",
-                path.name,
-                spread(&received),
-                spread(&losses)
-            );
-            udp_loss.push(median(&losses));
+            println!("- {:8} {received:.2} Gbit/s, loss {losses:.2} %", path.name);
+            udp_loss.push(losses.median());
         }
+        print_steal(&steal);
         if let [direct, kisara] = udp_loss[..] {
-            summary.row(
-                "UDP loss at 500 Mbit/s",
+            summary.row(vec![
+                "UDP loss at 500 Mbit/s".to_owned(),
                 format!("{kisara:.1} %"),
-                &[format!("direct {direct:.1} %")],
-                "< 5 %",
-                Some(kisara < 5.0),
-            );
+                format!("direct {direct:.1} %"),
+                "< 5 %".to_owned(),
+                met(Some(kisara < 5.0)),
+            ]);
         }
     }
 
     // Added latency of a 64-byte round trip.
-    if settings.runs("latency") {
+    if runs("latency") {
+        let steal = Steal::start();
         println!(
             "\n## 64-byte round trip, µs p50 / p99 (added over direct), {} samples",
             settings.pings
@@ -583,19 +519,19 @@ async fn run(settings: Settings) -> ExitCode {
         let mut kisara = None;
         let mut peers = Vec::new();
         for path in &paths {
-            let mut p50s = Vec::new();
-            let mut p99s = Vec::new();
+            let mut p50s = Samples::default();
+            let mut p99s = Samples::default();
             for _ in 0..settings.reps {
                 if let Some((p50, p99)) = ping(path.echo, settings.pings).await {
-                    p50s.push(p50);
-                    p99s.push(p99);
+                    p50s.push_value(p50);
+                    p99s.push_value(p99);
                 }
             }
             if p50s.is_empty() {
                 println!("- {:8} failed", path.name);
                 continue;
             }
-            let (p50, p99) = (median(&p50s), median(&p99s));
+            let (p50, p99) = (p50s.median(), p99s.median());
             let (base50, base99) = *direct_latency.get_or_insert((p50, p99));
             let added = format!("+{:.0} / +{:.0} µs", p50 - base50, p99 - base99);
             println!("- {:8} {p50:.0} / {p99:.0}  ({added})", path.name);
@@ -605,19 +541,21 @@ async fn run(settings: Settings) -> ExitCode {
                 peer => peers.push(format!("{peer} {added}")),
             }
         }
+        print_steal(&steal);
         if let Some((p50, p99, added)) = kisara {
-            summary.row(
-                "added latency p50 / p99 (64-byte RTT)",
+            summary.row(vec![
+                "added latency p50 / p99 (64-byte RTT)".to_owned(),
                 added,
-                &peers,
-                "≤ +60 / +120 µs",
-                Some(p50 <= 60.0 && p99 <= 120.0),
-            );
+                peers_cell(&peers),
+                "≤ +60 / +120 µs".to_owned(),
+                met(Some(p50 <= 60.0 && p99 <= 120.0)),
+            ]);
         }
     }
 
     // New connections per second.
-    if settings.runs("connections") {
+    if runs("connections") {
+        let steal = Steal::start();
         println!(
             "\n## New connections/s (connect + 1-byte echo + close, {} sequential), ratio to direct",
             settings.connections
@@ -626,17 +564,17 @@ async fn run(settings: Settings) -> ExitCode {
         let mut kisara = None;
         let mut peers = Vec::new();
         for path in &paths {
-            let mut rates = Vec::new();
+            let mut rates = Samples::default();
             for _ in 0..settings.reps {
                 if let Some(rate) = connection_rate(path.echo, settings.connections).await {
-                    rates.push(rate);
+                    rates.push_value(rate);
                 }
             }
             if rates.is_empty() {
                 println!("- {:8} failed", path.name);
                 continue;
             }
-            let rate = median(&rates);
+            let rate = rates.median();
             let base = *direct_rate.get_or_insert(rate);
             let ratio = rate / base;
             println!("- {:8} {rate:.0}  → {ratio:.2}", path.name);
@@ -646,53 +584,57 @@ async fn run(settings: Settings) -> ExitCode {
                 peer => peers.push(format!("{peer} {ratio:.2}")),
             }
         }
+        print_steal(&steal);
         if let Some(ratio) = kisara {
-            summary.row(
-                "new connections/s ÷ direct",
+            summary.row(vec![
+                "new connections/s ÷ direct".to_owned(),
                 format!("{ratio:.2}"),
-                &peers,
-                "≥ 0.8",
-                Some(ratio >= 0.8),
-            );
+                peers_cell(&peers),
+                "≥ 0.8".to_owned(),
+                met(Some(ratio >= 0.8)),
+            ]);
         }
     }
 
     // Idle cost per exposure, relay and client together.
-    if settings.runs("idle") {
+    if runs("idle") {
+        let steal = Steal::start();
         let (_relay, client) = kisara_pair().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (rss_before, fds_before) = process_usage();
+        let (rss_before, fds_before) = (rss_bytes(), open_fds());
         let mut held = Vec::new();
         for _ in 0..settings.idle_exposures {
             held.push(expose(&client, echo, Protocol::Tcp, None, None).await);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (rss_after, fds_after) = process_usage();
+        let (rss_after, fds_after) = (rss_bytes(), open_fds());
         let n = settings.idle_exposures as f64;
         let sockets = (fds_after as f64 - fds_before as f64) / n;
-        let kb = (rss_after - rss_before) / n;
+        let kb = (rss_after as f64 - rss_before as f64) / 1024.0 / n;
         println!(
             "\n## Idle cost per exposure (relay + client, {} exposures): {sockets:.2} sockets, {kb:.1} kB RSS",
             settings.idle_exposures,
         );
-        summary.row(
-            "idle cost per exposure",
+        print_steal(&steal);
+        summary.row(vec![
+            "idle cost per exposure".to_owned(),
             format!("{sockets:.2} sockets, {kb:.1} kB"),
-            &[],
-            "≤ 2 sockets, ≤ 16 kB",
-            Some(sockets <= 2.0 && kb <= 16.0),
-        );
+            "–".to_owned(),
+            "≤ 2 sockets, ≤ 16 kB".to_owned(),
+            met(Some(sockets <= 2.0 && kb <= 16.0)),
+        ]);
     }
 
     // Bandwidth-limit accuracy. Each run gets its own iperf3 server and
     // exposure: a paced run leaves a backlog in the sender's buffers that
     // would keep a shared server busy into the next run.
-    if settings.runs("limits") {
+    if runs("limits") {
+        let steal = Steal::start();
         println!("\n## Bandwidth limit accuracy (iperf3 receiver rate ÷ limit, one direction)");
         let limits: &[u64] = if settings.smoke { &[10] } else { &[1, 10, 100] };
         let mut worst: Option<f64> = None;
         for &mbit in limits {
-            let mut ratios = Vec::new();
+            let mut ratios = Samples::default();
             for _ in 0..settings.reps {
                 let port = free_port();
                 let _server = spawn(
@@ -710,7 +652,7 @@ async fn run(settings: Settings) -> ExitCode {
                 )
                 .await;
                 if let Some((gbits, _)) = iperf3(limited.public.port, seconds, &["-w", "128K"]) {
-                    ratios.push(gbits * 1000.0 / mbit as f64);
+                    ratios.push_value(gbits * 1000.0 / mbit as f64);
                 }
                 let _ = client.withdraw(&limited.id).await;
             }
@@ -719,8 +661,8 @@ async fn run(settings: Settings) -> ExitCode {
                 failures.push(format!("limit {mbit} Mbit/s: iperf3 failed"));
                 continue;
             }
-            let ratio = median(&ratios);
-            println!("- {mbit:>3} Mbit/s: {}", spread(&ratios));
+            let ratio = ratios.median();
+            println!("- {mbit:>3} Mbit/s: {ratios:.2}");
             let off = (ratio - 1.0) * 100.0;
             worst = Some(worst.map_or(off, |w: f64| if off.abs() > w.abs() { off } else { w }));
             let tolerance = if settings.smoke { 0.10 } else { 0.05 };
@@ -728,18 +670,27 @@ async fn run(settings: Settings) -> ExitCode {
                 failures.push(format!("limit {mbit} Mbit/s off by {off:.1} %"));
             }
         }
+        print_steal(&steal);
         if let Some(worst) = worst {
-            summary.row(
-                "bandwidth-limit accuracy (worst)",
+            summary.row(vec![
+                "bandwidth-limit accuracy (worst)".to_owned(),
                 format!("{worst:+.1} %"),
-                &[],
-                "± 5 %",
-                Some(worst.abs() <= 5.0),
-            );
+                "–".to_owned(),
+                "± 5 %".to_owned(),
+                met(Some(worst.abs() <= 5.0)),
+            ]);
         }
     }
 
-    summary.print();
+    summary.row(vec![
+        "host CPU steal during the run".to_owned(),
+        format!("{:.1} %", whole_run.percent()),
+        "–".to_owned(),
+        "–".to_owned(),
+        met(None),
+    ]);
+    // The table ends in a newline of its own.
+    print!("\n## Summary\n\n{summary}");
     let _ = std::fs::remove_dir_all(&scratch);
     if failures.is_empty() {
         ExitCode::SUCCESS

@@ -16,8 +16,8 @@ pub fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Whether section `name` runs: every section unless `KISARA_BENCH_ONLY`
-/// names another one.
+/// Whether `section` runs: every section unless `KISARA_BENCH_ONLY` names
+/// another one.
 pub fn runs(section: &str) -> bool {
     std::env::var("KISARA_BENCH_ONLY")
         .ok()
@@ -38,6 +38,11 @@ impl Samples {
     /// Records one plain value (a rate, a size).
     pub fn push_value(&mut self, value: f64) {
         self.0.push(value);
+    }
+
+    /// Whether nothing was recorded, as when every attempt failed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     fn sorted(&self) -> Vec<f64> {
@@ -87,6 +92,83 @@ pub fn rss_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// How many file descriptors this process holds (`/proc/self/fd`); 0 where
+/// there is no procfs.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// The share of CPU time the host stole from this VM over an interval: time
+/// a vCPU was ready to run but the hypervisor ran something else. On a
+/// shared cloud VM it is what makes figures noisy, so benches print it next
+/// to them.
+#[derive(Debug, Clone, Copy)]
+pub struct Steal {
+    start: Option<CpuTicks>,
+}
+
+impl Steal {
+    /// Starts the interval now.
+    pub fn start() -> Self {
+        Self {
+            start: CpuTicks::read(),
+        }
+    }
+
+    /// Stolen ticks ÷ all ticks since [`Steal::start`], × 100. NaN, never
+    /// a made-up 0, where `/proc/stat` is missing or unreadable, or when no
+    /// tick has passed yet.
+    pub fn percent(&self) -> f64 {
+        match (self.start, CpuTicks::read()) {
+            (Some(start), Some(now)) => now.percent_stolen_since(start),
+            _ => f64::NAN,
+        }
+    }
+}
+
+/// The all-CPU counters of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTicks {
+    /// Time stolen by the host (the 8th value, `steal`).
+    steal: u64,
+    /// All time: user, nice, system, idle, iowait, irq, softirq and steal.
+    /// The `guest` values after them are left out: the kernel already
+    /// counts them in user and nice.
+    total: u64,
+}
+
+impl CpuTicks {
+    fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The aggregate `cpu` line of a `/proc/stat` text; `None` without one
+    /// or when it has fewer than 8 values (kernels before 2.6.11).
+    fn parse(stat: &str) -> Option<Self> {
+        let values: Vec<u64> = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("cpu "))?
+            .split_whitespace()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let &steal = values.get(7)?;
+        Some(Self {
+            steal,
+            total: values.iter().sum(),
+        })
+    }
+
+    /// The share of the ticks between `earlier` and these that was stolen,
+    /// in percent; NaN when none passed.
+    fn percent_stolen_since(self, earlier: Self) -> f64 {
+        let steal = self.steal.saturating_sub(earlier.steal) as f64;
+        let total = self.total.saturating_sub(earlier.total) as f64;
+        steal / total * 100.0
+    }
 }
 
 /// The `docker run` flags for what Kisara's runtime applies to a spec
@@ -149,5 +231,47 @@ impl fmt::Display for Table {
             writeln!(f, "| {} |", row.join(" | "))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuTicks;
+
+    const STAT: &str = "cpu  10 0 5 80 0 0 0 5 0 0\n\
+                        cpu0 6 0 3 40 0 0 0 1 0 0\n\
+                        intr 12345 0 0\n";
+
+    #[test]
+    fn reads_steal_and_total_from_the_aggregate_cpu_line() {
+        assert_eq!(
+            CpuTicks::parse(STAT),
+            Some(CpuTicks {
+                steal: 5,
+                total: 100
+            })
+        );
+    }
+
+    #[test]
+    fn leaves_guest_time_out_of_the_total() {
+        let stat = "cpu  10 0 5 80 0 0 0 5 7 3\n";
+        assert_eq!(CpuTicks::parse(stat).map(|t| t.total), Some(100));
+    }
+
+    #[test]
+    fn needs_the_steal_column() {
+        assert_eq!(CpuTicks::parse("cpu  10 0 5 80 0 0 0\n"), None);
+        assert_eq!(CpuTicks::parse("cpu0 10 0 5 80 0 0 0 5\n"), None);
+        assert_eq!(CpuTicks::parse(""), None);
+    }
+
+    #[test]
+    fn percent_is_stolen_over_all_ticks_in_the_interval() {
+        let earlier = CpuTicks::parse(STAT).unwrap();
+        let later = CpuTicks::parse("cpu  40 0 15 120 0 0 0 25 0 0\n").unwrap();
+        // 20 of the 100 ticks in between were stolen.
+        assert!((later.percent_stolen_since(earlier) - 20.0).abs() < 1e-9);
+        assert!(earlier.percent_stolen_since(earlier).is_nan());
     }
 }
