@@ -533,7 +533,7 @@ async fn run(settings: Settings) -> ExitCode {
             }
             let (p50, p99) = (p50s.median(), p99s.median());
             let (base50, base99) = *direct_latency.get_or_insert((p50, p99));
-            let added = format!("+{:.0} / +{:.0} µs", p50 - base50, p99 - base99);
+            let added = format!("{:+.0} / {:+.0} µs", p50 - base50, p99 - base99);
             println!("- {:8} {p50:.0} / {p99:.0}  ({added})", path.name);
             match path.name {
                 "direct" => {}
