@@ -2,6 +2,7 @@
 
 mod auth;
 mod client;
+mod datagram;
 mod error;
 mod limit;
 mod relay;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::auth::{self, hex};
+use crate::datagram::{self, Inbox, Outbox, WhenFull};
 use crate::limit::TokenBucket;
 use crate::wire::RelayMessage;
 
@@ -30,8 +31,6 @@ pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams queued per session before newer ones are dropped.
 const QUEUE: usize = 1024;
-/// The largest datagram carried.
-const MAX_DATAGRAM: usize = 65_536;
 /// Kernel buffers asked for on every socket of the UDP data path (Linux
 /// caps them at `net.core.rmem_max` / `wmem_max`). The default, 208 KiB,
 /// holds about 2 ms of traffic at 500 Mbit/s, so any delay in scheduling a
@@ -56,9 +55,11 @@ fn tagged(tag: &[u8; 4], ticket: &Ticket) -> [u8; 20] {
     out
 }
 
-/// Binds a UDP socket of the data path, with enlarged kernel buffers.
+/// Binds a UDP socket of the data path, with enlarged kernel buffers and
+/// GRO (so it must be read through an [`Inbox`]).
 pub(crate) async fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = UdpSocket::bind(address).await?;
+    datagram::enable_gro(&socket);
     #[cfg(target_os = "linux")]
     {
         // Best effort: a smaller buffer only means earlier drops.
@@ -121,95 +122,123 @@ pub(crate) async fn serve_relay(side: RelaySide) {
         .limits
         .bandwidth
         .map(|rate| Arc::new((TokenBucket::new(rate), TokenBucket::new(rate))));
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut inbox = Inbox::default();
+    // Waiting for one session's channel would stall every other peer, so
+    // a full channel drops, as UDP may.
+    let mut outbox = Outbox::new(WhenFull::Drop);
     loop {
         let received = tokio::select! {
             () = side.cancel.cancelled() => return,
-            received = side.socket.recv_from(&mut buffer) => received,
+            received = inbox.recv(&side.socket) => received,
         };
-        let (n, peer) = match received {
-            Ok(received) => received,
-            Err(error) => {
-                debug!(%error, "receive failed");
+        if let Err(error) = received {
+            debug!(%error, "receive failed");
+            continue;
+        }
+        // The channel the outbox's run is for.
+        let mut run_channel: Option<Arc<UdpSocket>> = None;
+        for (peer, datagram) in inbox.datagrams() {
+            if buckets
+                .as_ref()
+                .is_some_and(|b| !b.0.try_take(datagram.len()))
+            {
                 continue;
             }
-        };
-        if buckets.as_ref().is_some_and(|b| !b.0.try_take(n)) {
-            continue;
-        }
-        let existing = lock(&sessions).get(&peer).cloned();
-        if let Some(session) = &existing
-            && session.ready.load(Ordering::Acquire)
-        {
-            // Dropped when the channel is full, as UDP may.
-            let _ = session.channel.try_send(&buffer[..n]);
-            session.active.store(true, Ordering::Relaxed);
-            continue;
-        }
-        let mut datagram = buffer[..n].to_vec();
-        if let Some(session) = existing {
-            match session.queue.try_send(datagram) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
-                Err(mpsc::error::TrySendError::Closed(back)) => {
-                    lock(&sessions).remove(&peer);
-                    datagram = back;
+            let existing = lock(&sessions).get(&peer).cloned();
+            if let Some(session) = &existing
+                && session.ready.load(Ordering::Acquire)
+            {
+                if let Some(previous) = &run_channel
+                    && !Arc::ptr_eq(previous, &session.channel)
+                {
+                    outbox.flush(previous).await;
                 }
-            }
-        }
-        if let Some(max) = side.limits.max_connections
-            && lock(&sessions).len() >= max as usize
-        {
-            debug!(%peer, "over the peer limit; datagram dropped");
-            continue;
-        }
-        let Some(link) = (side.link)() else {
-            continue;
-        };
-        let channel = match bind(SocketAddr::new(side.bind, 0)).await {
-            Ok(channel) => channel,
-            Err(error) => {
-                warn!(%error, "cannot bind a session channel");
+                outbox.push(&session.channel, None, datagram).await;
+                run_channel = Some(session.channel.clone());
+                session.active.store(true, Ordering::Relaxed);
                 continue;
             }
-        };
-        let Ok(port) = channel.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        let ticket: Ticket = auth::random();
-        let (queue, queued) = mpsc::channel(QUEUE);
-        let _ = queue.try_send(datagram);
-        let entry = Entry {
-            queue: queue.clone(),
-            channel: Arc::new(channel),
-            ready: Arc::default(),
-            active: Arc::default(),
-        };
-        lock(&sessions).insert(peer, entry.clone());
-        let opened = link.send(RelayMessage::UdpSession {
-            id: side.id.clone(),
-            ticket: hex::encode(&ticket),
-            port,
-        });
-        if opened.is_err() {
-            lock(&sessions).remove(&peer);
-            continue;
+            open_or_queue(&side, &sessions, buckets.as_ref(), peer, datagram, existing).await;
         }
-        let session = RelaySession {
-            channel: entry.channel,
-            ready: entry.ready,
-            active: entry.active,
-            ticket,
-            queued,
-            public: side.socket.clone(),
-            peer,
-            down: buckets.clone(),
-            idle: side.idle,
-            sessions: sessions.clone(),
-            me: queue,
-            cancel: side.cancel.clone(),
-        };
-        tokio::spawn(session.run().instrument(debug_span!("udp session", %peer)));
+        if let Some(channel) = run_channel {
+            outbox.flush(&channel).await;
+        }
     }
+}
+
+/// Queues a datagram for a session still waiting for the client's
+/// greeting, or opens a session for a new peer.
+async fn open_or_queue(
+    side: &RelaySide,
+    sessions: &Sessions,
+    buckets: Option<&Arc<(TokenBucket, TokenBucket)>>,
+    peer: SocketAddr,
+    datagram: &[u8],
+    existing: Option<Entry>,
+) {
+    let mut datagram = datagram.to_vec();
+    if let Some(session) = existing {
+        match session.queue.try_send(datagram) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => return,
+            Err(mpsc::error::TrySendError::Closed(back)) => {
+                lock(sessions).remove(&peer);
+                datagram = back;
+            }
+        }
+    }
+    if let Some(max) = side.limits.max_connections
+        && lock(sessions).len() >= max as usize
+    {
+        debug!(%peer, "over the peer limit; datagram dropped");
+        return;
+    }
+    let Some(link) = (side.link)() else {
+        return;
+    };
+    let channel = match bind(SocketAddr::new(side.bind, 0)).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            warn!(%error, "cannot bind a session channel");
+            return;
+        }
+    };
+    let Ok(port) = channel.local_addr().map(|a| a.port()) else {
+        return;
+    };
+    let ticket: Ticket = auth::random();
+    let (queue, queued) = mpsc::channel(QUEUE);
+    let _ = queue.try_send(datagram);
+    let entry = Entry {
+        queue: queue.clone(),
+        channel: Arc::new(channel),
+        ready: Arc::default(),
+        active: Arc::default(),
+    };
+    lock(sessions).insert(peer, entry.clone());
+    let opened = link.send(RelayMessage::UdpSession {
+        id: side.id.clone(),
+        ticket: hex::encode(&ticket),
+        port,
+    });
+    if opened.is_err() {
+        lock(sessions).remove(&peer);
+        return;
+    }
+    let session = RelaySession {
+        channel: entry.channel,
+        ready: entry.ready,
+        active: entry.active,
+        ticket,
+        queued,
+        public: side.socket.clone(),
+        peer,
+        down: buckets.cloned(),
+        idle: side.idle,
+        sessions: sessions.clone(),
+        me: queue,
+        cancel: side.cancel.clone(),
+    };
+    tokio::spawn(session.run().instrument(debug_span!("udp session", %peer)));
 }
 
 struct RelaySession {
@@ -246,13 +275,13 @@ impl RelaySession {
     async fn carry(&mut self) {
         let greeting = greeting(&self.ticket);
         let ack = acknowledgement(&self.ticket);
-        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        let mut inbox = Inbox::default();
         let greeted = tokio::time::timeout(GREETING_TIMEOUT, async {
             loop {
-                match self.channel.recv_from(&mut buffer).await {
-                    Ok((n, from)) if buffer[..n] == greeting => return Some(from),
-                    Ok(_) => {}
-                    Err(_) => return None,
+                inbox.recv(&self.channel).await.ok()?;
+                let greeter = inbox.datagrams().find(|(_, d)| *d == greeting);
+                if let Some((from, _)) = greeter {
+                    return Some(from);
                 }
             }
         })
@@ -266,6 +295,7 @@ impl RelaySession {
         }
         let _ = self.channel.send(&ack).await;
         self.ready.store(true, Ordering::Release);
+        let mut outbox = Outbox::new(WhenFull::Wait);
         let mut deadline = Instant::now() + self.idle;
         loop {
             tokio::select! {
@@ -274,20 +304,23 @@ impl RelaySession {
                     let _ = self.channel.send(&datagram).await;
                     deadline = Instant::now() + self.idle;
                 }
-                received = self.channel.recv(&mut buffer) => {
-                    let Ok(n) = received else {
+                received = inbox.recv(&self.channel) => {
+                    if received.is_err() {
                         // The client's channel is gone.
                         return;
-                    };
-                    if buffer[..n] == greeting {
-                        let _ = self.channel.send(&ack).await;
-                        continue;
                     }
-                    deadline = Instant::now() + self.idle;
-                    if self.down.as_ref().is_some_and(|b| !b.1.try_take(n)) {
-                        continue;
+                    for (_, datagram) in inbox.datagrams() {
+                        if datagram == greeting {
+                            let _ = self.channel.send(&ack).await;
+                            continue;
+                        }
+                        deadline = Instant::now() + self.idle;
+                        if self.down.as_ref().is_some_and(|b| !b.1.try_take(datagram.len())) {
+                            continue;
+                        }
+                        outbox.push(&self.public, Some(self.peer), datagram).await;
                     }
-                    let _ = self.public.send_to(&buffer[..n], self.peer).await;
+                    outbox.flush(&self.public).await;
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     if self.active.swap(false, Ordering::Relaxed) {
@@ -332,8 +365,9 @@ pub(crate) async fn serve_client(
     let started = Instant::now();
     let mut greeted = false;
     let mut retry = tokio::time::interval(Duration::from_millis(200));
-    let mut from_relay = vec![0u8; MAX_DATAGRAM];
-    let mut from_target = vec![0u8; MAX_DATAGRAM];
+    let (mut from_relay, mut from_target) = (Inbox::default(), Inbox::default());
+    let mut to_target = Outbox::new(WhenFull::Wait);
+    let mut to_relay = Outbox::new(WhenFull::Wait);
     let mut deadline = Instant::now() + idle;
     loop {
         tokio::select! {
@@ -343,20 +377,30 @@ pub(crate) async fn serve_client(
                 }
                 let _ = channel.send(&greeting).await;
             }
-            received = channel.recv(&mut from_relay) => {
-                let Ok(n) = received else { return };
+            received = from_relay.recv(&channel) => {
+                if received.is_err() {
+                    return;
+                }
                 greeted = true;
-                if from_relay[..n] == ack {
+                for (_, datagram) in from_relay.datagrams() {
+                    if datagram == ack {
+                        continue;
+                    }
+                    deadline = Instant::now() + idle;
+                    to_target.push(&upstream, None, datagram).await;
+                }
+                to_target.flush(&upstream).await;
+            }
+            received = from_target.recv(&upstream) => {
+                // A refused target (ICMP) is not fatal: it may come up.
+                if received.is_err() {
                     continue;
                 }
                 deadline = Instant::now() + idle;
-                let _ = upstream.send(&from_relay[..n]).await;
-            }
-            received = upstream.recv(&mut from_target) => {
-                // A refused target (ICMP) is not fatal: it may come up.
-                let Ok(n) = received else { continue };
-                deadline = Instant::now() + idle;
-                let _ = channel.send(&from_target[..n]).await;
+                for (_, datagram) in from_target.datagrams() {
+                    to_relay.push(&channel, None, datagram).await;
+                }
+                to_relay.flush(&channel).await;
             }
             () = tokio::time::sleep_until(deadline) => return,
         }
