@@ -94,6 +94,22 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// CPU time this process has used so far, user plus system, in seconds
+/// (`/proc/self/stat`, counted in 1/100 s ticks); NaN where there is no
+/// procfs.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which may hold spaces; utime
+            // and stime are the 14th and 15th fields of the line.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+            Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// How many file descriptors this process holds (`/proc/self/fd`); 0 where
 /// there is no procfs.
 pub fn open_fds() -> usize {
