@@ -325,17 +325,17 @@ mod tests {
 
     use super::*;
 
+    /// Two connected data-path sockets (4 MiB buffers, GRO), as the
+    /// tunnel binds them: everything is sent before anything is read.
     async fn pair() -> (UdpSocket, UdpSocket) {
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = crate::udp::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = crate::udp::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         a.connect(b.local_addr().unwrap()).await.unwrap();
         b.connect(a.local_addr().unwrap()).await.unwrap();
-        for socket in [&a, &b] {
-            enable_gro(socket);
-            // Everything is sent before anything is read.
-            #[cfg(target_os = "linux")]
-            rustix::net::sockopt::set_socket_recv_buffer_size(socket, 4 << 20).unwrap();
-        }
         (a, b)
     }
 
@@ -394,8 +394,9 @@ mod tests {
 
     #[tokio::test]
     async fn many_senders_are_told_apart_in_one_batch() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        enable_gro(&receiver);
+        let receiver = crate::udp::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let to = receiver.local_addr().unwrap();
         let mut senders = Vec::new();
         for i in 0..8u8 {
