@@ -25,6 +25,13 @@ use crate::runtime::DockerRuntime;
 /// (Docker has no API to end an exec).
 pub const EXEC_MARKER_ENV: &str = "KISARA_EXEC_MARKER";
 
+/// How long a dropped exec may take to start and, once killed, to end.
+const EXEC_END_PATIENCE: Duration = Duration::from_secs(15);
+/// How often a dropped exec's state is looked at while it is being ended.
+const EXEC_POLL: Duration = Duration::from_millis(50);
+/// How long a kill gets to show before it is tried again.
+const KILL_RETRY: Duration = Duration::from_secs(1);
+
 /// Ends the exec when the session is dropped before its output ended.
 struct Canceller {
     runtime: DockerRuntime,
@@ -227,7 +234,13 @@ impl DockerRuntime {
         })
     }
 
-    /// Ends every process of an exec, from inside its container.
+    /// Ends every process of an exec and waits until the engine sees it
+    /// ended.
+    ///
+    /// An exec dropped right after it was started may not be running yet:
+    /// the engine reports it as not running, with no exit code, until its
+    /// process exists. Such an exec is waited for, not taken as ended, or it
+    /// would run on unowned.
     async fn kill_exec(
         &self,
         container: &str,
@@ -235,12 +248,49 @@ impl DockerRuntime {
         marker: &str,
         user: Option<String>,
     ) -> Result<()> {
-        match self.exec_status_impl(exec_id).await {
-            Ok(ExecStatus { running: false, .. }) | Err(Error::NotFound { .. }) => return Ok(()),
-            _ => {}
+        let deadline = tokio::time::Instant::now() + EXEC_END_PATIENCE;
+        let mut next_kill = tokio::time::Instant::now();
+        loop {
+            match self.exec_status_impl(exec_id).await {
+                Ok(ExecStatus {
+                    running: false,
+                    exit_code: Some(_),
+                })
+                | Err(Error::NotFound { .. }) => {
+                    tracing::debug!(exec_id, "dropped exec ended");
+                    return Ok(());
+                }
+                Ok(ExecStatus { running: true, .. })
+                    if tokio::time::Instant::now() >= next_kill =>
+                {
+                    self.kill_marked(container, marker, user.clone()).await;
+                    // The engine learns of the exit a moment later.
+                    next_kill = tokio::time::Instant::now() + KILL_RETRY;
+                }
+                // Not started yet, killed but not yet reaped, or the engine
+                // did not answer: look again shortly.
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Backend {
+                    backend: "docker",
+                    message: format!(
+                        "exec {exec_id} in {container} still ran {} s after it was dropped: the image has no \
+                         /bin/sh with tr, grep and kill, and the engine's processes are not visible from this host",
+                        EXEC_END_PATIENCE.as_secs()
+                    ),
+                    source: None,
+                });
+            }
+            tokio::time::sleep(EXEC_POLL).await;
         }
-        // Every process carrying the marker in its environment: the exec's
-        // process and all its children.
+    }
+
+    /// Kills every process carrying `marker` in its environment (the exec's
+    /// process and all its children): from inside the container with its
+    /// shell, and, for images without one, from this host when the engine
+    /// runs here.
+    async fn kill_marked(&self, container: &str, marker: &str, user: Option<String>) {
         let script = format!(
             "for d in /proc/[0-9]*; do if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx '{EXEC_MARKER_ENV}={marker}'; \
              then kill -9 \"${{d#/proc/}}\" 2>/dev/null; fi; done; exit 0"
@@ -253,32 +303,13 @@ impl DockerRuntime {
             )
             .await
         {
-            tracing::debug!(exec_id, error = %e, "in-container kill failed");
+            tracing::debug!(container, error = %e, "in-container kill failed");
         }
-        if self
-            .exec_status_impl(exec_id)
+        let marker = format!("{EXEC_MARKER_ENV}={marker}");
+        let killed = tokio::task::spawn_blocking(move || kill_marked_host_processes(&marker))
             .await
-            .is_ok_and(|s| s.running)
-        {
-            // No shell in the image: when the engine runs on this host, end
-            // the marked processes from here.
-            let marker = format!("{EXEC_MARKER_ENV}={marker}");
-            let killed = tokio::task::spawn_blocking(move || kill_marked_host_processes(&marker))
-                .await
-                .unwrap_or(0);
-            if killed == 0 {
-                return Err(Error::Backend {
-                    backend: "docker",
-                    message: format!(
-                        "exec {exec_id} in {container} could not be ended: the image has no /bin/sh with tr, grep \
-                         and kill, and the engine's processes are not visible from this host"
-                    ),
-                    source: None,
-                });
-            }
-        }
-        tracing::debug!(exec_id, "dropped exec ended");
-        Ok(())
+            .unwrap_or(0);
+        tracing::debug!(container, killed, "marked processes killed from this host");
     }
 
     /// Runs `command` in `container` and waits for its output to end.

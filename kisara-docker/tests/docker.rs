@@ -768,19 +768,26 @@ async fn dropping_an_exec_in_an_image_without_a_shell_ends_it() {
     let mut spec = cleanup.spec(&tag, ["/busybox", "sleep", "3600"]);
     spec.image = tag.clone();
     let launched = runtime.launch(&spec).await.unwrap();
-    let session = runtime
-        .exec(&launched.id, &ExecSpec::new(["/busybox", "sleep", "300"]))
-        .await
-        .unwrap();
-    let id = session.id.clone();
-    drop(session);
+    // Dropped at once, while the engine may not yet report them running
+    // (or their processes may not yet carry the marker): each must still
+    // end.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let session = runtime
+            .exec(&launched.id, &ExecSpec::new(["/busybox", "sleep", "300"]))
+            .await
+            .unwrap();
+        ids.push(session.id.clone());
+    }
     tokio::time::timeout(WAIT, async {
-        while runtime.exec_status(&id).await.unwrap().running {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for id in &ids {
+            while runtime.exec_status(id).await.unwrap().running {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     })
     .await
-    .expect("the exec ends without a shell in the image");
+    .expect("the execs end without a shell in the image");
     cleanup.clean().await;
     runtime.remove_image(tag.as_str()).await.unwrap();
 }
