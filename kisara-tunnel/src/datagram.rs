@@ -1,7 +1,7 @@
 //! Batched datagram I/O for the UDP data path.
 //!
-//! On Linux, [`Inbox::recv`] takes every datagram waiting (up to [`BATCH`])
-//! in one `recvmmsg` call, and with UDP GRO the kernel hands over a train of
+//! On Linux, [`Inbox::recv`] takes every datagram waiting (up to its
+//! [`Batch`]) in one `recvmmsg` call, and with UDP GRO the kernel hands over a train of
 //! equal-size datagrams from one sender as one buffer. [`Outbox`] gathers
 //! consecutive equal-size datagrams for one destination and sends them in
 //! one `sendmsg` with UDP GSO; the receiving side's kernel splits them
@@ -25,11 +25,32 @@ use tracing::debug;
 /// over IPv4, 65,527 over IPv6) or one GRO train (at most 64 KiB).
 const SLOT: usize = 65_536;
 
-/// Datagrams, or GRO trains, taken per receive call.
-#[cfg(target_os = "linux")]
-const BATCH: usize = 32;
-#[cfg(not(target_os = "linux"))]
-const BATCH: usize = 1;
+/// How many datagrams, or GRO trains, an [`Inbox`] takes per receive call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Batch {
+    /// A socket many peers send to (a public port): GRO merges only one
+    /// flow's datagrams, so a slot often holds a single datagram and a
+    /// batch needs many slots.
+    Shared,
+    /// A session's socket, with one peer: its datagrams arrive as GRO
+    /// trains of up to 64 KiB, so a few slots hold hundreds of datagrams,
+    /// and a relay with thousands of sessions reserves a quarter of the
+    /// memory.
+    Session,
+}
+
+impl Batch {
+    fn slots(self) -> usize {
+        if cfg!(target_os = "linux") {
+            match self {
+                Self::Shared => 32,
+                Self::Session => 8,
+            }
+        } else {
+            1
+        }
+    }
+}
 
 /// Datagrams per GSO send: Linux's `UDP_MAX_SEGMENTS` (64 before 6.11).
 #[cfg(target_os = "linux")]
@@ -64,25 +85,36 @@ struct Received {
 }
 
 /// Receives datagrams in batches; see the module docs.
-#[derive(Default)]
 pub(crate) struct Inbox {
-    /// `BATCH` slots of `SLOT` bytes, allocated at the first receive: an
-    /// idle socket costs none. The allocation is zero-filled lazily by the
-    /// OS, so only the pages datagrams land in are taken (one page per
-    /// slot for small datagrams, at most 2 MiB for a full batch of trains).
+    batch: Batch,
+    /// The batch's slots of `SLOT` bytes, allocated at the first receive:
+    /// an idle socket costs none. The allocation is zero-filled lazily by
+    /// the OS, so only the pages datagrams land in are taken (one page per
+    /// slot for small datagrams, at most the whole buffer, 2 MiB shared or
+    /// 512 KiB for a session, for a full batch of trains).
     buffer: Vec<u8>,
     received: Vec<Received>,
 }
 
 impl Inbox {
+    pub(crate) fn new(batch: Batch) -> Self {
+        Self {
+            batch,
+            buffer: Vec::new(),
+            received: Vec::new(),
+        }
+    }
+
     /// Waits until `socket` has datagrams and takes as many as one call
     /// gives; [`Inbox::datagrams`] then lists them.
     pub(crate) async fn recv(&mut self, socket: &UdpSocket) -> io::Result<()> {
         if self.buffer.is_empty() {
-            self.buffer = vec![0; BATCH * SLOT];
+            self.buffer = vec![0; self.batch.slots() * SLOT];
         }
         self.received.clear();
-        let Self { buffer, received } = self;
+        let Self {
+            buffer, received, ..
+        } = self;
         socket
             .async_io(Interest::READABLE, || receive(socket, buffer, received))
             .await
@@ -376,14 +408,15 @@ mod tests {
         }
         outbox.flush(&a).await;
 
-        let mut inbox = Inbox::default();
+        let mut inbox = Inbox::new(Batch::Session);
         let (got, calls) = collect(&mut inbox, &b, sent.len()).await;
         assert_eq!(got.len(), sent.len());
         for (i, (got, sent)) in got.iter().zip(&sent).enumerate() {
             assert_eq!(got, sent, "datagram {i}");
         }
         // Sent as about six GSO runs and read as GRO trains in one
-        // `recvmmsg`; without GRO it takes four calls of 32.
+        // `recvmmsg` of a session's eight slots; without GRO it takes
+        // fifteen calls.
         #[cfg(target_os = "linux")]
         assert!(
             calls <= 2,
@@ -404,7 +437,7 @@ mod tests {
             sender.send_to(&[i; 10], to).await.unwrap();
             senders.push(sender);
         }
-        let mut inbox = Inbox::default();
+        let mut inbox = Inbox::new(Batch::Shared);
         let mut seen = 0;
         while seen < senders.len() {
             inbox.recv(&receiver).await.unwrap();
@@ -428,7 +461,7 @@ mod tests {
             outbox.push(&a, None, d).await;
         }
         outbox.flush(&a).await;
-        let mut inbox = Inbox::default();
+        let mut inbox = Inbox::new(Batch::Session);
         let (got, _) = collect(&mut inbox, &b, sent.len()).await;
         assert_eq!(got, sent);
     }

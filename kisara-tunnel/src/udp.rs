@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::auth::{self, hex};
-use crate::datagram::{self, Inbox, Outbox, WhenFull};
+use crate::datagram::{self, Batch, Inbox, Outbox, WhenFull};
 use crate::limit::TokenBucket;
 use crate::wire::RelayMessage;
 
@@ -122,7 +122,7 @@ pub(crate) async fn serve_relay(side: RelaySide) {
         .limits
         .bandwidth
         .map(|rate| Arc::new((TokenBucket::new(rate), TokenBucket::new(rate))));
-    let mut inbox = Inbox::default();
+    let mut inbox = Inbox::new(Batch::Shared);
     // Waiting for one session's channel would stall every other peer, so
     // a full channel drops, as UDP may.
     let mut outbox = Outbox::new(WhenFull::Drop);
@@ -275,7 +275,7 @@ impl RelaySession {
     async fn carry(&mut self) {
         let greeting = greeting(&self.ticket);
         let ack = acknowledgement(&self.ticket);
-        let mut inbox = Inbox::default();
+        let mut inbox = Inbox::new(Batch::Session);
         let greeted = tokio::time::timeout(GREETING_TIMEOUT, async {
             loop {
                 inbox.recv(&self.channel).await.ok()?;
@@ -365,7 +365,8 @@ pub(crate) async fn serve_client(
     let started = Instant::now();
     let mut greeted = false;
     let mut retry = tokio::time::interval(Duration::from_millis(200));
-    let (mut from_relay, mut from_target) = (Inbox::default(), Inbox::default());
+    let (mut from_relay, mut from_target) =
+        (Inbox::new(Batch::Session), Inbox::new(Batch::Session));
     let mut to_target = Outbox::new(WhenFull::Wait);
     let mut to_relay = Outbox::new(WhenFull::Wait);
     let mut deadline = Instant::now() + idle;
