@@ -250,6 +250,7 @@ impl DockerRuntime {
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + EXEC_END_PATIENCE;
         let mut next_kill = tokio::time::Instant::now();
+        let mut killed = false;
         loop {
             match self.exec_status_impl(exec_id).await {
                 Ok(ExecStatus {
@@ -264,6 +265,7 @@ impl DockerRuntime {
                     if tokio::time::Instant::now() >= next_kill =>
                 {
                     self.kill_marked(container, marker, user.clone()).await;
+                    killed = true;
                     // The engine learns of the exit a moment later.
                     next_kill = tokio::time::Instant::now() + KILL_RETRY;
                 }
@@ -272,13 +274,21 @@ impl DockerRuntime {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
+                let patience = EXEC_END_PATIENCE.as_secs();
+                let message = if killed {
+                    format!(
+                        "exec {exec_id} in {container} still ran {patience} s after it was dropped: the image has \
+                         no /bin/sh with tr, grep and kill, and the engine's processes are not visible from this host"
+                    )
+                } else {
+                    format!(
+                        "exec {exec_id} in {container} was dropped and the engine did not report it running or \
+                         ended within {patience} s"
+                    )
+                };
                 return Err(Error::Backend {
                     backend: "docker",
-                    message: format!(
-                        "exec {exec_id} in {container} still ran {} s after it was dropped: the image has no \
-                         /bin/sh with tr, grep and kill, and the engine's processes are not visible from this host",
-                        EXEC_END_PATIENCE.as_secs()
-                    ),
+                    message,
                     source: None,
                 });
             }
