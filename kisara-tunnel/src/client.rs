@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::auth::{self, Role, hex};
 use crate::error::{Result, TunnelError};
-use crate::limit::{splice, splice_tcp};
+use crate::limit::{FRAMING, splice, splice_framed, splice_tcp};
 use crate::transport::{self, ClientTls, Conn};
 use crate::udp;
 use crate::wire::{
@@ -758,14 +758,33 @@ impl Link {
 
     /// Keeps a standby data connection open until the relay dispatches a
     /// visitor on it, then carries the visitor to its exposure's target.
+    /// After a framed visitor the connection is a standby one again.
     async fn standby_connection(&self, relay: SocketAddr, ticket: &str) -> Result<()> {
-        let mut data = open_data(relay, self.endpoint.tls.as_ref(), ticket).await?;
-        let Dispatch { id } = wire::read_frame(&mut data).await?;
-        let target = self.state().exposures.get(&id).map(|e| e.target);
-        let target = target
-            .ok_or_else(|| TunnelError::Closed(format!("a visitor for unknown exposure {id}")))?;
-        carry(data, open_target(target).await?).await;
-        Ok(())
+        let mut data = open_data(relay, self.endpoint.tls.as_ref(), ticket, FRAMING).await?;
+        loop {
+            let Dispatch { id, framed } = wire::read_frame(&mut data).await?;
+            let target = self.state().exposures.get(&id).map(|e| e.target);
+            let target = target.ok_or_else(|| {
+                TunnelError::Closed(format!("a visitor for unknown exposure {id}"))
+            })?;
+            let upstream = open_target(target).await?;
+            match &data {
+                Conn::Plain(plain) if framed => {
+                    splice_framed(&upstream, plain)
+                        .await
+                        .map_err(|e| TunnelError::io("carry a framed visitor", e))?;
+                }
+                _ if framed => {
+                    return Err(TunnelError::Closed(
+                        "the relay asked for frames on a TLS data connection".to_owned(),
+                    ));
+                }
+                _ => {
+                    carry(data, upstream).await;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Acts on one message from the relay.
@@ -850,14 +869,20 @@ async fn data_connection(
     target: SocketAddr,
     ticket: &str,
 ) -> Result<()> {
-    let (upstream, data) = tokio::join!(open_target(target), open_data(relay, tls, ticket));
+    let (upstream, data) = tokio::join!(open_target(target), open_data(relay, tls, ticket, false));
     let upstream = upstream?;
     carry(data?, upstream).await;
     Ok(())
 }
 
-/// Dials the relay for a data connection and presents `ticket`.
-async fn open_data(relay: SocketAddr, tls: Option<&ClientTls>, ticket: &str) -> Result<Conn> {
+/// Dials the relay for a data connection and presents `ticket`, offering
+/// to carry visitors in frames on it when `reusable`.
+async fn open_data(
+    relay: SocketAddr,
+    tls: Option<&ClientTls>,
+    ticket: &str,
+    reusable: bool,
+) -> Result<Conn> {
     let mut data = transport::dial(relay, tls)
         .await
         .map_err(|e| TunnelError::io("open a data connection", e))?;
@@ -865,6 +890,7 @@ async fn open_data(relay: SocketAddr, tls: Option<&ClientTls>, ticket: &str) -> 
         &mut data,
         &Opening::Data {
             ticket: ticket.to_owned(),
+            reusable,
         },
     )
     .await?;

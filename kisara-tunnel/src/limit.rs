@@ -134,6 +134,25 @@ pub(crate) async fn splice_tcp(
     splice(a, b, None).await
 }
 
+/// Whether this build carries TCP visitors over reused data connections
+/// (framed, see [`splice_framed`]); elsewhere each visitor takes a fresh one.
+pub(crate) const FRAMING: bool = cfg!(target_os = "linux");
+
+/// Carries one visitor `local` ⇄ `data` in frames, so that `data` may carry
+/// the next visitor once this returns Ok. Only where [`FRAMING`] holds.
+pub(crate) async fn splice_framed(
+    local: &tokio::net::TcpStream,
+    data: &tokio::net::TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    return crate::zero_copy::framed(local, data).await;
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!("framed data connections need Linux; {local:?} ⇄ {data:?} cannot be carried"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{self, Failures, Role, hex};
 use crate::error::{Result, TunnelError};
-use crate::limit::{TokenBucket, splice, splice_tcp};
+use crate::limit::{FRAMING, TokenBucket, splice, splice_framed, splice_tcp};
 use crate::transport::{Conn, RelayTls};
 use crate::udp;
 use crate::wire::{
@@ -169,7 +169,15 @@ struct SlotState {
     link_cancel: Option<CancellationToken>,
     exposures: HashMap<ExposureId, Held>,
     /// Idle data connections of the current link, for the next visitors.
-    standby: Vec<Conn>,
+    standby: Vec<Standby>,
+}
+
+/// An idle data connection.
+#[derive(Debug)]
+struct Standby {
+    conn: Conn,
+    /// The client carries visitors in frames on it, so it comes back.
+    reusable: bool,
 }
 
 /// What a ticket stands for until its data connection arrives.
@@ -197,9 +205,24 @@ impl ClientSlot {
         lock(&self.state).link.clone()
     }
 
-    /// Takes an idle data connection, if the client has one open.
-    fn take_standby(&self) -> Option<Conn> {
-        lock(&self.state).standby.pop()
+    /// Takes an idle data connection, if the client has one open, with
+    /// the link generation it belongs to and how many stay idle.
+    fn take_standby(&self) -> Option<(Standby, u64, usize)> {
+        let mut state = lock(&self.state);
+        let standby = state.standby.pop()?;
+        Some((standby, state.generation, state.standby.len()))
+    }
+
+    /// Puts a data connection that carried a framed visitor back among the
+    /// idle ones, unless its link is gone or `most` are idle already.
+    fn return_standby(&self, conn: Conn, generation: u64, most: usize) {
+        let mut state = lock(&self.state);
+        if state.generation == generation && state.link.is_some() && state.standby.len() < most {
+            state.standby.push(Standby {
+                conn,
+                reusable: true,
+            });
+        }
     }
 }
 
@@ -486,7 +509,7 @@ async fn connection(shared: Arc<Shared>, mut stream: Conn, peer: SocketAddr) -> 
         }
     };
     match opening {
-        Opening::Data { ticket } => {
+        Opening::Data { ticket, reusable } => {
             let waiting = lock(&shared.tickets).remove(&ticket);
             match waiting {
                 Some(Waiting::Visitor(visitor)) => {
@@ -496,7 +519,10 @@ async fn connection(shared: Arc<Shared>, mut stream: Conn, peer: SocketAddr) -> 
                     let mut state = lock(&slot.state);
                     // Kept only while the link that asked for it is up.
                     if state.generation == generation && state.link.is_some() {
-                        state.standby.push(stream);
+                        state.standby.push(Standby {
+                            conn: stream,
+                            reusable,
+                        });
                     }
                 }
                 None => {
@@ -791,8 +817,9 @@ async fn expose(
 
 /// How a visitor gets its data connection.
 enum Route {
-    /// A standby connection, told which exposure the visitor came to.
-    Standby(Conn, ExposureId),
+    /// A standby connection, told which exposure the visitor came to and
+    /// whether the visitor's bytes go in frames.
+    Standby(Conn, ExposureId, bool),
     /// A connection the client dials with the ticket, answering `Connect`.
     Ticket(String, oneshot::Receiver<Conn>),
 }
@@ -801,8 +828,8 @@ impl Route {
     /// The data connection, ready for the visitor's bytes.
     async fn open(self, shared: &Shared) -> Option<Conn> {
         match self {
-            Self::Standby(mut data, id) => {
-                match wire::write_frame(&mut data, &Dispatch { id }).await {
+            Self::Standby(mut data, id, framed) => {
+                match wire::write_frame(&mut data, &Dispatch { id, framed }).await {
                     Ok(()) => Some(data),
                     Err(error) => {
                         debug!(%error, "the standby connection is gone");
@@ -867,10 +894,23 @@ async fn serve_tcp(
             debug!(%peer, "client not connected; visitor refused");
             continue;
         };
+        // A framed visitor's data connection comes back for the next one.
+        let mut reuse = None;
         let route = match slot.take_standby() {
-            Some(standby) => {
-                shared.request_standby(&slot);
-                Route::Standby(standby, id.clone())
+            Some((standby, generation, idle)) => {
+                // Idle ones beyond the configured number are those that
+                // came back: no need to ask for more.
+                if idle < shared.options.standby {
+                    shared.request_standby(&slot);
+                }
+                let framed = standby.reusable
+                    && FRAMING
+                    && buckets.is_none()
+                    && matches!(standby.conn, Conn::Plain(_));
+                if framed {
+                    reuse = Some(generation);
+                }
+                Route::Standby(standby.conn, id.clone(), framed)
             }
             None => {
                 let ticket = hex::encode(&auth::random::<16>());
@@ -891,6 +931,7 @@ async fn serve_tcp(
         };
         let buckets = buckets.clone();
         let tickets = shared.clone();
+        let slot = slot.clone();
         shared.spawn(
             async move {
                 let _permit = permit;
@@ -898,9 +939,17 @@ async fn serve_tcp(
                     return;
                 };
                 let _ = visitor.set_nodelay(true);
-                let carried = match (&mut data, buckets.as_deref()) {
-                    (Conn::Plain(data), None) => splice_tcp(&mut visitor, data).await,
-                    (data, buckets) => splice(&mut visitor, data, buckets).await,
+                let carried = match (&mut data, buckets.as_deref(), reuse) {
+                    (Conn::Plain(plain), None, Some(generation)) => {
+                        let carried = splice_framed(&visitor, plain).await;
+
+                        if carried.is_ok() {
+                            slot.return_standby(data, generation, 2 * tickets.options.standby);
+                        }
+                        carried
+                    }
+                    (Conn::Plain(data), None, _) => splice_tcp(&mut visitor, data).await,
+                    (data, buckets, _) => splice(&mut visitor, data, buckets).await,
                 };
                 match carried {
                     Ok((up, down)) => debug!(up, down, "visitor left"),

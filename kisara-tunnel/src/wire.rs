@@ -3,9 +3,10 @@
 //! Every connection to the relay starts with one frame from the client:
 //! [`Opening::Control`] for a control link or [`Opening::Data`] for a data
 //! connection answering a [`RelayMessage::Connect`] or a
-//! [`RelayMessage::Standby`]. After a data opening the connection carries raw
+//! [`RelayMessage::Standby`]. After a data opening the connection carries
 //! visitor bytes; a standby connection first waits for the relay's
-//! [`Dispatch`] naming the exposure its visitor came to.
+//! [`Dispatch`] naming the exposure its visitor came to, and returns to
+//! standby after a framed visitor.
 
 use std::net::SocketAddr;
 
@@ -17,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::{Result, TunnelError};
 
 /// The protocol version both sides must speak.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -38,6 +39,9 @@ pub(crate) enum Opening {
         /// The one-time ticket from [`RelayMessage::Connect`] or
         /// [`RelayMessage::Standby`].
         ticket: String,
+        /// The client can carry visitors in frames on this connection
+        /// ([`Dispatch::framed`]), so it may be reused.
+        reusable: bool,
     },
 }
 
@@ -96,12 +100,16 @@ pub(crate) struct Registration {
     pub(crate) labels: Labels,
 }
 
-/// The relay's one frame on a standby data connection: a visitor of
-/// exposure `id` is on the other end; raw bytes follow.
+/// The relay's frame on a standby data connection: a visitor of exposure
+/// `id` is on the other end. Raw bytes follow, or with `framed`, frames
+/// (a big-endian `u32` length and that many bytes) ending in a marker each
+/// way (`0`: end of stream, `u32::MAX`: reset), after which the connection
+/// is a standby one again and waits for the next `Dispatch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Dispatch {
     pub(crate) id: ExposureId,
+    pub(crate) framed: bool,
 }
 
 /// Client to relay, after authentication.
@@ -225,13 +233,19 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_leave_the_rest() {
         let mut buffer = Vec::new();
-        write_frame(&mut buffer, &Opening::Data { ticket: "t".into() })
-            .await
-            .unwrap();
+        write_frame(
+            &mut buffer,
+            &Opening::Data {
+                ticket: "t".into(),
+                reusable: true,
+            },
+        )
+        .await
+        .unwrap();
         buffer.extend_from_slice(b"raw");
         let mut reader = &buffer[..];
         let opening: Opening = read_frame(&mut reader).await.unwrap();
-        assert!(matches!(opening, Opening::Data { ticket } if ticket == "t"));
+        assert!(matches!(opening, Opening::Data { ticket, reusable: true } if ticket == "t"));
         assert_eq!(reader, b"raw");
     }
 

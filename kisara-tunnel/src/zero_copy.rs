@@ -10,7 +10,9 @@
 use std::io;
 use std::os::fd::OwnedFd;
 
-use rustix::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::net::{SendFlags, Shutdown};
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -79,18 +81,78 @@ async fn drain(pipe: &Pipe, to: &TcpStream, filled: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `bytes` to `to`.
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes` to `to`; with `more`, tells the kernel that more
+/// follows at once (`MSG_MORE`), so a frame header leaves in one segment
+/// with the payload spliced after it.
+async fn write_all(to: &TcpStream, mut bytes: &[u8], more: bool) -> io::Result<()> {
+    let flags = if more {
+        SendFlags::NOSIGNAL | SendFlags::MORE
+    } else {
+        SendFlags::NOSIGNAL
+    };
     while !bytes.is_empty() {
-        let written = when_ready(to, Interest::WRITABLE, || to.try_write(bytes)).await?;
+        let written = when_ready(to, Interest::WRITABLE, || {
+            Ok(rustix::net::send(to, bytes, flags)?)
+        })
+        .await?;
         bytes = &bytes[written..];
     }
     Ok(())
 }
 
-/// Moves bytes `from` → `to` until end of stream, then half-closes `to`.
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    let mut buffer = vec![0u8; COPY_SIZE];
+/// Reads exactly `buffer.len()` bytes from `from`.
+async fn read_exact(from: &TcpStream, buffer: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let read = when_ready(from, Interest::READABLE, || {
+            from.try_read(&mut buffer[filled..])
+        })
+        .await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += read;
+    }
+    Ok(())
+}
+
+/// How a direction hands its bytes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Raw bytes; the end of the stream is passed on as a half-close.
+    Raw,
+    /// Frames of a [`HEADER`] and a payload, then an end marker, so that
+    /// the connection outlives the stream.
+    Framed,
+}
+
+/// Which side of a direction failed.
+enum Broke {
+    /// Reading the source (the visitor or the target went away), after
+    /// this many bytes.
+    Source(io::Error, u64),
+    /// Writing the sink.
+    Sink(io::Error),
+}
+
+impl From<Broke> for io::Error {
+    fn from(broke: Broke) -> Self {
+        match broke {
+            Broke::Source(error, _) | Broke::Sink(error) => error,
+        }
+    }
+}
+
+/// Moves bytes `from` → `to` until end of stream, raw or framed; a raw
+/// direction then half-closes `to`, a framed one leaves ending it to the
+/// caller.
+async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing) -> Result<u64, Broke> {
+    let header = match framing {
+        Framing::Raw => 0,
+        Framing::Framed => HEADER,
+    };
+    // The header goes in front of the copied bytes: one write per frame.
+    let mut buffer = vec![0u8; header + COPY_SIZE];
     // Made at the first bulk read and kept: an empty pipe holds no pages.
     let mut pipe: Option<Pipe> = None;
     let mut bulk = false;
@@ -108,15 +170,30 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
                         flags(),
                     )?)
                 })
-                .await?;
-                drain(pipe, to, filled).await?;
+                .await
+                .map_err(|error| Broke::Source(error, total))?;
+                if filled > 0 {
+                    let length = (filled as u32).to_be_bytes();
+                    write_all(to, &length[..header], true)
+                        .await
+                        .map_err(Broke::Sink)?;
+                    drain(pipe, to, filled).await.map_err(Broke::Sink)?;
+                }
                 bulk = filled >= COPY_SIZE;
                 filled
             }
             _ => {
-                let read =
-                    when_ready(from, Interest::READABLE, || from.try_read(&mut buffer)).await?;
-                write_all(to, &buffer[..read]).await?;
+                let read = when_ready(from, Interest::READABLE, || {
+                    from.try_read(&mut buffer[header..])
+                })
+                .await
+                .map_err(|error| Broke::Source(error, total))?;
+                if read > 0 {
+                    buffer[..header].copy_from_slice(&(read as u32).to_be_bytes()[..header]);
+                    write_all(to, &buffer[..header + read], false)
+                        .await
+                        .map_err(Broke::Sink)?;
+                }
                 if read == COPY_SIZE {
                     // Without a pipe (none could be made) the copy path
                     // carries everything.
@@ -127,8 +204,10 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             }
         };
         if moved == 0 {
-            // The peer finished sending: pass the half-close on.
-            let _ = rustix::net::shutdown(to, Shutdown::Write);
+            if framing == Framing::Raw {
+                // The peer finished sending: pass the half-close on.
+                let _ = rustix::net::shutdown(to, Shutdown::Write);
+            }
             return Ok(total);
         }
         total += moved as u64;
@@ -138,11 +217,145 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
 /// Carries `a` ⇄ `b` until both directions end: copied while the traffic
 /// is small, spliced once it is bulk.
 pub(crate) async fn bidirectional(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+    Ok(tokio::try_join!(
+        one_way(a, b, Framing::Raw),
+        one_way(b, a, Framing::Raw)
+    )?)
+}
+
+/// A frame's header on a reused data connection: a big-endian `u32`, the
+/// length of the payload that follows, or one of the two end markers.
+const HEADER: usize = 4;
+/// End marker: the sender's socket reached end of stream; the receiver
+/// half-closes its own.
+const END: u32 = 0;
+/// End marker: the sender's socket failed (a reset) or the sender dropped
+/// what it received; the receiver resets its own.
+const RESET: u32 = u32::MAX;
+/// The longest payload a frame may announce: a sender puts at most one
+/// splice call's worth in a frame.
+const MAX_PAYLOAD: usize = PIPE_SIZE;
+
+/// Sends `local`'s bytes over `data` as frames, then the end marker:
+/// [`RESET`] when `local` failed or the other direction gave up on it
+/// (`aborted`), else [`END`]. Errs only when `data` fails.
+async fn frame(local: &TcpStream, data: &TcpStream, aborted: &AtomicBool) -> io::Result<u64> {
+    let (total, marker) = match one_way(local, data, Framing::Framed).await {
+        Ok(total) if !aborted.load(Ordering::Relaxed) => (total, END),
+        Ok(total) => (total, RESET),
+        Err(Broke::Source(_, total)) => {
+            abort(local, aborted);
+            (total, RESET)
+        }
+        Err(Broke::Sink(error)) => return Err(error),
+    };
+    write_all(data, &marker.to_be_bytes(), false).await?;
+    Ok(total)
+}
+
+/// Resets `local` once both directions are done with it, and wakes this
+/// connection's sending direction, which then ends with [`RESET`].
+fn abort(local: &TcpStream, aborted: &AtomicBool) {
+    aborted.store(true, Ordering::Relaxed);
+    let _ = local.set_zero_linger();
+    let _ = rustix::net::shutdown(local, Shutdown::Read);
+}
+
+/// Writes framed payloads from `data` to `local` until the other side's
+/// end marker. Errs when `data` fails or carries something that is not a
+/// frame, and when `local` fails while bytes are in flight (the other side
+/// would keep sending for a socket that is gone: `data` must be closed).
+async fn unframe(data: &TcpStream, local: &TcpStream, aborted: &AtomicBool) -> io::Result<u64> {
+    let mut buffer = vec![0u8; COPY_SIZE];
+    let mut pipe: Option<Pipe> = None;
+    let mut total = 0u64;
+    loop {
+        let mut header = [0u8; HEADER];
+        read_exact(data, &mut header).await?;
+        let length = match u32::from_be_bytes(header) {
+            END => {
+                if !aborted.load(Ordering::Relaxed) {
+                    let _ = rustix::net::shutdown(local, Shutdown::Write);
+                }
+                return Ok(total);
+            }
+            RESET => {
+                abort(local, aborted);
+                return Ok(total);
+            }
+            length if length as usize > MAX_PAYLOAD => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a data frame announced {length} bytes; frames carry at most {MAX_PAYLOAD}"
+                    ),
+                ));
+            }
+            length => length as usize,
+        };
+        if length >= COPY_SIZE && pipe.is_none() {
+            pipe = Pipe::new().ok();
+        }
+        let mut left = length;
+        while left > 0 {
+            // After a reset the rest of the stream is read and dropped.
+            let delivering = !aborted.load(Ordering::Relaxed);
+            let moved = match (&pipe, delivering && length >= COPY_SIZE) {
+                (Some(pipe), true) => {
+                    let filled = when_ready(data, Interest::READABLE, || {
+                        Ok(rustix::pipe::splice(
+                            data,
+                            None,
+                            &pipe.write,
+                            None,
+                            left,
+                            flags(),
+                        )?)
+                    })
+                    .await?;
+                    if filled == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    drain(pipe, local, filled).await?;
+                    filled
+                }
+                _ => {
+                    let want = left.min(COPY_SIZE);
+                    let read = when_ready(data, Interest::READABLE, || {
+                        data.try_read(&mut buffer[..want])
+                    })
+                    .await?;
+                    if read == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    if delivering {
+                        write_all(local, &buffer[..read], false).await?;
+                    }
+                    read
+                }
+            };
+            left -= moved;
+            total += moved as u64;
+        }
+    }
+}
+
+/// Carries `local` ⇄ `data` as one stream of frames in each direction.
+/// Ok once both directions have ended with a marker: `data` is then clean
+/// and may carry the next stream. A reset of `local` between transfers
+/// (a visitor that leaves with `SO_LINGER` 0) reaches the other side's
+/// socket as a reset and keeps `data` clean. Errs when `data` fails or
+/// carries garbage, or `local` fails mid-transfer; `data` must then be
+/// closed.
+pub(crate) async fn framed(local: &TcpStream, data: &TcpStream) -> io::Result<(u64, u64)> {
+    let aborted = AtomicBool::new(false);
+    tokio::try_join!(frame(local, data, &aborted), unframe(data, local, &aborted))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -154,6 +367,120 @@ mod tests {
         let dialed = TcpStream::connect(listener.local_addr().unwrap());
         let (dialed, accepted) = tokio::join!(dialed, listener.accept());
         (dialed.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Runs one framed stream between `relay_data` and `client_data`: a
+    /// visitor pair on the relay's side, a target pair on the client's.
+    /// Returns the visitor's and the target's ends and the two carriers.
+    async fn framed_stream(
+        relay_data: &Arc<TcpStream>,
+        client_data: &Arc<TcpStream>,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+    ) {
+        let (visitor, relay_side) = pair().await;
+        let (client_side, target) = pair().await;
+        let relay = {
+            let data = relay_data.clone();
+            tokio::spawn(async move { framed(&relay_side, &data).await })
+        };
+        let client = {
+            let data = client_data.clone();
+            tokio::spawn(async move { framed(&client_side, &data).await })
+        };
+        (visitor, target, relay, client)
+    }
+
+    /// Two streams in a row on one data connection, each with small
+    /// writes, a 4 MiB bulk burst (spliced) and half-closes both ways:
+    /// every byte arrives in order, each end of stream arrives as a
+    /// half-close, and the connection is clean for the next stream.
+    #[tokio::test]
+    async fn framed_streams_follow_each_other_on_one_connection() {
+        let (relay_data, client_data) = pair().await;
+        let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
+        let bulk: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+        for round in 0..2u8 {
+            let (mut visitor, mut target, relay, client) =
+                framed_stream(&relay_data, &client_data).await;
+            let mut sent = vec![round; 10];
+            sent.extend_from_slice(&bulk);
+            visitor.write_all(&sent[..10]).await.unwrap();
+            visitor.write_all(&sent[10..]).await.unwrap();
+            visitor.shutdown().await.unwrap();
+            let mut received = Vec::new();
+            target.read_to_end(&mut received).await.unwrap();
+            assert!(received == sent, "round {round}: bytes changed on the way");
+
+            let reply: Vec<u8> = bulk.iter().rev().copied().collect();
+            target.write_all(&reply).await.unwrap();
+            target.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            visitor.read_to_end(&mut back).await.unwrap();
+            assert!(back == reply, "round {round}: the reply changed on the way");
+
+            let up_down = (sent.len() as u64, reply.len() as u64);
+            assert_eq!(relay.await.unwrap().unwrap(), up_down);
+            assert_eq!(client.await.unwrap().unwrap(), (up_down.1, up_down.0));
+        }
+    }
+
+    /// A visitor that leaves with a reset (`SO_LINGER` 0) resets the
+    /// target's connection too, and the data connection carries the next
+    /// stream.
+    #[tokio::test]
+    async fn a_reset_crosses_and_the_connection_stays_clean() {
+        let (relay_data, client_data) = pair().await;
+        let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
+
+        let (mut visitor, mut target, relay, client) =
+            framed_stream(&relay_data, &client_data).await;
+        visitor.write_all(b"ping").await.unwrap();
+        let mut ping = [0u8; 4];
+        target.read_exact(&mut ping).await.unwrap();
+        visitor.set_zero_linger().unwrap();
+        drop(visitor);
+        let mut rest = Vec::new();
+        let ended = target.read_to_end(&mut rest).await;
+        assert!(
+            matches!(&ended, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "the target saw {ended:?}, not a reset"
+        );
+        relay.await.unwrap().unwrap();
+        client.await.unwrap().unwrap();
+
+        let (mut visitor, mut target, relay, client) =
+            framed_stream(&relay_data, &client_data).await;
+        visitor.write_all(b"again").await.unwrap();
+        visitor.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        target.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"again");
+        drop(target);
+        relay.await.unwrap().unwrap();
+        client.await.unwrap().unwrap();
+    }
+
+    /// A header announcing more than a frame may carry fails the stream
+    /// with a message naming the length.
+    #[tokio::test]
+    async fn an_oversized_frame_fails_the_stream() {
+        let (relay_data, mut client_data) = pair().await;
+        let (mut visitor, relay_side) = pair().await;
+        let relay = tokio::spawn(async move { framed(&relay_side, &relay_data).await });
+        client_data
+            .write_all(&(u32::MAX - 1).to_be_bytes())
+            .await
+            .unwrap();
+        let error = relay.await.unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains(&(u32::MAX - 1).to_string()),
+            "{error}"
+        );
+        visitor.shutdown().await.unwrap();
     }
 
     /// Small writes, a bulk burst, small writes again and a half-close in
