@@ -94,12 +94,8 @@ async fn udp_round_trip(exposure: &Exposure, payload: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn megabytes_cross_unchanged_for_many_concurrent_visitors() {
-    let relay = common::relay().await;
-    let client = common::client("node-bytes", &relay).await;
-    let exposure = client
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
+    let (_relay, _client, exposure) =
+        common::exposed("node-bytes", tcp_echo().await, Protocol::Tcp).await;
 
     let big = random_bytes(16 * 1024 * 1024 + 3);
     let expected: [u8; 32] = Sha256::digest(&big).into();
@@ -122,12 +118,8 @@ async fn megabytes_cross_unchanged_for_many_concurrent_visitors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_peers_get_their_own_datagrams() {
-    let relay = common::relay().await;
-    let client = common::client("node-udp", &relay).await;
-    let exposure = client
-        .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
-        .await
-        .unwrap();
+    let (_relay, _client, exposure) =
+        common::exposed("node-udp", udp_echo().await, Protocol::Udp).await;
     let peers: Vec<_> = (0..16)
         .map(|_| {
             let exposure = exposure.clone();
@@ -146,12 +138,8 @@ async fn udp_peers_get_their_own_datagrams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_datagrams_cross_whole_and_in_order() {
-    let relay = common::relay().await;
-    let client = common::client("node-udp-burst", &relay).await;
-    let exposure = client
-        .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
-        .await
-        .unwrap();
+    let (_relay, _client, exposure) =
+        common::exposed("node-udp-burst", udp_echo().await, Protocol::Udp).await;
     let visitor = roomy_udp_socket().await;
     visitor
         .connect((exposure.public.host.as_str(), exposure.public.port))
@@ -229,13 +217,9 @@ async fn a_restarted_client_takes_its_exposures_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exposures_come_back_after_a_relay_restart() {
-    let relay = common::relay().await;
+    let (relay, client, kept) =
+        common::exposed("node-relay-restart", tcp_echo().await, Protocol::Tcp).await;
     let listen = relay.local_addr();
-    let client = common::client("node-relay-restart", &relay).await;
-    let kept = client
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
     let udp = client
         .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
         .await
@@ -265,12 +249,8 @@ async fn exposures_come_back_after_a_relay_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_tokens_are_refused_slowed_down_and_harmless() {
-    let relay = common::relay().await;
-    let good = common::client("node-good", &relay).await;
-    let exposure = good
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
+    let (relay, _good, exposure) =
+        common::exposed("node-good", tcp_echo().await, Protocol::Tcp).await;
 
     let mut handshakes = Vec::new();
     for _ in 0..4 {
@@ -297,12 +277,8 @@ async fn wrong_tokens_are_refused_slowed_down_and_harmless() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_frames_are_rejected_and_the_relay_stays_up() {
-    let relay = common::relay().await;
-    let client = common::client("node-garbage", &relay).await;
-    let exposure = client
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
+    let (relay, client, exposure) =
+        common::exposed("node-garbage", tcp_echo().await, Protocol::Tcp).await;
     let oversized = {
         let mut frame = u32::MAX.to_be_bytes().to_vec();
         frame.extend_from_slice(&[b'{'; 1024]);
@@ -422,12 +398,8 @@ async fn exposures_spread_over_several_relays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_do_not_block_each_other() {
-    let relay = common::relay().await;
-    let client = common::client("node-hol", &relay).await;
-    let exposure = client
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
+    let (_relay, _client, exposure) =
+        common::exposed("node-hol", tcp_echo().await, Protocol::Tcp).await;
     // A visitor that sends a lot and never reads stalls only itself.
     let mut stalled = visit(&exposure).await;
     let flood = tokio::spawn(async move {
@@ -565,12 +537,8 @@ fn sockets_on_port(port: u16) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_visitors_reuse_data_connections() {
     const VISITORS: usize = 100;
-    let relay = common::relay().await;
-    let client = common::client("node-reuse", &relay).await;
-    let exposure = client
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
+    let (relay, _client, exposure) =
+        common::exposed("node-reuse", tcp_echo().await, Protocol::Tcp).await;
     for i in 0..VISITORS {
         let mut visitor = visit(&exposure).await;
         let message = format!("visitor {i}");

@@ -48,6 +48,22 @@ pub async fn relay_rebound(listen: std::net::SocketAddr) -> Relay {
     }
 }
 
+/// A relay, a client named `id` linked to it, and an exposure of `target`
+/// over `protocol` through them.
+pub async fn exposed(
+    id: &str,
+    target: std::net::SocketAddr,
+    protocol: Protocol,
+) -> (Relay, TunnelClient, Exposure) {
+    let relay = relay().await;
+    let client = client(id, &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(target, protocol))
+        .await
+        .unwrap();
+    (relay, client, exposure)
+}
+
 /// A client named `id` linked to `relay`.
 pub async fn client(id: &str, relay: &Relay) -> TunnelClient {
     TunnelClient::builder(id)
