@@ -62,6 +62,22 @@ async fn when_ready<T>(
     }
 }
 
+/// Moves up to `most` bytes waiting on `from` into `pipe`; 0 at end of
+/// stream.
+async fn fill(pipe: &Pipe, from: &TcpStream, most: usize) -> io::Result<usize> {
+    when_ready(from, Interest::READABLE, || {
+        Ok(rustix::pipe::splice(
+            from,
+            None,
+            &pipe.write,
+            None,
+            most,
+            flags(),
+        )?)
+    })
+    .await
+}
+
 /// Moves the `filled` bytes waiting in `pipe` to `to`.
 async fn drain(pipe: &Pipe, to: &TcpStream, filled: usize) -> io::Result<()> {
     let mut pending = filled;
@@ -160,18 +176,9 @@ async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing) -> Result<u
     loop {
         let moved = match (&pipe, bulk) {
             (Some(pipe), true) => {
-                let filled = when_ready(from, Interest::READABLE, || {
-                    Ok(rustix::pipe::splice(
-                        from,
-                        None,
-                        &pipe.write,
-                        None,
-                        PIPE_SIZE,
-                        flags(),
-                    )?)
-                })
-                .await
-                .map_err(|error| Broke::Source(error, total))?;
+                let filled = fill(pipe, from, PIPE_SIZE)
+                    .await
+                    .map_err(|error| Broke::Source(error, total))?;
                 if filled > 0 {
                     let length = (filled as u32).to_be_bytes();
                     write_all(to, &length[..header], true)
@@ -302,17 +309,7 @@ async fn unframe(data: &TcpStream, local: &TcpStream, aborted: &AtomicBool) -> i
             let delivering = !aborted.load(Ordering::Relaxed);
             let moved = match (&pipe, delivering && length >= COPY_SIZE) {
                 (Some(pipe), true) => {
-                    let filled = when_ready(data, Interest::READABLE, || {
-                        Ok(rustix::pipe::splice(
-                            data,
-                            None,
-                            &pipe.write,
-                            None,
-                            left,
-                            flags(),
-                        )?)
-                    })
-                    .await?;
+                    let filled = fill(pipe, data, left).await?;
                     if filled == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
