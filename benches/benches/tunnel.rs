@@ -141,6 +141,10 @@ fn iperf3(port: u16, seconds: u64, extra: &[&str]) -> Option<(f64, f64)> {
     args.extend_from_slice(extra);
     let output = Command::new("timeout").args(&args).output().ok()?;
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    if let Some(error) = report["error"].as_str() {
+        eprintln!("iperf3 to port {port}: {error}");
+        return None;
+    }
     let end = &report["end"];
     // For UDP, `sum` holds the loss the receiver reported.
     let lost = end["sum"]["lost_percent"].as_f64().unwrap_or(0.0);
