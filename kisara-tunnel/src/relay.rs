@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::auth::{self, Failures, Role, hex};
 use crate::error::{Result, TunnelError};
 use crate::limit::{FRAMING, TokenBucket, splice, splice_framed, splice_tcp};
-use crate::transport::{Conn, RelayTls};
+use crate::transport::{self, Conn, RelayTls};
 use crate::udp;
 use crate::wire::{
     self, Auth, Challenge, ClientMessage, Dispatch, Opening, Registration, RelayMessage, VERSION,
@@ -205,12 +205,20 @@ impl ClientSlot {
         lock(&self.state).link.clone()
     }
 
-    /// Takes an idle data connection, if the client has one open, with
-    /// the link generation it belongs to and how many stay idle.
-    fn take_standby(&self) -> Option<(Standby, u64, usize)> {
+    /// Takes an idle data connection that is still open, if the client
+    /// has one, with the link generation it belongs to and how many stay
+    /// idle; and how many it found closed and dropped on the way.
+    fn take_standby(&self) -> (Option<(Standby, u64, usize)>, usize) {
         let mut state = lock(&self.state);
-        let standby = state.standby.pop()?;
-        Some((standby, state.generation, state.standby.len()))
+        let mut closed = 0;
+        while let Some(standby) = state.standby.pop() {
+            if standby.conn.idle_and_open() {
+                let idle = state.standby.len();
+                return (Some((standby, state.generation, idle)), closed);
+            }
+            closed += 1;
+        }
+        (None, closed)
     }
 
     /// Puts a data connection that carried a framed visitor back among the
@@ -463,7 +471,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        transport::tune(&stream);
         let task = shared.clone();
         shared.spawn(
             async move {
@@ -896,7 +904,14 @@ async fn serve_tcp(
         };
         // A framed visitor's data connection comes back for the next one.
         let mut reuse = None;
-        let route = match slot.take_standby() {
+        let (taken, closed) = slot.take_standby();
+        if closed > 0 {
+            debug!(closed, "dropped standby connections the client had closed");
+        }
+        for _ in 0..closed {
+            shared.request_standby(&slot);
+        }
+        let route = match taken {
             Some((standby, generation, idle)) => {
                 // Idle ones beyond the configured number are those that
                 // came back: no need to ask for more.
@@ -958,5 +973,44 @@ async fn serve_tcp(
             }
             .instrument(info_span!("visitor", %peer)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected loopback pair.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = TcpStream::connect(listener.local_addr().unwrap());
+        let (dialed, accepted) = tokio::join!(dialed, listener.accept());
+        (accepted.unwrap().0, dialed.unwrap())
+    }
+
+    /// A standby connection the client has closed is dropped and counted,
+    /// and the visitor gets the next open one.
+    #[tokio::test]
+    async fn closed_standby_connections_are_skipped() {
+        let slot = ClientSlot::default();
+        let (open, _client_end) = pair().await;
+        let (closed, client_end) = pair().await;
+        drop(client_end);
+        closed.readable().await.unwrap();
+        lock(&slot.state).standby = [open, closed]
+            .into_iter()
+            .map(|stream| Standby {
+                conn: Conn::Plain(stream),
+                reusable: true,
+            })
+            .collect();
+
+        let (taken, dropped) = slot.take_standby();
+        assert_eq!(dropped, 1, "the closed connection was not dropped");
+        let (_, _, idle) = taken.expect("the open connection");
+        assert_eq!(idle, 0);
+        assert!(matches!(slot.take_standby(), (None, 0)));
     }
 }
