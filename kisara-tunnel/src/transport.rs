@@ -191,3 +191,29 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use rustix::net::sockopt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A dialed connection has `TCP_NODELAY` and keepalive probing after
+    /// 30 s of silence.
+    #[tokio::test]
+    async fn dialed_connections_probe_when_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let conn = dial(listener.local_addr().unwrap(), None).await.unwrap();
+        let Conn::Plain(stream) = &conn else {
+            panic!("a plain dial gave TLS")
+        };
+        assert!(stream.nodelay().unwrap());
+        assert!(sockopt::socket_keepalive(stream).unwrap());
+        assert_eq!(
+            sockopt::tcp_keepidle(stream).unwrap(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(sockopt::tcp_keepcnt(stream).unwrap(), 3);
+    }
+}
