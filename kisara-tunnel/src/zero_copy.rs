@@ -133,13 +133,15 @@ async fn read_exact(from: &TcpStream, buffer: &mut [u8]) -> io::Result<()> {
 }
 
 /// How a direction hands its bytes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+#[derive(Debug, Clone, Copy)]
+enum Framing<'a> {
     /// Raw bytes; the end of the stream is passed on as a half-close.
     Raw,
     /// Frames of a [`HEADER`] and a payload, then an end marker, so that
-    /// the connection outlives the stream.
-    Framed,
+    /// the connection outlives the stream. The direction stops once the
+    /// flag is set (the other direction reset the source's socket), even
+    /// while the source still has bytes to read.
+    Framed(&'a AtomicBool),
 }
 
 /// Which side of a direction failed.
@@ -162,10 +164,10 @@ impl From<Broke> for io::Error {
 /// Moves bytes `from` → `to` until end of stream, raw or framed; a raw
 /// direction then half-closes `to`, a framed one leaves ending it to the
 /// caller.
-async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing) -> Result<u64, Broke> {
-    let header = match framing {
-        Framing::Raw => 0,
-        Framing::Framed => HEADER,
+async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing<'_>) -> Result<u64, Broke> {
+    let (header, aborted) = match framing {
+        Framing::Raw => (0, None),
+        Framing::Framed(aborted) => (HEADER, Some(aborted)),
     };
     // The header goes in front of the copied bytes: one write per frame.
     let mut buffer = vec![0u8; header + COPY_SIZE];
@@ -210,14 +212,14 @@ async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing) -> Result<u
                 read
             }
         };
-        if moved == 0 {
-            if framing == Framing::Raw {
+        total += moved as u64;
+        if moved == 0 || aborted.is_some_and(|aborted| aborted.load(Ordering::Relaxed)) {
+            if matches!(framing, Framing::Raw) {
                 // The peer finished sending: pass the half-close on.
                 let _ = rustix::net::shutdown(to, Shutdown::Write);
             }
             return Ok(total);
         }
-        total += moved as u64;
     }
 }
 
@@ -247,7 +249,7 @@ const MAX_PAYLOAD: usize = PIPE_SIZE;
 /// [`RESET`] when `local` failed or the other direction gave up on it
 /// (`aborted`), else [`END`]. Errs only when `data` fails.
 async fn frame(local: &TcpStream, data: &TcpStream, aborted: &AtomicBool) -> io::Result<u64> {
-    let (total, marker) = match one_way(local, data, Framing::Framed).await {
+    let (total, marker) = match one_way(local, data, Framing::Framed(aborted)).await {
         Ok(total) if !aborted.load(Ordering::Relaxed) => (total, END),
         Ok(total) => (total, RESET),
         Err(Broke::Source(_, total)) => {
@@ -459,6 +461,52 @@ mod tests {
         drop(target);
         relay.await.unwrap().unwrap();
         client.await.unwrap().unwrap();
+    }
+
+    /// A visitor that resets while the target keeps sending ends the
+    /// stream on both sides and resets the target's connection: what the
+    /// target sends afterwards is not carried on for a visitor that is
+    /// gone. With no bytes lost in the visitor's direction the data
+    /// connection stays clean for the next stream.
+    #[tokio::test]
+    async fn a_reset_stops_a_target_that_keeps_sending() {
+        let (relay_data, client_data) = pair().await;
+        let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
+        let (mut visitor, mut target, relay, client) =
+            framed_stream(&relay_data, &client_data).await;
+        let trickle = tokio::spawn(async move {
+            loop {
+                if let Err(error) = target.write_all(&[7u8; 1024]).await {
+                    return error;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        let mut some = vec![0u8; 4 * 1024];
+        visitor.read_exact(&mut some).await.unwrap();
+        visitor.set_zero_linger().unwrap();
+        drop(visitor);
+
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            (relay.await.unwrap(), client.await.unwrap())
+        })
+        .await
+        .expect("the stream still runs for a visitor that is gone");
+        let error = trickle.await.unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+
+        if let (Ok(_), Ok(_)) = ended {
+            let (mut visitor, mut target, relay, client) =
+                framed_stream(&relay_data, &client_data).await;
+            target.write_all(b"next").await.unwrap();
+            drop(target);
+            let mut received = Vec::new();
+            visitor.read_to_end(&mut received).await.unwrap();
+            assert_eq!(received, b"next");
+            drop(visitor);
+            relay.await.unwrap().unwrap();
+            client.await.unwrap().unwrap();
+        }
     }
 
     /// A header announcing more than a frame may carry fails the stream
