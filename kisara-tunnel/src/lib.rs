@@ -6,6 +6,8 @@ mod datagram;
 mod error;
 mod limit;
 mod relay;
+#[cfg(test)]
+mod test_support;
 mod transport;
 mod udp;
 mod wire;

@@ -945,21 +945,21 @@ async fn serve_tcp(
             }
         };
         let buckets = buckets.clone();
-        let tickets = shared.clone();
+        let relay = shared.clone();
         let slot = slot.clone();
         shared.spawn(
             async move {
                 let _permit = permit;
-                let Some(mut data) = route.open(&tickets).await else {
+                let Some(mut data) = route.open(&relay).await else {
                     return;
                 };
                 let _ = visitor.set_nodelay(true);
                 let carried = match (&mut data, buckets.as_deref(), reuse) {
                     (Conn::Plain(plain), None, Some(generation)) => {
                         let carried = splice_framed(&visitor, plain).await;
-
                         if carried.is_ok() {
-                            slot.return_standby(data, generation, 2 * tickets.options.standby);
+                            let most = 2 * relay.options.standby;
+                            slot.return_standby(data, generation, most);
                         }
                         carried
                     }
@@ -978,25 +978,16 @@ async fn serve_tcp(
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::{TcpListener, TcpStream};
-
     use super::*;
-
-    /// A connected loopback pair.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dialed = TcpStream::connect(listener.local_addr().unwrap());
-        let (dialed, accepted) = tokio::join!(dialed, listener.accept());
-        (accepted.unwrap().0, dialed.unwrap())
-    }
+    use crate::test_support::tcp_pair;
 
     /// A standby connection the client has closed is dropped and counted,
     /// and the visitor gets the next open one.
     #[tokio::test]
     async fn closed_standby_connections_are_skipped() {
         let slot = ClientSlot::default();
-        let (open, _client_end) = pair().await;
-        let (closed, client_end) = pair().await;
+        let (_client_end, open) = tcp_pair().await;
+        let (client_end, closed) = tcp_pair().await;
         drop(client_end);
         closed.readable().await.unwrap();
         lock(&slot.state).standby = [open, closed]

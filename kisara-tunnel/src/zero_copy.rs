@@ -356,17 +356,9 @@ mod tests {
     use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     use super::*;
-
-    /// A connected loopback pair.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dialed = TcpStream::connect(listener.local_addr().unwrap());
-        let (dialed, accepted) = tokio::join!(dialed, listener.accept());
-        (dialed.unwrap(), accepted.unwrap().0)
-    }
+    use crate::test_support::tcp_pair;
 
     /// Runs one framed stream between `relay_data` and `client_data`: a
     /// visitor pair on the relay's side, a target pair on the client's.
@@ -380,8 +372,8 @@ mod tests {
         tokio::task::JoinHandle<io::Result<(u64, u64)>>,
         tokio::task::JoinHandle<io::Result<(u64, u64)>>,
     ) {
-        let (visitor, relay_side) = pair().await;
-        let (client_side, target) = pair().await;
+        let (visitor, relay_side) = tcp_pair().await;
+        let (client_side, target) = tcp_pair().await;
         let relay = {
             let data = relay_data.clone();
             tokio::spawn(async move { framed(&relay_side, &data).await })
@@ -393,13 +385,27 @@ mod tests {
         (visitor, target, relay, client)
     }
 
+    /// Asserts that the data connection is clean: a short stream after the
+    /// last one arrives whole, and both ends finish it.
+    async fn carries_another_stream(relay_data: &Arc<TcpStream>, client_data: &Arc<TcpStream>) {
+        let (mut visitor, mut target, relay, client) = framed_stream(relay_data, client_data).await;
+        visitor.write_all(b"again").await.unwrap();
+        visitor.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        target.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"again");
+        drop(target);
+        relay.await.unwrap().unwrap();
+        client.await.unwrap().unwrap();
+    }
+
     /// Two streams in a row on one data connection, each with small
     /// writes, a 4 MiB bulk burst (spliced) and half-closes both ways:
     /// every byte arrives in order, each end of stream arrives as a
     /// half-close, and the connection is clean for the next stream.
     #[tokio::test]
     async fn framed_streams_follow_each_other_on_one_connection() {
-        let (relay_data, client_data) = pair().await;
+        let (relay_data, client_data) = tcp_pair().await;
         let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
         let bulk: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
         for round in 0..2u8 {
@@ -432,7 +438,7 @@ mod tests {
     /// stream.
     #[tokio::test]
     async fn a_reset_crosses_and_the_connection_stays_clean() {
-        let (relay_data, client_data) = pair().await;
+        let (relay_data, client_data) = tcp_pair().await;
         let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
 
         let (mut visitor, mut target, relay, client) =
@@ -450,17 +456,7 @@ mod tests {
         );
         relay.await.unwrap().unwrap();
         client.await.unwrap().unwrap();
-
-        let (mut visitor, mut target, relay, client) =
-            framed_stream(&relay_data, &client_data).await;
-        visitor.write_all(b"again").await.unwrap();
-        visitor.shutdown().await.unwrap();
-        let mut received = Vec::new();
-        target.read_to_end(&mut received).await.unwrap();
-        assert_eq!(received, b"again");
-        drop(target);
-        relay.await.unwrap().unwrap();
-        client.await.unwrap().unwrap();
+        carries_another_stream(&relay_data, &client_data).await;
     }
 
     /// A visitor that resets while the target keeps sending ends the
@@ -470,7 +466,7 @@ mod tests {
     /// connection stays clean for the next stream.
     #[tokio::test]
     async fn a_reset_stops_a_target_that_keeps_sending() {
-        let (relay_data, client_data) = pair().await;
+        let (relay_data, client_data) = tcp_pair().await;
         let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
         let (mut visitor, mut target, relay, client) =
             framed_stream(&relay_data, &client_data).await;
@@ -496,16 +492,7 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
 
         if let (Ok(_), Ok(_)) = ended {
-            let (mut visitor, mut target, relay, client) =
-                framed_stream(&relay_data, &client_data).await;
-            target.write_all(b"next").await.unwrap();
-            drop(target);
-            let mut received = Vec::new();
-            visitor.read_to_end(&mut received).await.unwrap();
-            assert_eq!(received, b"next");
-            drop(visitor);
-            relay.await.unwrap().unwrap();
-            client.await.unwrap().unwrap();
+            carries_another_stream(&relay_data, &client_data).await;
         }
     }
 
@@ -513,8 +500,8 @@ mod tests {
     /// with a message naming the length.
     #[tokio::test]
     async fn an_oversized_frame_fails_the_stream() {
-        let (relay_data, mut client_data) = pair().await;
-        let (mut visitor, relay_side) = pair().await;
+        let (relay_data, mut client_data) = tcp_pair().await;
+        let (mut visitor, relay_side) = tcp_pair().await;
         let relay = tokio::spawn(async move { framed(&relay_side, &relay_data).await });
         client_data
             .write_all(&(u32::MAX - 1).to_be_bytes())
@@ -533,8 +520,8 @@ mod tests {
     /// other: every byte arrives in order and the counts match.
     #[tokio::test]
     async fn bytes_keep_their_order_across_copy_and_splice() {
-        let (mut visitor, relay_side) = pair().await;
-        let (target_side, mut target) = pair().await;
+        let (mut visitor, relay_side) = tcp_pair().await;
+        let (target_side, mut target) = tcp_pair().await;
         let carrier =
             tokio::spawn(async move { bidirectional(&relay_side, &target_side).await.unwrap() });
 
