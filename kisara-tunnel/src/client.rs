@@ -768,22 +768,13 @@ impl Link {
                 TunnelError::Closed(format!("a visitor for unknown exposure {id}"))
             })?;
             let upstream = open_target(target).await?;
-            match &data {
-                Conn::Plain(plain) if framed => {
-                    splice_framed(&upstream, plain)
-                        .await
-                        .map_err(|e| TunnelError::io("carry a framed visitor", e))?;
-                }
-                _ if framed => {
-                    return Err(TunnelError::Closed(
-                        "the relay asked for frames on a TLS data connection".to_owned(),
-                    ));
-                }
-                _ => {
-                    carry(data, upstream).await;
-                    return Ok(());
-                }
+            if !framed {
+                carry(data, upstream).await;
+                return Ok(());
             }
+            splice_framed(&upstream, &mut data, None)
+                .await
+                .map_err(|e| TunnelError::io("carry a framed visitor", e))?;
         }
     }
 

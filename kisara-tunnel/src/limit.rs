@@ -138,18 +138,24 @@ pub(crate) async fn splice_tcp(
 /// (framed, see [`splice_framed`]); elsewhere each visitor takes a fresh one.
 pub(crate) const FRAMING: bool = cfg!(target_os = "linux");
 
-/// Carries one visitor `local` ⇄ `data` in frames, so that `data` may carry
-/// the next visitor once this returns Ok. Only where [`FRAMING`] holds.
+/// Carries one visitor `local` ⇄ `data` in frames, paced by `buckets`
+/// (`local` → `data`, `data` → `local`) when given, so that `data` may
+/// carry the next visitor once this returns Ok. Only where [`FRAMING`]
+/// holds.
 pub(crate) async fn splice_framed(
     local: &tokio::net::TcpStream,
-    data: &tokio::net::TcpStream,
+    data: &mut crate::transport::Conn,
+    buckets: Option<&(TokenBucket, TokenBucket)>,
 ) -> std::io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
-    return crate::zero_copy::framed(local, data).await;
+    return crate::zero_copy::framed(local, data, buckets).await;
     #[cfg(not(target_os = "linux"))]
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
-        format!("framed data connections need Linux; {local:?} ⇄ {data:?} cannot be carried"),
+        format!(
+            "framed data connections need Linux; {local:?} ⇄ {data:?} cannot be carried{}",
+            if buckets.is_some() { " (paced)" } else { "" }
+        ),
     ))
 }
 

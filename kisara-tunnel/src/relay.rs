@@ -918,10 +918,7 @@ async fn serve_tcp(
                 if idle < shared.options.standby {
                     shared.request_standby(&slot);
                 }
-                let framed = standby.reusable
-                    && FRAMING
-                    && buckets.is_none()
-                    && matches!(standby.conn, Conn::Plain(_));
+                let framed = standby.reusable && FRAMING;
                 if framed {
                     reuse = Some(generation);
                 }
@@ -954,17 +951,18 @@ async fn serve_tcp(
                     return;
                 };
                 let _ = visitor.set_nodelay(true);
-                let carried = match (&mut data, buckets.as_deref(), reuse) {
-                    (Conn::Plain(plain), None, Some(generation)) => {
-                        let carried = splice_framed(&visitor, plain).await;
-                        if carried.is_ok() {
-                            let most = 2 * relay.options.standby;
-                            slot.return_standby(data, generation, most);
-                        }
-                        carried
+                let carried = if let Some(generation) = reuse {
+                    let carried = splice_framed(&visitor, &mut data, buckets.as_deref()).await;
+                    if carried.is_ok() {
+                        let most = 2 * relay.options.standby;
+                        slot.return_standby(data, generation, most);
                     }
-                    (Conn::Plain(data), None, _) => splice_tcp(&mut visitor, data).await,
-                    (data, buckets, _) => splice(&mut visitor, data, buckets).await,
+                    carried
+                } else {
+                    match (&mut data, buckets.as_deref()) {
+                        (Conn::Plain(data), None) => splice_tcp(&mut visitor, data).await,
+                        (data, buckets) => splice(&mut visitor, data, buckets).await,
+                    }
                 };
                 match carried {
                     Ok((up, down)) => debug!(up, down, "visitor left"),

@@ -1,5 +1,7 @@
-//! Zero-copy splicing of two TCP sockets through a pipe per direction
-//! (`splice(2)`, Linux): the bytes stay in the kernel.
+//! The TCP data path on Linux: zero-copy splicing of two TCP sockets
+//! through a pipe per direction (`splice(2)`: the bytes stay in the
+//! kernel), raw or in the frames of a reused data connection, which may
+//! also be a TLS session (copied) or paced by a bandwidth limit.
 //!
 //! Each direction starts by copying through a small buffer and switches to
 //! splicing once a read fills that buffer: a splice round trip costs more
@@ -14,8 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::net::{SendFlags, Shutdown};
 use rustix::pipe::{PipeFlags, SpliceFlags};
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+
+use crate::limit::TokenBucket;
+use crate::transport::Conn;
 
 /// Pipe capacity asked for: Linux's default ceiling for unprivileged
 /// processes (`fs.pipe-max-size`); the kernel may grant less, down to the
@@ -116,20 +121,72 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8], more: bool) -> io::Result<(
     Ok(())
 }
 
-/// Reads exactly `buffer.len()` bytes from `from`.
-async fn read_exact(from: &TcpStream, buffer: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let read = when_ready(from, Interest::READABLE, || {
-            from.try_read(&mut buffer[filled..])
-        })
-        .await?;
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+/// Where a direction writes: a socket (spliced into once the traffic is
+/// bulk) or the write half of a TLS session (copied, flushed per write).
+enum Sink<'a> {
+    Socket(&'a TcpStream),
+    Session(WriteHalf<&'a mut Conn>),
+}
+
+impl<'a> Sink<'a> {
+    /// Writes all of `bytes`; with `more`, more follows at once.
+    async fn write_all(&mut self, bytes: &[u8], more: bool) -> io::Result<()> {
+        match self {
+            Self::Socket(to) => write_all(to, bytes, more).await,
+            Self::Session(to) => {
+                to.write_all(bytes).await?;
+                if more { Ok(()) } else { to.flush().await }
+            }
         }
-        filled += read;
     }
-    Ok(())
+
+    /// The socket, when bytes may be spliced into it.
+    fn socket(&self) -> Option<&'a TcpStream> {
+        match self {
+            Self::Socket(to) => Some(*to),
+            Self::Session(_) => None,
+        }
+    }
+}
+
+/// Where a framed direction reads its frames: a socket (spliced from for
+/// bulk frames) or the read half of a TLS session.
+enum Source<'a> {
+    Socket(&'a TcpStream),
+    Session(ReadHalf<&'a mut Conn>),
+}
+
+impl<'a> Source<'a> {
+    /// Reads what is there, up to `buffer.len()` bytes; 0 at end of stream.
+    async fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Socket(from) => {
+                when_ready(from, Interest::READABLE, || from.try_read(buffer)).await
+            }
+            Self::Session(from) => from.read(buffer).await,
+        }
+    }
+
+    /// Reads exactly `buffer.len()` bytes.
+    async fn read_exact(&mut self, buffer: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let read = self.read(&mut buffer[filled..]).await?;
+            if read == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            filled += read;
+        }
+        Ok(())
+    }
+
+    /// The socket, when bytes may be spliced out of it.
+    fn socket(&self) -> Option<&'a TcpStream> {
+        match self {
+            Self::Socket(from) => Some(*from),
+            Self::Session(_) => None,
+        }
+    }
 }
 
 /// How a direction hands its bytes on.
@@ -163,30 +220,39 @@ impl From<Broke> for io::Error {
 
 /// Moves bytes `from` → `to` until end of stream, raw or framed; a raw
 /// direction then half-closes `to`, a framed one leaves ending it to the
-/// caller.
-async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing<'_>) -> Result<u64, Broke> {
+/// caller. With `pace`, each chunk waits for the bucket's tokens.
+async fn one_way(
+    from: &TcpStream,
+    to: &mut Sink<'_>,
+    framing: Framing<'_>,
+    pace: Option<&TokenBucket>,
+) -> Result<u64, Broke> {
     let (header, aborted) = match framing {
         Framing::Raw => (0, None),
         Framing::Framed(aborted) => (HEADER, Some(aborted)),
     };
+    // A paced direction reads at most a burst at once and never splices
+    // (a splice moves up to a pipe's worth in one go).
+    let chunk = pace.map_or(COPY_SIZE, |bucket| bucket.chunk().min(COPY_SIZE));
+    let splice_into = to.socket().filter(|_| pace.is_none());
     // The header goes in front of the copied bytes: one write per frame.
-    let mut buffer = vec![0u8; header + COPY_SIZE];
+    let mut buffer = vec![0u8; header + chunk];
     // Made at the first bulk read and kept: an empty pipe holds no pages.
     let mut pipe: Option<Pipe> = None;
     let mut bulk = false;
     let mut total = 0u64;
     loop {
-        let moved = match (&pipe, bulk) {
-            (Some(pipe), true) => {
+        let moved = match (&pipe, bulk, splice_into) {
+            (Some(pipe), true, Some(socket)) => {
                 let filled = fill(pipe, from, PIPE_SIZE)
                     .await
                     .map_err(|error| Broke::Source(error, total))?;
                 if filled > 0 {
                     let length = (filled as u32).to_be_bytes();
-                    write_all(to, &length[..header], true)
+                    write_all(socket, &length[..header], true)
                         .await
                         .map_err(Broke::Sink)?;
-                    drain(pipe, to, filled).await.map_err(Broke::Sink)?;
+                    drain(pipe, socket, filled).await.map_err(Broke::Sink)?;
                 }
                 bulk = filled >= COPY_SIZE;
                 filled
@@ -198,12 +264,15 @@ async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing<'_>) -> Resu
                 .await
                 .map_err(|error| Broke::Source(error, total))?;
                 if read > 0 {
+                    if let Some(bucket) = pace {
+                        bucket.take(read).await;
+                    }
                     buffer[..header].copy_from_slice(&(read as u32).to_be_bytes()[..header]);
-                    write_all(to, &buffer[..header + read], false)
+                    to.write_all(&buffer[..header + read], false)
                         .await
                         .map_err(Broke::Sink)?;
                 }
-                if read == COPY_SIZE {
+                if read == COPY_SIZE && splice_into.is_some() {
                     // Without a pipe (none could be made) the copy path
                     // carries everything.
                     pipe = pipe.or_else(|| Pipe::new().ok());
@@ -214,9 +283,9 @@ async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing<'_>) -> Resu
         };
         total += moved as u64;
         if moved == 0 || aborted.is_some_and(|aborted| aborted.load(Ordering::Relaxed)) {
-            if matches!(framing, Framing::Raw) {
+            if let (Framing::Raw, Some(socket)) = (framing, to.socket()) {
                 // The peer finished sending: pass the half-close on.
-                let _ = rustix::net::shutdown(to, Shutdown::Write);
+                let _ = rustix::net::shutdown(socket, Shutdown::Write);
             }
             return Ok(total);
         }
@@ -226,9 +295,10 @@ async fn one_way(from: &TcpStream, to: &TcpStream, framing: Framing<'_>) -> Resu
 /// Carries `a` ⇄ `b` until both directions end: copied while the traffic
 /// is small, spliced once it is bulk.
 pub(crate) async fn bidirectional(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
+    let (mut to_b, mut to_a) = (Sink::Socket(b), Sink::Socket(a));
     Ok(tokio::try_join!(
-        one_way(a, b, Framing::Raw),
-        one_way(b, a, Framing::Raw)
+        one_way(a, &mut to_b, Framing::Raw, None),
+        one_way(b, &mut to_a, Framing::Raw, None)
     )?)
 }
 
@@ -248,8 +318,13 @@ const MAX_PAYLOAD: usize = PIPE_SIZE;
 /// Sends `local`'s bytes over `data` as frames, then the end marker:
 /// [`RESET`] when `local` failed or the other direction gave up on it
 /// (`aborted`), else [`END`]. Errs only when `data` fails.
-async fn frame(local: &TcpStream, data: &TcpStream, aborted: &AtomicBool) -> io::Result<u64> {
-    let (total, marker) = match one_way(local, data, Framing::Framed(aborted)).await {
+async fn frame(
+    local: &TcpStream,
+    data: &mut Sink<'_>,
+    aborted: &AtomicBool,
+    pace: Option<&TokenBucket>,
+) -> io::Result<u64> {
+    let (total, marker) = match one_way(local, data, Framing::Framed(aborted), pace).await {
         Ok(total) if !aborted.load(Ordering::Relaxed) => (total, END),
         Ok(total) => (total, RESET),
         Err(Broke::Source(_, total)) => {
@@ -258,7 +333,7 @@ async fn frame(local: &TcpStream, data: &TcpStream, aborted: &AtomicBool) -> io:
         }
         Err(Broke::Sink(error)) => return Err(error),
     };
-    write_all(data, &marker.to_be_bytes(), false).await?;
+    data.write_all(&marker.to_be_bytes(), false).await?;
     Ok(total)
 }
 
@@ -274,13 +349,20 @@ fn abort(local: &TcpStream, aborted: &AtomicBool) {
 /// end marker. Errs when `data` fails or carries something that is not a
 /// frame, and when `local` fails while bytes are in flight (the other side
 /// would keep sending for a socket that is gone: `data` must be closed).
-async fn unframe(data: &TcpStream, local: &TcpStream, aborted: &AtomicBool) -> io::Result<u64> {
-    let mut buffer = vec![0u8; COPY_SIZE];
+async fn unframe(
+    data: &mut Source<'_>,
+    local: &TcpStream,
+    aborted: &AtomicBool,
+    pace: Option<&TokenBucket>,
+) -> io::Result<u64> {
+    let chunk = pace.map_or(COPY_SIZE, |bucket| bucket.chunk().min(COPY_SIZE));
+    let splice_from = data.socket().filter(|_| pace.is_none());
+    let mut buffer = vec![0u8; chunk];
     let mut pipe: Option<Pipe> = None;
     let mut total = 0u64;
     loop {
         let mut header = [0u8; HEADER];
-        read_exact(data, &mut header).await?;
+        data.read_exact(&mut header).await?;
         let length = match u32::from_be_bytes(header) {
             END => {
                 if !aborted.load(Ordering::Relaxed) {
@@ -302,16 +384,16 @@ async fn unframe(data: &TcpStream, local: &TcpStream, aborted: &AtomicBool) -> i
             }
             length => length as usize,
         };
-        if length >= COPY_SIZE && pipe.is_none() {
+        if length >= COPY_SIZE && pipe.is_none() && splice_from.is_some() {
             pipe = Pipe::new().ok();
         }
         let mut left = length;
         while left > 0 {
             // After a reset the rest of the stream is read and dropped.
             let delivering = !aborted.load(Ordering::Relaxed);
-            let moved = match (&pipe, delivering && length >= COPY_SIZE) {
-                (Some(pipe), true) => {
-                    let filled = fill(pipe, data, left).await?;
+            let moved = match (&pipe, splice_from, delivering && length >= COPY_SIZE) {
+                (Some(pipe), Some(socket), true) => {
+                    let filled = fill(pipe, socket, left).await?;
                     if filled == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
@@ -319,15 +401,15 @@ async fn unframe(data: &TcpStream, local: &TcpStream, aborted: &AtomicBool) -> i
                     filled
                 }
                 _ => {
-                    let want = left.min(COPY_SIZE);
-                    let read = when_ready(data, Interest::READABLE, || {
-                        data.try_read(&mut buffer[..want])
-                    })
-                    .await?;
+                    let want = left.min(chunk);
+                    let read = data.read(&mut buffer[..want]).await?;
                     if read == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     if delivering {
+                        if let Some(bucket) = pace {
+                            bucket.take(read).await;
+                        }
                         write_all(local, &buffer[..read], false).await?;
                     }
                     read
@@ -339,16 +421,52 @@ async fn unframe(data: &TcpStream, local: &TcpStream, aborted: &AtomicBool) -> i
     }
 }
 
-/// Carries `local` ⇄ `data` as one stream of frames in each direction.
+/// Carries `local` ⇄ `data` as one stream of frames in each direction,
+/// paced by `buckets` (`local` → `data`, `data` → `local`) when given.
 /// Ok once both directions have ended with a marker: `data` is then clean
 /// and may carry the next stream. A reset of `local` between transfers
 /// (a visitor that leaves with `SO_LINGER` 0) reaches the other side's
 /// socket as a reset and keeps `data` clean. Errs when `data` fails or
 /// carries garbage, or `local` fails mid-transfer; `data` must then be
-/// closed.
-pub(crate) async fn framed(local: &TcpStream, data: &TcpStream) -> io::Result<(u64, u64)> {
+/// closed. A plain `data` is spliced for bulk frames; under TLS the frames
+/// are copied through the session.
+pub(crate) async fn framed(
+    local: &TcpStream,
+    data: &mut Conn,
+    buckets: Option<&(TokenBucket, TokenBucket)>,
+) -> io::Result<(u64, u64)> {
+    let (up, down) = match buckets {
+        Some((up, down)) => (Some(up), Some(down)),
+        None => (None, None),
+    };
+    if let Conn::Plain(socket) = data {
+        let socket: &TcpStream = socket;
+        return both_ways(
+            local,
+            Sink::Socket(socket),
+            Source::Socket(socket),
+            up,
+            down,
+        )
+        .await;
+    }
+    let (read, write) = tokio::io::split(data);
+    both_ways(local, Sink::Session(write), Source::Session(read), up, down).await
+}
+
+/// Runs [`frame`] and [`unframe`] together over one data connection.
+async fn both_ways(
+    local: &TcpStream,
+    mut sink: Sink<'_>,
+    mut source: Source<'_>,
+    up: Option<&TokenBucket>,
+    down: Option<&TokenBucket>,
+) -> io::Result<(u64, u64)> {
     let aborted = AtomicBool::new(false);
-    tokio::try_join!(frame(local, data, &aborted), unframe(data, local, &aborted))
+    tokio::try_join!(
+        frame(local, &mut sink, &aborted, up),
+        unframe(&mut source, local, &aborted, down)
+    )
 }
 
 #[cfg(test)]
@@ -360,12 +478,22 @@ mod tests {
     use super::*;
     use crate::test_support::tcp_pair;
 
+    /// One end of a data connection, held by one stream at a time.
+    type Data = Arc<tokio::sync::Mutex<Conn>>;
+
+    /// Both ends of a plain data connection.
+    async fn data_pair() -> (Data, Data) {
+        let (relay_data, client_data) = tcp_pair().await;
+        let end = |stream| Arc::new(tokio::sync::Mutex::new(Conn::Plain(stream)));
+        (end(relay_data), end(client_data))
+    }
+
     /// Runs one framed stream between `relay_data` and `client_data`: a
     /// visitor pair on the relay's side, a target pair on the client's.
     /// Returns the visitor's and the target's ends and the two carriers.
     async fn framed_stream(
-        relay_data: &Arc<TcpStream>,
-        client_data: &Arc<TcpStream>,
+        relay_data: &Data,
+        client_data: &Data,
     ) -> (
         TcpStream,
         TcpStream,
@@ -374,20 +502,20 @@ mod tests {
     ) {
         let (visitor, relay_side) = tcp_pair().await;
         let (client_side, target) = tcp_pair().await;
-        let relay = {
-            let data = relay_data.clone();
-            tokio::spawn(async move { framed(&relay_side, &data).await })
+        let carry = |local: TcpStream, data: &Data| {
+            let data = data.clone();
+            tokio::spawn(async move { framed(&local, &mut *data.lock_owned().await, None).await })
         };
-        let client = {
-            let data = client_data.clone();
-            tokio::spawn(async move { framed(&client_side, &data).await })
-        };
+        let (relay, client) = (
+            carry(relay_side, relay_data),
+            carry(client_side, client_data),
+        );
         (visitor, target, relay, client)
     }
 
     /// Asserts that the data connection is clean: a short stream after the
     /// last one arrives whole, and both ends finish it.
-    async fn carries_another_stream(relay_data: &Arc<TcpStream>, client_data: &Arc<TcpStream>) {
+    async fn carries_another_stream(relay_data: &Data, client_data: &Data) {
         let (mut visitor, mut target, relay, client) = framed_stream(relay_data, client_data).await;
         visitor.write_all(b"again").await.unwrap();
         visitor.shutdown().await.unwrap();
@@ -405,8 +533,7 @@ mod tests {
     /// half-close, and the connection is clean for the next stream.
     #[tokio::test]
     async fn framed_streams_follow_each_other_on_one_connection() {
-        let (relay_data, client_data) = tcp_pair().await;
-        let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
+        let (relay_data, client_data) = data_pair().await;
         let bulk: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
         for round in 0..2u8 {
             let (mut visitor, mut target, relay, client) =
@@ -438,8 +565,7 @@ mod tests {
     /// stream.
     #[tokio::test]
     async fn a_reset_crosses_and_the_connection_stays_clean() {
-        let (relay_data, client_data) = tcp_pair().await;
-        let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
+        let (relay_data, client_data) = data_pair().await;
 
         let (mut visitor, mut target, relay, client) =
             framed_stream(&relay_data, &client_data).await;
@@ -466,8 +592,7 @@ mod tests {
     /// connection stays clean for the next stream.
     #[tokio::test]
     async fn a_reset_stops_a_target_that_keeps_sending() {
-        let (relay_data, client_data) = tcp_pair().await;
-        let (relay_data, client_data) = (Arc::new(relay_data), Arc::new(client_data));
+        let (relay_data, client_data) = data_pair().await;
         let (mut visitor, mut target, relay, client) =
             framed_stream(&relay_data, &client_data).await;
         let trickle = tokio::spawn(async move {
@@ -502,7 +627,10 @@ mod tests {
     async fn an_oversized_frame_fails_the_stream() {
         let (relay_data, mut client_data) = tcp_pair().await;
         let (mut visitor, relay_side) = tcp_pair().await;
-        let relay = tokio::spawn(async move { framed(&relay_side, &relay_data).await });
+        let relay =
+            tokio::spawn(
+                async move { framed(&relay_side, &mut Conn::Plain(relay_data), None).await },
+            );
         client_data
             .write_all(&(u32::MAX - 1).to_be_bytes())
             .await

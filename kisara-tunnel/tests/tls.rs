@@ -95,6 +95,29 @@ async fn bytes_cross_a_tls_tunnel_unchanged() {
     assert!(back == payload, "bytes changed on the way");
 }
 
+/// Visitors one after another reuse the TLS data connections: no TLS
+/// handshake per visitor.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_reuse_tls_data_connections() {
+    let relay = tls_relay().await;
+    let client = TunnelClient::builder("node-tls-reuse")
+        .relay_with_tls(
+            "relay-tls",
+            relay.local_addr().to_string(),
+            common::TOKEN,
+            client_tls(CA),
+        )
+        .connect()
+        .await
+        .unwrap();
+    let exposure = client
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+    common::assert_visitors_reuse_data_connections(&relay, &exposure).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_relay_or_a_plain_client_gets_nowhere() {
     let relay = tls_relay().await;

@@ -111,3 +111,63 @@ impl Tunnel for Pair {
         self.client.list(filter).await
     }
 }
+
+/// Sockets on this machine (IPv4) with `port` at either end, listeners
+/// left out: both ends of each loopback connection, and those waiting out
+/// `TIME_WAIT`.
+#[cfg(target_os = "linux")]
+pub fn sockets_on_port(port: u16) -> usize {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |address: &str| {
+        let hex = address.rsplit(':').next().unwrap_or_default();
+        u16::from_str_radix(hex, 16).ok()
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3
+                && fields[3] != LISTEN
+                && (port_of(fields[1]) == Some(port) || port_of(fields[2]) == Some(port))
+        })
+        .count()
+}
+
+/// Sends 100 visitors to `exposure` (an echo) one after another, half of
+/// them leaving with a reset: each is echoed, and their data connections
+/// are reused instead of one opened and closed per visitor (which would
+/// leave a `TIME_WAIT` socket each on `relay`'s port).
+#[cfg(target_os = "linux")]
+pub async fn assert_visitors_reuse_data_connections(relay: &Relay, exposure: &Exposure) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const VISITORS: usize = 100;
+    for i in 0..VISITORS {
+        let mut visitor =
+            tokio::net::TcpStream::connect((exposure.public.host.as_str(), exposure.public.port))
+                .await
+                .unwrap();
+        let message = format!("visitor {i}");
+        visitor.write_all(message.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        visitor.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, message.as_bytes());
+        if i % 2 == 0 {
+            visitor.set_zero_linger().unwrap();
+        } else {
+            visitor.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            visitor.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "bytes after the echo: {rest:?}");
+        }
+    }
+    // The control link and the standby connections (4, up to 8 once
+    // visitors hand theirs back), two sockets each; a connection per
+    // visitor would be 100 more.
+    let sockets = sockets_on_port(relay.local_addr().port());
+    assert!(
+        sockets <= 2 * (1 + 8),
+        "{sockets} sockets on the relay's port after {VISITORS} visitors"
+    );
+}
