@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kisara_core::model::{ExposeRequest, Protocol};
+use kisara_core::model::{ExposeRequest, Exposure, Protocol};
 use kisara_core::testing::random_bytes;
 use kisara_core::testing::tunnel::tcp_echo;
 use kisara_core::{ErrorKind, Tunnel};
@@ -62,10 +62,11 @@ async fn tls_relay() -> Relay {
     Relay::bind(options).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_cross_a_tls_tunnel_unchanged() {
+/// A TLS relay, a client named `id` trusting it, and a TCP echo exposed
+/// through them.
+async fn tls_echo_exposed(id: &str) -> (Relay, TunnelClient, Exposure) {
     let relay = tls_relay().await;
-    let client = TunnelClient::builder("node-tls")
+    let client = TunnelClient::builder(id)
         .relay_with_tls(
             "relay-tls",
             relay.local_addr().to_string(),
@@ -79,6 +80,12 @@ async fn bytes_cross_a_tls_tunnel_unchanged() {
         .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
         .await
         .unwrap();
+    (relay, client, exposure)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_cross_a_tls_tunnel_unchanged() {
+    let (_relay, _client, exposure) = tls_echo_exposed("node-tls").await;
     let payload = random_bytes(4 * 1024 * 1024 + 1);
     let stream = TcpStream::connect((exposure.public.host.as_str(), exposure.public.port))
         .await
@@ -100,21 +107,7 @@ async fn bytes_cross_a_tls_tunnel_unchanged() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_reuse_tls_data_connections() {
-    let relay = tls_relay().await;
-    let client = TunnelClient::builder("node-tls-reuse")
-        .relay_with_tls(
-            "relay-tls",
-            relay.local_addr().to_string(),
-            common::TOKEN,
-            client_tls(CA),
-        )
-        .connect()
-        .await
-        .unwrap();
-    let exposure = client
-        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
-        .await
-        .unwrap();
+    let (relay, _client, exposure) = tls_echo_exposed("node-tls-reuse").await;
     common::assert_visitors_reuse_data_connections(&relay, &exposure).await;
 }
 
