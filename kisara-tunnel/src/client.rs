@@ -764,15 +764,22 @@ impl Link {
         loop {
             let Dispatch { id, framed } = wire::read_frame(&mut data).await?;
             let target = self.state().exposures.get(&id).map(|e| e.target);
-            let target = target.ok_or_else(|| {
-                TunnelError::Closed(format!("a visitor for unknown exposure {id}"))
-            })?;
-            let upstream = open_target(target).await?;
+            let upstream = match target {
+                Some(target) => open_target(target).await,
+                None => Err(TunnelError::Closed(format!(
+                    "a visitor for unknown exposure {id}"
+                ))),
+            };
             if !framed {
-                carry(data, upstream).await;
+                carry(data, upstream?).await;
                 return Ok(());
             }
-            splice_framed(&upstream, &mut data, None)
+            // A framed visitor whose target is unreachable is reset, and
+            // the connection stays for the next one.
+            if let Err(error) = &upstream {
+                debug!(exposure = %id, %error, "visitor refused");
+            }
+            splice_framed(upstream.as_ref().ok(), &mut data, None)
                 .await
                 .map_err(|e| TunnelError::io("carry a framed visitor", e))?;
         }
@@ -861,9 +868,18 @@ async fn data_connection(
     ticket: &str,
 ) -> Result<()> {
     let (upstream, data) = tokio::join!(open_target(target), open_data(relay, tls, ticket, false));
-    let upstream = upstream?;
-    carry(data?, upstream).await;
-    Ok(())
+    match (upstream, data) {
+        (Ok(upstream), Ok(data)) => {
+            carry(data, upstream).await;
+            Ok(())
+        }
+        (Err(error), data) => {
+            // The relay resets the visitor in turn.
+            data.map(Conn::reset).ok();
+            Err(error)
+        }
+        (Ok(_), Err(error)) => Err(error),
+    }
 }
 
 /// Dials the relay for a data connection and presents `ticket`, offering
@@ -897,10 +913,14 @@ async fn open_target(target: SocketAddr) -> Result<TcpStream> {
     Ok(upstream)
 }
 
-/// Splices a data connection with its target until both directions end.
+/// Splices a data connection with its target until both directions end;
+/// when either breaks, the target is reset.
 async fn carry(mut data: Conn, mut upstream: TcpStream) {
-    let _ = match &mut data {
+    let carried = match &mut data {
         Conn::Plain(data) => splice_tcp(data, &mut upstream).await,
         data @ Conn::Tls(_) => splice(data, &mut upstream, None).await,
     };
+    if carried.is_err() {
+        let _ = upstream.set_zero_linger();
+    }
 }

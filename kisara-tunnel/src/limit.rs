@@ -140,10 +140,11 @@ pub(crate) const FRAMING: bool = cfg!(target_os = "linux");
 
 /// Carries one visitor `local` ⇄ `data` in frames, paced by `buckets`
 /// (`local` → `data`, `data` → `local`) when given, so that `data` may
-/// carry the next visitor once this returns Ok. Only where [`FRAMING`]
-/// holds.
+/// carry the next visitor once this returns Ok. Without `local` (its
+/// target could not be reached) the visitor is turned away with a reset
+/// and `data` stays usable. Only where [`FRAMING`] holds.
 pub(crate) async fn splice_framed(
-    local: &tokio::net::TcpStream,
+    local: Option<&tokio::net::TcpStream>,
     data: &mut crate::transport::Conn,
     buckets: Option<&(TokenBucket, TokenBucket)>,
 ) -> std::io::Result<(u64, u64)> {

@@ -948,11 +948,14 @@ async fn serve_tcp(
             async move {
                 let _permit = permit;
                 let Some(mut data) = route.open(&relay).await else {
+                    // Reset, as a direct connection to a closed port is.
+                    let _ = visitor.set_zero_linger();
                     return;
                 };
                 let _ = visitor.set_nodelay(true);
                 let carried = if let Some(generation) = reuse {
-                    let carried = splice_framed(&visitor, &mut data, buckets.as_deref()).await;
+                    let carried =
+                        splice_framed(Some(&visitor), &mut data, buckets.as_deref()).await;
                     if carried.is_ok() {
                         let most = 2 * relay.options.standby;
                         slot.return_standby(data, generation, most);
@@ -966,7 +969,10 @@ async fn serve_tcp(
                 };
                 match carried {
                     Ok((up, down)) => debug!(up, down, "visitor left"),
-                    Err(error) => debug!(%error, "visitor connection ended"),
+                    Err(error) => {
+                        debug!(%error, "visitor connection broke");
+                        let _ = visitor.set_zero_linger();
+                    }
                 }
             }
             .instrument(info_span!("visitor", %peer)),

@@ -125,12 +125,21 @@ impl Conn {
     /// reset, stray bytes) makes it unusable; the probe may consume a byte
     /// of it.
     pub(crate) fn idle_and_open(&self) -> bool {
-        let stream = match self {
+        let probe = self.socket().try_read(&mut [0u8; 1]);
+        matches!(probe, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Closes the connection with a reset: the other end learns that its
+    /// stream broke instead of seeing a clean end.
+    pub(crate) fn reset(self) {
+        let _ = self.socket().set_zero_linger();
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
             Self::Plain(stream) => stream,
             Self::Tls(stream) => stream.get_ref().0,
-        };
-        let probe = stream.try_read(&mut [0u8; 1]);
-        matches!(probe, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+        }
     }
 }
 

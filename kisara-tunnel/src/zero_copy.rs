@@ -317,18 +317,29 @@ const MAX_PAYLOAD: usize = PIPE_SIZE;
 
 /// Sends `local`'s bytes over `data` as frames, then the end marker:
 /// [`RESET`] when `local` failed or the other direction gave up on it
-/// (`aborted`), else [`END`]. Errs only when `data` fails.
+/// (`aborted`), else [`END`]. Without `local` (a refused stream) only
+/// [`RESET`] goes. Errs only when `data` fails.
 async fn frame(
-    local: &TcpStream,
+    local: Option<&TcpStream>,
     data: &mut Sink<'_>,
     aborted: &AtomicBool,
     pace: Option<&TokenBucket>,
 ) -> io::Result<u64> {
+    let Some(local) = local else {
+        data.write_all(&RESET.to_be_bytes(), false).await?;
+        return Ok(0);
+    };
     let (total, marker) = match one_way(local, data, Framing::Framed(aborted), pace).await {
         Ok(total) if !aborted.load(Ordering::Relaxed) => (total, END),
         Ok(total) => (total, RESET),
-        Err(Broke::Source(_, total)) => {
-            abort(local, aborted);
+        Err(Broke::Source(error, total)) => {
+            if error.kind() == io::ErrorKind::ConnectionReset {
+                // Nothing left to tell a reset socket; the flag alone
+                // makes the other direction drop what it still receives.
+                aborted.store(true, Ordering::Relaxed);
+            } else {
+                abort(local, aborted);
+            }
             (total, RESET)
         }
         Err(Broke::Sink(error)) => return Err(error),
@@ -346,15 +357,18 @@ fn abort(local: &TcpStream, aborted: &AtomicBool) {
 }
 
 /// Writes framed payloads from `data` to `local` until the other side's
-/// end marker. Errs when `data` fails or carries something that is not a
+/// end marker; once `aborted` (or without `local`) they are read and
+/// dropped. Errs when `data` fails or carries something that is not a
 /// frame, and when `local` fails while bytes are in flight (the other side
 /// would keep sending for a socket that is gone: `data` must be closed).
 async fn unframe(
     data: &mut Source<'_>,
-    local: &TcpStream,
+    local: Option<&TcpStream>,
     aborted: &AtomicBool,
     pace: Option<&TokenBucket>,
 ) -> io::Result<u64> {
+    // The socket the payload goes to, while it still takes any.
+    let delivering = || local.filter(|_| !aborted.load(Ordering::Relaxed));
     let chunk = pace.map_or(COPY_SIZE, |bucket| bucket.chunk().min(COPY_SIZE));
     let splice_from = data.socket().filter(|_| pace.is_none());
     let mut buffer = vec![0u8; chunk];
@@ -365,13 +379,15 @@ async fn unframe(
         data.read_exact(&mut header).await?;
         let length = match u32::from_be_bytes(header) {
             END => {
-                if !aborted.load(Ordering::Relaxed) {
+                if let Some(local) = delivering() {
                     let _ = rustix::net::shutdown(local, Shutdown::Write);
                 }
                 return Ok(total);
             }
             RESET => {
-                abort(local, aborted);
+                if let Some(local) = delivering() {
+                    abort(local, aborted);
+                }
                 return Ok(total);
             }
             length if length as usize > MAX_PAYLOAD => {
@@ -390,9 +406,9 @@ async fn unframe(
         let mut left = length;
         while left > 0 {
             // After a reset the rest of the stream is read and dropped.
-            let delivering = !aborted.load(Ordering::Relaxed);
-            let moved = match (&pipe, splice_from, delivering && length >= COPY_SIZE) {
-                (Some(pipe), Some(socket), true) => {
+            let local = delivering();
+            let moved = match (&pipe, splice_from, local.filter(|_| length >= COPY_SIZE)) {
+                (Some(pipe), Some(socket), Some(local)) => {
                     let filled = fill(pipe, socket, left).await?;
                     if filled == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -406,7 +422,7 @@ async fn unframe(
                     if read == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    if delivering {
+                    if let Some(local) = local {
                         if let Some(bucket) = pace {
                             bucket.take(read).await;
                         }
@@ -426,12 +442,14 @@ async fn unframe(
 /// Ok once both directions have ended with a marker: `data` is then clean
 /// and may carry the next stream. A reset of `local` between transfers
 /// (a visitor that leaves with `SO_LINGER` 0) reaches the other side's
-/// socket as a reset and keeps `data` clean. Errs when `data` fails or
-/// carries garbage, or `local` fails mid-transfer; `data` must then be
-/// closed. A plain `data` is spliced for bulk frames; under TLS the frames
-/// are copied through the session.
+/// socket as a reset and keeps `data` clean; so does a stream without
+/// `local` (its target refused it): [`RESET`] goes at once and the other
+/// side's frames are dropped. Errs when `data` fails or carries garbage,
+/// or `local` fails mid-transfer; `data` must then be closed. A plain
+/// `data` is spliced for bulk frames; under TLS the frames are copied
+/// through the session.
 pub(crate) async fn framed(
-    local: &TcpStream,
+    local: Option<&TcpStream>,
     data: &mut Conn,
     buckets: Option<&(TokenBucket, TokenBucket)>,
 ) -> io::Result<(u64, u64)> {
@@ -456,13 +474,13 @@ pub(crate) async fn framed(
 
 /// Runs [`frame`] and [`unframe`] together over one data connection.
 async fn both_ways(
-    local: &TcpStream,
+    local: Option<&TcpStream>,
     mut sink: Sink<'_>,
     mut source: Source<'_>,
     up: Option<&TokenBucket>,
     down: Option<&TokenBucket>,
 ) -> io::Result<(u64, u64)> {
-    let aborted = AtomicBool::new(false);
+    let aborted = AtomicBool::new(local.is_none());
     tokio::try_join!(
         frame(local, &mut sink, &aborted, up),
         unframe(&mut source, local, &aborted, down)
@@ -504,7 +522,9 @@ mod tests {
         let (client_side, target) = tcp_pair().await;
         let carry = |local: TcpStream, data: &Data| {
             let data = data.clone();
-            tokio::spawn(async move { framed(&local, &mut *data.lock_owned().await, None).await })
+            tokio::spawn(
+                async move { framed(Some(&local), &mut *data.lock_owned().await, None).await },
+            )
         };
         let (relay, client) = (
             carry(relay_side, relay_data),
@@ -585,6 +605,39 @@ mod tests {
         carries_another_stream(&relay_data, &client_data).await;
     }
 
+    /// A stream refused on the client's side (no target socket) resets
+    /// the visitor, even one sending in bulk: the frames it sent are
+    /// dropped, and the data connection carries the next stream.
+    #[tokio::test]
+    async fn a_refused_stream_resets_the_visitor_and_the_connection_stays_clean() {
+        let (relay_data, client_data) = data_pair().await;
+        let (mut visitor, relay_side) = tcp_pair().await;
+        let relay = {
+            let data = relay_data.clone();
+            tokio::spawn(async move {
+                framed(Some(&relay_side), &mut *data.lock_owned().await, None).await
+            })
+        };
+        let client = {
+            let data = client_data.clone();
+            tokio::spawn(async move { framed(None, &mut *data.lock_owned().await, None).await })
+        };
+        let outcome = async {
+            visitor.write_all(&vec![1u8; 4 << 20]).await?;
+            visitor.read_to_end(&mut Vec::new()).await
+        };
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), outcome)
+            .await
+            .expect("the visitor was left hanging");
+        assert!(
+            matches!(&outcome, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "the visitor saw {outcome:?}, not a reset"
+        );
+        relay.await.unwrap().unwrap();
+        client.await.unwrap().unwrap();
+        carries_another_stream(&relay_data, &client_data).await;
+    }
+
     /// A visitor that resets while the target keeps sending ends the
     /// stream on both sides and resets the target's connection: what the
     /// target sends afterwards is not carried on for a visitor that is
@@ -627,10 +680,9 @@ mod tests {
     async fn an_oversized_frame_fails_the_stream() {
         let (relay_data, mut client_data) = tcp_pair().await;
         let (mut visitor, relay_side) = tcp_pair().await;
-        let relay =
-            tokio::spawn(
-                async move { framed(&relay_side, &mut Conn::Plain(relay_data), None).await },
-            );
+        let relay = tokio::spawn(async move {
+            framed(Some(&relay_side), &mut Conn::Plain(relay_data), None).await
+        });
         client_data
             .write_all(&(u32::MAX - 1).to_be_bytes())
             .await

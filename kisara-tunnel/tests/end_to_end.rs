@@ -527,3 +527,35 @@ async fn visitors_of_a_limited_exposure_reuse_data_connections() {
     let exposure = client.expose(&limited).await.unwrap();
     common::assert_visitors_reuse_data_connections(&relay, &exposure).await;
 }
+
+/// Visitors of an exposure whose target refuses them are reset, as a
+/// direct connection to a closed port would be, and the data connections
+/// they came on stay for the next ones.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_visitors_are_reset_and_data_connections_stay() {
+    const VISITORS: usize = 50;
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let (relay, _client, exposure) = common::exposed("node-refused", closed, Protocol::Tcp).await;
+    let public = (exposure.public.host.as_str(), exposure.public.port);
+    for i in 0..VISITORS {
+        // The reset may come before the write, or even before `connect`
+        // has looked at the handshake's outcome.
+        let answer = async {
+            let mut visitor = TcpStream::connect(public).await?;
+            let _ = visitor.write_all(b"anyone there?").await;
+            visitor.read(&mut [0u8; 16]).await
+        };
+        let read = tokio::time::timeout(WAIT, answer)
+            .await
+            .unwrap_or_else(|_| panic!("visitor {i} got no answer"));
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "visitor {i} of {closed} (nothing listens): {read:?}"
+        );
+    }
+    common::assert_data_connections_kept(&relay, VISITORS);
+}
