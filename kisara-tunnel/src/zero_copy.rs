@@ -499,6 +499,9 @@ mod tests {
     /// One end of a data connection, held by one stream at a time.
     type Data = Arc<tokio::sync::Mutex<Conn>>;
 
+    /// The task carrying one end of a framed stream.
+    type Carrier = tokio::task::JoinHandle<io::Result<(u64, u64)>>;
+
     /// Both ends of a plain data connection.
     async fn data_pair() -> (Data, Data) {
         let (relay_data, client_data) = tcp_pair().await;
@@ -512,25 +515,22 @@ mod tests {
     async fn framed_stream(
         relay_data: &Data,
         client_data: &Data,
-    ) -> (
-        TcpStream,
-        TcpStream,
-        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
-        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
-    ) {
+    ) -> (TcpStream, TcpStream, Carrier, Carrier) {
         let (visitor, relay_side) = tcp_pair().await;
         let (client_side, target) = tcp_pair().await;
-        let carry = |local: TcpStream, data: &Data| {
-            let data = data.clone();
-            tokio::spawn(
-                async move { framed(Some(&local), &mut *data.lock_owned().await, None).await },
-            )
-        };
         let (relay, client) = (
-            carry(relay_side, relay_data),
-            carry(client_side, client_data),
+            carry(Some(relay_side), relay_data),
+            carry(Some(client_side), client_data),
         );
         (visitor, target, relay, client)
+    }
+
+    /// Carries one framed stream of `local` (none: refused) over `data`.
+    fn carry(local: Option<TcpStream>, data: &Data) -> Carrier {
+        let data = data.clone();
+        tokio::spawn(
+            async move { framed(local.as_ref(), &mut *data.lock_owned().await, None).await },
+        )
     }
 
     /// Asserts that the data connection is clean: a short stream after the
@@ -545,6 +545,27 @@ mod tests {
         drop(target);
         relay.await.unwrap().unwrap();
         client.await.unwrap().unwrap();
+    }
+
+    /// Asserts that `who` saw its connection reset.
+    fn assert_reset(outcome: &io::Result<usize>, who: &str) {
+        assert!(
+            matches!(outcome, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{who} saw {outcome:?}, not a reset"
+        );
+    }
+
+    /// Asserts that both carriers of a stream ended cleanly and that the
+    /// data connection then carries another stream.
+    async fn both_end_and_another_stream_follows(
+        relay: Carrier,
+        client: Carrier,
+        relay_data: &Data,
+        client_data: &Data,
+    ) {
+        relay.await.unwrap().unwrap();
+        client.await.unwrap().unwrap();
+        carries_another_stream(relay_data, client_data).await;
     }
 
     /// Two streams in a row on one data connection, each with small
@@ -595,14 +616,8 @@ mod tests {
         visitor.set_zero_linger().unwrap();
         drop(visitor);
         let mut rest = Vec::new();
-        let ended = target.read_to_end(&mut rest).await;
-        assert!(
-            matches!(&ended, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-            "the target saw {ended:?}, not a reset"
-        );
-        relay.await.unwrap().unwrap();
-        client.await.unwrap().unwrap();
-        carries_another_stream(&relay_data, &client_data).await;
+        assert_reset(&target.read_to_end(&mut rest).await, "the target");
+        both_end_and_another_stream_follows(relay, client, &relay_data, &client_data).await;
     }
 
     /// A stream refused on the client's side (no target socket) resets
@@ -612,16 +627,10 @@ mod tests {
     async fn a_refused_stream_resets_the_visitor_and_the_connection_stays_clean() {
         let (relay_data, client_data) = data_pair().await;
         let (mut visitor, relay_side) = tcp_pair().await;
-        let relay = {
-            let data = relay_data.clone();
-            tokio::spawn(async move {
-                framed(Some(&relay_side), &mut *data.lock_owned().await, None).await
-            })
-        };
-        let client = {
-            let data = client_data.clone();
-            tokio::spawn(async move { framed(None, &mut *data.lock_owned().await, None).await })
-        };
+        let (relay, client) = (
+            carry(Some(relay_side), &relay_data),
+            carry(None, &client_data),
+        );
         let outcome = async {
             visitor.write_all(&vec![1u8; 4 << 20]).await?;
             visitor.read_to_end(&mut Vec::new()).await
@@ -629,13 +638,8 @@ mod tests {
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), outcome)
             .await
             .expect("the visitor was left hanging");
-        assert!(
-            matches!(&outcome, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-            "the visitor saw {outcome:?}, not a reset"
-        );
-        relay.await.unwrap().unwrap();
-        client.await.unwrap().unwrap();
-        carries_another_stream(&relay_data, &client_data).await;
+        assert_reset(&outcome, "the visitor");
+        both_end_and_another_stream_follows(relay, client, &relay_data, &client_data).await;
     }
 
     /// A visitor that resets while the target keeps sending ends the
