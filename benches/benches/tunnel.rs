@@ -2,7 +2,7 @@
 //! when they are installed), all on 127.0.0.1, reported as ratios measured
 //! in the same run, interleaved.
 //!
-//! Run the full suite (3 × 10 s per case, about 8 minutes on 2 cores):
+//! Run the full suite (3 × 10 s per case, about 20 minutes on 2 cores):
 //! `cargo bench -p kisara-benches --bench tunnel`. CI smoke (1 × 2 s, loose
 //! floors, exits 1 below them): `KISARA_BENCH_SMOKE=1 cargo bench -p
 //! kisara-benches --bench tunnel`. `KISARA_BENCH_SECONDS` and
@@ -27,7 +27,9 @@
 //! threads); the peers run as their own server and client processes.
 //! `proxy` is no peer but a reference: a one-hop TCP proxy in this process
 //! (accept, dial, copy), the least any relay adds here. Kisara's path has
-//! one hop more (relay, then client). Each
+//! one hop more (relay, then client); `proxy×2`, two such proxies in a
+//! row, is the reference for that: the least any relay reaching its
+//! targets through a node-side client adds. Each
 //! section's results are followed by the share of CPU time the host stole
 //! from this VM meanwhile, a gauge of how noisy they are. The run ends with
 //! a summary table (each measure, Kisara, the peers, the goal; last, the
@@ -219,9 +221,21 @@ async fn connection_rate(port: u16, count: usize, at_once: usize) -> Option<f64>
     Some((each * at_once) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// A one-hop TCP proxy in this process (accept, dial `target`, copy both
-/// ways through 64 KiB buffers): the least a relay of any design adds on
-/// this machine, a reference beside the peers. Returns its port.
+/// `hops` TCP proxies in this process chained in front of `target`, each
+/// accepting, dialing the next and copying both ways through 64 KiB
+/// buffers: one hop is the least a relay of any design adds on this
+/// machine; two hops, the least a relay that reaches its targets through
+/// a node-side client (Kisara's design) can add. References beside the
+/// peers. Returns the first proxy's port.
+async fn proxies(target: SocketAddr, hops: usize) -> u16 {
+    let mut first = target;
+    for _ in 0..hops {
+        first = ([127, 0, 0, 1], one_hop_proxy(first).await).into();
+    }
+    first.port()
+}
+
+/// One proxy of [`proxies`]. Returns its port.
 async fn one_hop_proxy(target: SocketAddr) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -457,8 +471,14 @@ async fn run(settings: Settings) -> ExitCode {
         },
         Route {
             name: "proxy",
-            iperf: one_hop_proxy(iperf_target).await,
-            echo: one_hop_proxy(echo).await,
+            iperf: proxies(iperf_target, 1).await,
+            echo: proxies(echo, 1).await,
+            _processes: Vec::new(),
+        },
+        Route {
+            name: "proxy×2",
+            iperf: proxies(iperf_target, 2).await,
+            echo: proxies(echo, 2).await,
             _processes: Vec::new(),
         },
     ];
