@@ -61,13 +61,15 @@ impl TokenBucket {
     }
 
     /// Takes `n` bytes' worth if they are available now (for datagrams,
-    /// which are dropped rather than queued).
+    /// which are dropped rather than queued). A full bucket lets `n` pass
+    /// even beyond the burst, on credit: a datagram larger than the burst
+    /// (a 1400-byte one under a slow limit) is paced, not dropped forever.
     pub(crate) fn try_take(&self, n: usize) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let (tokens, at) = *state;
         let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= n as f64 {
+        if tokens >= (n as f64).min(self.burst) {
             *state = (tokens - n as f64, now);
             true
         } else {
@@ -183,5 +185,19 @@ mod tests {
         let bucket = TokenBucket::new(10_000);
         assert!(bucket.try_take(1024));
         assert!(!bucket.try_take(1024));
+    }
+
+    /// Datagrams larger than the burst (1 KiB at 8 kB/s) pass at the rate.
+    #[tokio::test(start_paused = true)]
+    async fn datagrams_beyond_the_burst_pass_at_the_rate() {
+        let bucket = TokenBucket::new(8_000);
+        assert!(bucket.try_take(1400), "a full bucket refused");
+        assert!(!bucket.try_take(1400));
+        // 376 bytes in debt, full again 1400 bytes' worth later: 0.175 s,
+        // one datagram per 0.175 s being 8 kB/s.
+        tokio::time::advance(Duration::from_millis(170)).await;
+        assert!(!bucket.try_take(1400), "passed before the bucket refilled");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(bucket.try_take(1400), "the bucket did not refill");
     }
 }
