@@ -705,7 +705,18 @@ impl Link {
                     warn!("the relay could not prove it knows the token");
                     return Err(denied());
                 }
-                Ok((relay, stream, (public_host, held)))
+                // One exposure per port and protocol at most.
+                const MOST_HELD: u32 = 2 * 65_536;
+                if held > MOST_HELD {
+                    return Err(TunnelError::Malformed(format!(
+                        "the relay announced {held} held exposures; a relay holds at most {MOST_HELD}"
+                    )));
+                }
+                let mut registrations = Vec::with_capacity(held.min(1024) as usize);
+                for _ in 0..held {
+                    registrations.push(wire::read_frame(&mut stream).await?);
+                }
+                Ok((relay, stream, (public_host, registrations)))
             }
             Verdict::Denied { message } => {
                 debug!(%message, "denied");

@@ -627,56 +627,66 @@ async fn control(
     drop(replaced);
     shared.forget_standby_tickets(&slot, generation);
     info!(%client, held = held.len(), "client connected");
-    let welcome = Verdict::Welcome {
-        proof: hex::encode(&auth::proof(
-            token,
-            Role::Relay,
-            &relay_nonce,
-            &client_nonce,
-            &client,
-        )),
-        public_host: shared.options.public_host.clone(),
-        held,
-    };
-    wire::write_frame(&mut stream, &welcome).await?;
-    for _ in 0..shared.options.standby {
-        shared.request_standby(&slot);
-    }
-
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let heartbeat = shared.options.heartbeat;
-    let writing = async move {
-        let mut tick = tokio::time::interval(heartbeat);
-        tick.tick().await;
-        loop {
-            let message = tokio::select! {
-                message = queue.recv() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-                _ = tick.tick() => RelayMessage::Ping,
-            };
-            if wire::write_frame(&mut writer, &message).await.is_err() {
-                return;
-            }
+    let proof = auth::proof(token, Role::Relay, &relay_nonce, &client_nonce, &client);
+    // Whatever ends the link below, the clean-up after it runs.
+    let ended = async {
+        let mut hello = Vec::new();
+        wire::encode_frame(
+            &mut hello,
+            &Verdict::Welcome {
+                proof: hex::encode(&proof),
+                public_host: shared.options.public_host.clone(),
+                held: held.len() as u32,
+            },
+        )?;
+        for registration in &held {
+            wire::encode_frame(&mut hello, registration)?;
         }
-    };
-    let reading = async {
-        loop {
-            let message: ClientMessage =
-                match tokio::time::timeout(heartbeat * 3, wire::read_frame(&mut reader)).await {
+        wire::write_frames(&mut stream, &hello).await?;
+        for _ in 0..shared.options.standby {
+            shared.request_standby(&slot);
+        }
+
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let heartbeat = shared.options.heartbeat;
+        let writing = async move {
+            let mut tick = tokio::time::interval(heartbeat);
+            tick.tick().await;
+            loop {
+                let message = tokio::select! {
+                    message = queue.recv() => match message {
+                        Some(message) => message,
+                        None => return,
+                    },
+                    _ = tick.tick() => RelayMessage::Ping,
+                };
+                if wire::write_frame(&mut writer, &message).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let reading = async {
+            loop {
+                let message: ClientMessage = match tokio::time::timeout(
+                    heartbeat * 3,
+                    wire::read_frame(&mut reader),
+                )
+                .await
+                {
                     Ok(Ok(message)) => message,
                     Ok(Err(error)) => return error,
                     Err(_) => return TunnelError::Closed("the client went silent".to_owned()),
                 };
-            handle(&shared, &slot, &outgoing, message).await;
-        }
+                handle(&shared, &slot, &outgoing, message).await;
+            }
+        };
+        Ok::<_, TunnelError>(tokio::select! {
+            () = link_cancel.cancelled() => "replaced by a newer link".to_owned(),
+            () = writing => "the link closed".to_owned(),
+            error = reading => error.to_string(),
+        })
     };
-    let ended = tokio::select! {
-        () = link_cancel.cancelled() => "replaced by a newer link".to_owned(),
-        () = writing => "the link closed".to_owned(),
-        error = reading => error.to_string(),
-    };
+    let ended = ended.await.unwrap_or_else(|error| error.to_string());
     info!(%client, reason = %ended, "client disconnected");
 
     let mut state = lock(&slot.state);

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::{Result, TunnelError};
 
 /// The protocol version both sides must speak.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -74,9 +74,10 @@ pub(crate) enum Verdict {
         proof: String,
         /// The host visitors use to reach this relay's public ports.
         public_host: String,
-        /// Exposures the relay still holds for this client id (after a
-        /// client restart).
-        held: Vec<Registration>,
+        /// How many exposures the relay still holds for this client id
+        /// (after a client restart): that many [`Registration`] frames
+        /// follow, one each, so that no count of them outgrows a frame.
+        held: u32,
     },
     /// Refused; the message never says which part was wrong.
     Denied {
@@ -160,12 +161,8 @@ pub(crate) enum RelayMessage {
     Ping,
 }
 
-/// Writes one frame: a big-endian `u32` length, then JSON.
-pub(crate) async fn write_frame<W, T>(writer: &mut W, message: &T) -> Result<()>
-where
-    W: AsyncWrite + Unpin,
-    T: Serialize,
-{
+/// Appends one frame to `frames`: a big-endian `u32` length, then JSON.
+pub(crate) fn encode_frame<T: Serialize>(frames: &mut Vec<u8>, message: &T) -> Result<()> {
     let body = serde_json::to_vec(message).map_err(|e| TunnelError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME {
         return Err(TunnelError::FrameTooLarge {
@@ -173,11 +170,29 @@ where
             limit: MAX_FRAME,
         });
     }
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    frames.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frames.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Writes one frame ([`encode_frame`]).
+pub(crate) async fn write_frame<W, T>(writer: &mut W, message: &T) -> Result<()>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, message)?;
+    write_frames(writer, &frame).await
+}
+
+/// Writes frames made with [`encode_frame`] and flushes them.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[u8],
+) -> Result<()> {
     writer
-        .write_all(&frame)
+        .write_all(frames)
         .await
         .map_err(|e| TunnelError::io("write frame", e))?;
     writer

@@ -215,6 +215,31 @@ async fn a_restarted_client_takes_its_exposures_back() {
     assert!(!echoes(&exposure).await);
 }
 
+/// More held exposures than one control frame holds (64 KiB) still come
+/// back to a restarted client, all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_takes_back_more_exposures_than_a_frame_holds() {
+    const EXPOSURES: usize = 300;
+    let relay = common::relay().await;
+    let client = common::client("node-many", &relay).await;
+    let target = tcp_echo().await;
+    let mut request = ExposeRequest::new(target, Protocol::Tcp);
+    request.labels.insert("note".into(), "n".repeat(250));
+    for _ in 0..EXPOSURES {
+        client.expose(&request).await.unwrap();
+    }
+    drop(client);
+
+    let client = common::client("node-many", &relay).await;
+    eventually("every exposure is back", async || {
+        client.list(&LabelFilter::all()).await.unwrap().len() == EXPOSURES
+    })
+    .await;
+    let listed = client.list(&LabelFilter::all()).await.unwrap();
+    assert!(echoes(&listed[EXPOSURES - 1]).await);
+    assert_eq!(relay.exposure_count(), EXPOSURES);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exposures_come_back_after_a_relay_restart() {
     let (relay, client, kept) =
