@@ -64,6 +64,12 @@ pub struct RelayOptions {
     pub heartbeat: Duration,
     /// A UDP session with no datagram either way for this long ends.
     pub udp_idle: Duration,
+    /// UDP sessions (peers) one exposure carries at once when it sets no
+    /// `max_connections`; a new peer beyond them is dropped. Each session
+    /// costs a socket on the relay and two on the client, and anyone can
+    /// open one per source address: without a bound, one host cycling
+    /// through source ports would run both out of file descriptors.
+    pub udp_peers: usize,
     /// TLS on the client port (control links and data connections); UDP
     /// session channels stay plain.
     pub tls: Option<RelayTls>,
@@ -87,6 +93,7 @@ impl RelayOptions {
             grace: Duration::from_secs(60),
             heartbeat: Duration::from_secs(15),
             udp_idle: udp::DEFAULT_IDLE,
+            udp_peers: udp::DEFAULT_PEERS,
             tls: None,
             standby: DEFAULT_STANDBY,
         }
@@ -121,6 +128,13 @@ impl RelayOptions {
     /// Sets the UDP session idle expiry.
     pub fn with_udp_idle(mut self, idle: Duration) -> Self {
         self.udp_idle = idle;
+        self
+    }
+
+    /// Sets how many UDP peers an exposure without `max_connections`
+    /// carries at once.
+    pub fn with_udp_peers(mut self, peers: usize) -> Self {
+        self.udp_peers = peers;
         self
     }
 
@@ -803,8 +817,11 @@ async fn expose(
                 bind: shared.options.listen.ip(),
                 socket: Arc::new(socket),
                 id: id.clone(),
-                limits,
+                peers: limits
+                    .max_connections
+                    .map_or(shared.options.udp_peers, |most| most as usize),
                 idle: shared.options.udp_idle,
+                limits,
                 cancel: cancel.clone(),
                 link: {
                     let slot = slot.clone();

@@ -27,10 +27,16 @@ use crate::wire::RelayMessage;
 
 /// Sessions idle this long end, unless configured otherwise.
 pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+/// Sessions one exposure carries at once, unless configured otherwise or
+/// limited by the exposure's `max_connections`.
+pub(crate) const DEFAULT_PEERS: usize = 256;
 /// How long the relay waits for the client's greeting.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Datagrams queued per session before newer ones are dropped.
-const QUEUE: usize = 1024;
+/// Datagrams a session queues while it waits for the client's greeting
+/// (normally one round trip between relay and client); newer ones are
+/// dropped. Bounded so that sessions whose greeting never comes (UDP
+/// blocked between relay and client) hold at most 64 × 64 KiB each.
+const QUEUE: usize = 64;
 /// Kernel buffers asked for on every socket of the UDP data path (Linux
 /// caps them at `net.core.rmem_max` / `wmem_max`). The default, 208 KiB,
 /// holds about 2 ms of traffic at 500 Mbit/s, so any delay in scheduling a
@@ -105,6 +111,8 @@ pub(crate) struct RelaySide {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) id: ExposureId,
     pub(crate) limits: ExposureLimits,
+    /// Sessions carried at once; a new peer beyond them is dropped.
+    pub(crate) peers: usize,
     pub(crate) idle: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) link: LinkLookup,
@@ -186,10 +194,8 @@ async fn open_or_queue(
             }
         }
     }
-    if let Some(max) = side.limits.max_connections
-        && lock(sessions).len() >= max as usize
-    {
-        debug!(%peer, "over the peer limit; datagram dropped");
+    if lock(sessions).len() >= side.peers {
+        debug!(%peer, most = side.peers, "over the peer limit; datagram dropped");
         return;
     }
     let Some(link) = (side.link)() else {

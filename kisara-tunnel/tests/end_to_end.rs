@@ -584,3 +584,36 @@ async fn refused_visitors_are_reset_and_data_connections_stay() {
     }
     common::assert_data_connections_kept(&relay, VISITORS);
 }
+
+/// An exposure without `max_connections` still carries a bounded number
+/// of UDP peers at once: anyone can open a session per source address,
+/// and each costs sockets on relay and client. A new peer beyond the
+/// bound is dropped until an idle session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_peers_are_bounded_by_default() {
+    const PEERS: usize = 8;
+    let options = kisara_tunnel::RelayOptions::new("127.0.0.1:0".parse().unwrap(), common::TOKEN)
+        .with_udp_peers(PEERS)
+        // Longer than the refused peer's 2.5 s of tries below.
+        .with_udp_idle(Duration::from_secs(5));
+    let relay = Relay::bind(options).await.unwrap();
+    let client = common::client("node-udp-peers", &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
+        .await
+        .unwrap();
+    for peer in 0..PEERS {
+        assert!(
+            udp_round_trip(&exposure, b"hello").await,
+            "peer {peer} got no session"
+        );
+    }
+    assert!(
+        !udp_round_trip(&exposure, b"one too many").await,
+        "peer {PEERS} got a session beyond the bound"
+    );
+    eventually("idle sessions make room", async || {
+        udp_round_trip(&exposure, b"later").await
+    })
+    .await;
+}
