@@ -461,16 +461,27 @@ impl Shared {
     }
 
     /// Removes an exposure: closes its public port and gives the port back.
-    async fn withdraw(&self, slot: &ClientSlot, id: &ExposureId) {
+    async fn withdraw(self: &Arc<Self>, slot: &ClientSlot, id: &ExposureId) {
         let held = lock(&slot.state).exposures.remove(id);
         if let Some(held) = held {
+            self.close(id.clone(), held).await;
+        }
+    }
+
+    /// Closes the public port of `held`, removed from its client's
+    /// exposures, and gives the port back, in a task of its own: a caller
+    /// dropped meanwhile (a link ending) must not leave the port taken.
+    async fn close(self: &Arc<Self>, id: ExposureId, held: Held) {
+        let shared = self.clone();
+        let closing = self.spawn(async move {
             held.cancel.cancel();
             let _ = held.task.await;
             if let Some(port) = held.registration.port {
-                self.ports(held.registration.protocol).release(port);
+                shared.ports(held.registration.protocol).release(port);
             }
             info!(exposure = %id, "withdrawn");
-        }
+        });
+        let _ = closing.await;
     }
 }
 
@@ -715,18 +726,20 @@ async fn control(
         let (expiring, slot) = (shared.clone(), slot.clone());
         shared.spawn(async move {
             tokio::time::sleep(grace).await;
-            let ids: Vec<ExposureId> = {
-                let state = lock(&slot.state);
+            // Taken under the same lock as the generation check: a client
+            // reconnecting meanwhile finds them gone, not about to go.
+            let expired: Vec<(ExposureId, Held)> = {
+                let mut state = lock(&slot.state);
                 if state.generation != generation {
                     return;
                 }
-                state.exposures.keys().cloned().collect()
+                state.exposures.drain().collect()
             };
-            if !ids.is_empty() {
-                info!(%client, exposures = ids.len(), "grace over; withdrawing");
+            if !expired.is_empty() {
+                info!(%client, exposures = expired.len(), "grace over; withdrawing");
             }
-            for id in ids {
-                expiring.withdraw(&slot, &id).await;
+            for (id, held) in expired {
+                expiring.close(id, held).await;
             }
         });
     }

@@ -617,3 +617,40 @@ async fn udp_peers_are_bounded_by_default() {
     })
     .await;
 }
+
+/// A client gone longer than the grace period loses its exposures: the
+/// relay closes their public ports and gives them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposures_of_a_client_gone_past_the_grace_period_are_withdrawn() {
+    let options = kisara_tunnel::RelayOptions::new("127.0.0.1:0".parse().unwrap(), common::TOKEN)
+        .with_grace(Duration::from_millis(500));
+    let relay = Relay::bind(options).await.unwrap();
+    let client = common::client("node-gone", &relay).await;
+    let exposure = client
+        .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))
+        .await
+        .unwrap();
+    drop(client);
+    eventually("the exposure is withdrawn", async || {
+        relay.exposure_count() == 0
+    })
+    .await;
+
+    // Its port is free again (given back just after): another client may
+    // have it.
+    let other = common::client("node-other", &relay).await;
+    let mut request = ExposeRequest::new(tcp_echo().await, Protocol::Tcp);
+    request.public_port = Some(exposure.public.port);
+    let mut taken = None;
+    eventually("its port is free again", async || {
+        taken = other.expose(&request).await.ok();
+        taken.is_some()
+    })
+    .await;
+    let taken = taken.unwrap();
+    assert_eq!(taken.public.port, exposure.public.port);
+    assert!(echoes(&taken).await);
+    // The first client, back, holds nothing.
+    let back = common::client("node-gone", &relay).await;
+    assert!(back.list(&LabelFilter::all()).await.unwrap().is_empty());
+}
