@@ -83,7 +83,18 @@ pub(crate) fn proofs_match(expected: &Bytes32, offered: &[u8]) -> bool {
 /// Failed attempts per source address, for slowing down guessers.
 #[derive(Debug, Default)]
 pub(crate) struct Failures {
-    by_address: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    by_address: Mutex<HashMap<IpAddr, Record>>,
+}
+
+/// What is known of one source's failed attempts.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    count: u32,
+    /// When the last failure was.
+    last: Instant,
+    /// When the latest handshake admitted from this source gets its
+    /// challenge; the next one comes a delay after it.
+    next_turn: Instant,
 }
 
 /// Failures are forgotten after this long without a new one.
@@ -93,46 +104,81 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 /// How many addresses are tracked at most; the oldest are forgotten first.
 const MAX_TRACKED: usize = 16_384;
 
+/// Whose failures an address counts towards: an IPv4 address (also when
+/// mapped into IPv6), or an IPv6 address's /64, which one host commonly
+/// holds whole and could otherwise rotate through.
+fn source(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+/// The delay `count` failures earn: 100 ms doubling per failure, at most
+/// [`MAX_DELAY`].
+fn backoff(count: u32) -> Duration {
+    let shift = count.saturating_sub(1).min(6);
+    (Duration::from_millis(100) * (1 << shift)).min(MAX_DELAY)
+}
+
 impl Failures {
-    /// How long `address` waits before it gets a challenge: nothing at
-    /// first, then 100 ms doubling per failure up to [`MAX_DELAY`].
-    pub(crate) fn delay(&self, address: IpAddr) -> Duration {
-        let map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&address) {
-            Some((count, at)) if at.elapsed() < FORGET_AFTER && *count > 0 => {
-                let shift = (*count - 1).min(6);
-                (Duration::from_millis(100) * (1 << shift)).min(MAX_DELAY)
-            }
-            _ => Duration::ZERO,
+    /// Admits a handshake from `address`: how long it waits before it gets
+    /// a challenge, or `None` when its source already has handshakes
+    /// waiting [`MAX_DELAY`] ahead (the connection is closed at once).
+    /// Nothing waits before a source's first failure; after it, the source
+    /// gets one handshake per [`backoff`], however many connections it
+    /// opens at once.
+    pub(crate) fn admit(&self, address: IpAddr) -> Option<Duration> {
+        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let Some(record) = map
+            .get_mut(&source(address))
+            .filter(|record| now.duration_since(record.last) < FORGET_AFTER)
+        else {
+            return Some(Duration::ZERO);
+        };
+        let turn = record.next_turn.max(now) + backoff(record.count);
+        let wait = turn - now;
+        if wait > MAX_DELAY {
+            return None;
         }
+        record.next_turn = turn;
+        Some(wait)
     }
 
-    /// Records a failure from `address`; returns the count so far.
+    /// Records a failure from `address`; returns its source's count so far.
     pub(crate) fn record(&self, address: IpAddr) -> u32 {
         let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
-            if map.len() >= MAX_TRACKED
-                && let Some(oldest) = map.iter().min_by_key(|(_, (_, at))| *at).map(|(a, _)| *a)
-            {
-                map.remove(&oldest);
+            map.retain(|_, record| record.last.elapsed() < FORGET_AFTER);
+            if map.len() >= MAX_TRACKED {
+                // The oldest eighth goes at once, so that a full map is
+                // not scanned again at every failure.
+                let mut times: Vec<Instant> = map.values().map(|record| record.last).collect();
+                let cut = *times.select_nth_unstable(MAX_TRACKED / 8).1;
+                map.retain(|_, record| record.last > cut);
             }
         }
-        let entry = map.entry(address).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FORGET_AFTER {
-            entry.0 = 0;
+        let now = Instant::now();
+        let record = map.entry(source(address)).or_insert(Record {
+            count: 0,
+            last: now,
+            next_turn: now,
+        });
+        if now.duration_since(record.last) >= FORGET_AFTER {
+            record.count = 0;
         }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = Instant::now();
-        entry.0
+        record.count = record.count.saturating_add(1);
+        record.last = now;
+        record.count
     }
 
-    /// Forgets `address` after it authenticated.
+    /// Forgets `address`'s source after it authenticated.
     pub(crate) fn clear(&self, address: IpAddr) {
         self.by_address
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&address);
+            .remove(&source(address));
     }
 }
 
@@ -225,22 +271,68 @@ mod tests {
         assert!(!proofs_match(&client, &client[..31]));
     }
 
+    /// Asserts that `admitted` is a wait of `expected`, give or take the
+    /// time the test itself took since.
+    fn assert_wait(admitted: Option<Duration>, expected: Duration) {
+        let wait = admitted.expect("refused");
+        assert!(
+            wait <= expected && expected - wait < Duration::from_millis(50),
+            "waits {wait:?}, not {expected:?}"
+        );
+    }
+
     #[test]
     fn failures_slow_down_and_clear() {
         let failures = Failures::default();
         let address: IpAddr = "127.0.0.9".parse().unwrap();
-        assert_eq!(failures.delay(address), Duration::ZERO);
+        assert_eq!(failures.admit(address), Some(Duration::ZERO));
+        assert_eq!(failures.admit(address), Some(Duration::ZERO));
         failures.record(address);
-        assert_eq!(failures.delay(address), Duration::from_millis(100));
+        assert_wait(failures.admit(address), Duration::from_millis(100));
         failures.record(address);
         failures.record(address);
-        assert_eq!(failures.delay(address), Duration::from_millis(400));
+        // Three failures: 400 ms, after the turn already given out.
+        assert_wait(failures.admit(address), Duration::from_millis(500));
         for _ in 0..20 {
             failures.record(address);
         }
-        assert_eq!(failures.delay(address), MAX_DELAY);
         failures.clear(address);
-        assert_eq!(failures.delay(address), Duration::ZERO);
+        assert_eq!(failures.admit(address), Some(Duration::ZERO));
+        for _ in 0..20 {
+            failures.record(address);
+        }
+        assert_wait(failures.admit(address), MAX_DELAY);
+        assert_eq!(failures.admit(address), None, "a second guess at once");
+    }
+
+    /// Connections opened at once from one source after a failure get
+    /// their turns one delay apart, and none waits beyond the longest
+    /// delay: one guess per delay, however many connections.
+    #[test]
+    fn parallel_handshakes_take_turns() {
+        let failures = Failures::default();
+        let address: IpAddr = "127.0.0.9".parse().unwrap();
+        failures.record(address);
+        let admitted: Vec<Duration> = (0..100).map_while(|_| failures.admit(address)).collect();
+        assert_eq!(admitted.len(), 50, "{admitted:?}");
+        for (turn, wait) in admitted.into_iter().enumerate() {
+            assert_wait(Some(wait), Duration::from_millis(100) * (turn as u32 + 1));
+        }
+    }
+
+    /// An IPv6 source counts by its /64; IPv4 mapped into IPv6 counts as
+    /// IPv4.
+    #[test]
+    fn sources_are_v4_addresses_and_v6_prefixes() {
+        let failures = Failures::default();
+        failures.record("2001:db8:1:2::1".parse().unwrap());
+        assert!(failures.admit("2001:db8:1:2:ffff::7".parse().unwrap()) > Some(Duration::ZERO));
+        assert_eq!(
+            failures.admit("2001:db8:1:3::1".parse().unwrap()),
+            Some(Duration::ZERO)
+        );
+        failures.record("::ffff:192.0.2.1".parse().unwrap());
+        assert!(failures.admit("192.0.2.1".parse().unwrap()) > Some(Duration::ZERO));
     }
 
     #[test]

@@ -812,13 +812,25 @@ impl Link {
             | RelayMessage::Failed { request, .. } => {
                 let mut state = self.state();
                 if let Some(pending) = state.pending.remove(&request) {
-                    if let (RelayMessage::Exposed { port, .. }, Some(mut record)) =
-                        (&message, pending.record)
+                    let recorded = match (&message, pending.record) {
+                        (RelayMessage::Exposed { port, .. }, Some(mut record)) => {
+                            record.public.port = *port;
+                            let id = record.id.clone();
+                            state.exposures.insert(id.clone(), record);
+                            Some(id)
+                        }
+                        _ => None,
+                    };
+                    if pending.reply.send(message).is_err()
+                        && let Some(id) = recorded
                     {
-                        record.public.port = *port;
-                        state.exposures.insert(record.id.clone(), record);
+                        // The caller gave up waiting (timed out or was
+                        // dropped) and never learned of this exposure:
+                        // none is kept, on either side.
+                        debug!(exposure = %id, "exposed too late; withdrawing");
+                        state.exposures.remove(&id);
+                        let _ = outgoing.send(ClientMessage::Withdraw { request: 0, id });
                     }
-                    let _ = pending.reply.send(message);
                 }
             }
             RelayMessage::Connect { id, ticket } => {

@@ -77,6 +77,9 @@ pub(crate) fn enable_gro(socket: &UdpSocket) {
 /// What one slot of the last receive holds.
 #[derive(Clone, Copy)]
 struct Received {
+    /// Which slot: a message skipped (truncated, or with no address)
+    /// leaves its slot unlisted, so positions do not match.
+    slot: usize,
     from: SocketAddr,
     len: usize,
     /// The size of each datagram in the slot (a GRO train); `len` for a
@@ -123,20 +126,18 @@ impl Inbox {
     /// The datagrams of the last receive, in arrival order, with their
     /// senders.
     pub(crate) fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.received
-            .iter()
-            .zip(self.buffer.chunks(SLOT))
-            .flat_map(|(received, slot)| {
-                let bytes = &slot[..received.len];
-                let segment = received.segment.max(1);
-                // An empty datagram is still one datagram.
-                let count = received.len.div_ceil(segment).max(1);
-                (0..count).map(move |i| {
-                    let start = i * segment;
-                    let end = (start + segment).min(bytes.len());
-                    (received.from, &bytes[start..end])
-                })
+        self.received.iter().flat_map(|received| {
+            let start = received.slot * SLOT;
+            let bytes = &self.buffer[start..start + received.len];
+            let segment = received.segment.max(1);
+            // An empty datagram is still one datagram.
+            let count = received.len.div_ceil(segment).max(1);
+            (0..count).map(move |i| {
+                let start = i * segment;
+                let end = (start + segment).min(bytes.len());
+                (received.from, &bytes[start..end])
             })
+        })
     }
 }
 
@@ -160,7 +161,7 @@ fn receive(socket: &UdpSocket, buffer: &mut [u8], received: &mut Vec<Received>) 
         MsgFlags::MSG_DONTWAIT,
         None,
     )?;
-    for message in messages {
+    for (slot, message) in messages.enumerate() {
         let Some(from) = message.address.as_ref().and_then(socket_address) else {
             continue;
         };
@@ -177,6 +178,7 @@ fn receive(socket: &UdpSocket, buffer: &mut [u8], received: &mut Vec<Received>) 
                 _ => None,
             });
         received.push(Received {
+            slot,
             from,
             len: message.bytes,
             segment: train.unwrap_or(message.bytes),
@@ -199,6 +201,7 @@ fn socket_address(address: &nix::sys::socket::SockaddrStorage) -> Option<SocketA
 fn receive(socket: &UdpSocket, buffer: &mut [u8], received: &mut Vec<Received>) -> io::Result<()> {
     let (len, from) = socket.try_recv_from(buffer)?;
     received.push(Received {
+        slot: 0,
         from,
         len,
         segment: len,

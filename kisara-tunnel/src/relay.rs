@@ -592,9 +592,12 @@ async fn control(
     peer: SocketAddr,
     client: String,
 ) -> Result<()> {
-    let delay = shared.failures.delay(peer.ip());
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    let Some(wait) = shared.failures.admit(peer.ip()) else {
+        debug!(%client, "handshakes from this source already wait their turn; closed");
+        return Ok(());
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
     let relay_nonce: auth::Bytes32 = auth::random();
     wire::write_frame(
@@ -840,6 +843,7 @@ async fn expose(
                     let slot = slot.clone();
                     Box::new(move || slot.link())
                 },
+                tasks: shared.tasks.clone(),
             })
             .instrument(span),
         ),

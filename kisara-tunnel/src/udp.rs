@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::auth::{self, hex};
@@ -116,6 +117,9 @@ pub(crate) struct RelaySide {
     pub(crate) idle: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) link: LinkLookup,
+    /// The relay's tasks, which [`crate::Relay::stop`] waits for: sessions
+    /// run among them, so no session outlives a stopped relay.
+    pub(crate) tasks: TaskTracker,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,9 +138,13 @@ pub(crate) async fn serve_relay(side: RelaySide) {
     // Waiting for one session's channel would stall every other peer, so
     // a full channel drops, as UDP may.
     let mut outbox = Outbox::new(WhenFull::Drop);
+    // Sessions end with the exposure, and it ends after them: its port is
+    // given back only once no session holds the public socket. (A relay
+    // stopping drops this task at once; it waits for the sessions itself.)
+    let running = TaskTracker::new();
     loop {
         let received = tokio::select! {
-            () = side.cancel.cancelled() => return,
+            () = side.cancel.cancelled() => break,
             received = inbox.recv(&side.socket) => received,
         };
         if let Err(error) = received {
@@ -166,12 +174,23 @@ pub(crate) async fn serve_relay(side: RelaySide) {
                 session.active.store(true, Ordering::Relaxed);
                 continue;
             }
-            open_or_queue(&side, &sessions, buckets.as_ref(), peer, datagram, existing).await;
+            open_or_queue(
+                &side,
+                &sessions,
+                &running,
+                buckets.as_ref(),
+                peer,
+                datagram,
+                existing,
+            )
+            .await;
         }
         if let Some(channel) = run_channel {
             outbox.flush(&channel).await;
         }
     }
+    running.close();
+    running.wait().await;
 }
 
 /// Queues a datagram for a session still waiting for the client's
@@ -179,6 +198,7 @@ pub(crate) async fn serve_relay(side: RelaySide) {
 async fn open_or_queue(
     side: &RelaySide,
     sessions: &Sessions,
+    running: &TaskTracker,
     buckets: Option<&Arc<(TokenBucket, TokenBucket)>>,
     peer: SocketAddr,
     datagram: &[u8],
@@ -244,7 +264,8 @@ async fn open_or_queue(
         me: queue,
         cancel: side.cancel.clone(),
     };
-    tokio::spawn(session.run().instrument(debug_span!("udp session", %peer)));
+    let session = session.run().instrument(debug_span!("udp session", %peer));
+    side.tasks.spawn(running.track_future(session));
 }
 
 struct RelaySession {

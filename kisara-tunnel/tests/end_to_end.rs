@@ -654,3 +654,62 @@ async fn exposures_of_a_client_gone_past_the_grace_period_are_withdrawn() {
     let back = common::client("node-gone", &relay).await;
     assert!(back.list(&LabelFilter::all()).await.unwrap().is_empty());
 }
+
+/// An `expose` whose caller stops waiting before the relay answers leaves
+/// no exposure behind, on the client or on the relay: the caller never
+/// learned its id or port, so nobody could withdraw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expose_given_up_on_leaves_nothing_behind() {
+    let relay = common::relay().await;
+    let client = common::client("node-impatient", &relay).await;
+    let request = ExposeRequest::new(tcp_echo().await, Protocol::Tcp);
+    // Polled once (the request goes out), then dropped: the answer comes
+    // to nobody.
+    tokio::select! {
+        biased;
+        exposed = client.expose(&request) => panic!("answered at once: {exposed:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let kept = client.expose(&request).await.unwrap();
+    eventually("only the exposure waited for remains", async || {
+        client.list(&LabelFilter::all()).await.unwrap() == [kept.clone()]
+            && relay.exposure_count() == 1
+    })
+    .await;
+}
+
+/// Once `withdraw` returns, a UDP exposure's port is closed, sessions and
+/// all, and once `stop` returns, every port is: each can be bound again at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_ports_are_free_once_withdrawn_or_stopped() {
+    let (relay, client, withdrawn) =
+        common::exposed("node-udp-again", udp_echo().await, Protocol::Udp).await;
+    let stopped = client
+        .expose(&ExposeRequest::new(withdrawn.target, Protocol::Udp))
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for exposure in [&withdrawn, &stopped] {
+        for _ in 0..8 {
+            let peer = udp_visitor(exposure).await;
+            peer.send(b"session").await.unwrap();
+            let mut back = [0u8; 16];
+            tokio::time::timeout(WAIT, peer.recv(&mut back))
+                .await
+                .unwrap()
+                .unwrap();
+            peers.push(peer);
+        }
+    }
+    client.withdraw(&withdrawn.id).await.unwrap();
+    let mut again = ExposeRequest::new(withdrawn.target, Protocol::Udp);
+    again.public_port = Some(withdrawn.public.port);
+    let again = client.expose(&again).await.unwrap();
+    assert_eq!(again.public.port, withdrawn.public.port);
+    assert!(udp_round_trip(&again, b"again").await);
+
+    relay.stop().await;
+    std::net::UdpSocket::bind(("127.0.0.1", stopped.public.port))
+        .expect("a session still holds the port after stop");
+}
