@@ -486,9 +486,7 @@ async fn requested_ports_and_unknown_relays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_udp_sessions_expire_and_busy_ones_stay() {
-    let options = kisara_tunnel::RelayOptions::new("127.0.0.1:0".parse().unwrap(), common::TOKEN)
-        .with_udp_idle(Duration::from_secs(1));
-    let relay = Relay::bind(options).await.unwrap();
+    let relay = common::relay_with(|options| options.with_udp_idle(Duration::from_secs(1))).await;
     let client = TunnelClient::builder("node-udp-idle")
         .relay("relay-a", relay.local_addr().to_string(), common::TOKEN)
         .with_udp_idle(Duration::from_secs(1))
@@ -592,11 +590,13 @@ async fn refused_visitors_are_reset_and_data_connections_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_peers_are_bounded_by_default() {
     const PEERS: usize = 8;
-    let options = kisara_tunnel::RelayOptions::new("127.0.0.1:0".parse().unwrap(), common::TOKEN)
-        .with_udp_peers(PEERS)
-        // Longer than the refused peer's 2.5 s of tries below.
-        .with_udp_idle(Duration::from_secs(5));
-    let relay = Relay::bind(options).await.unwrap();
+    let relay = common::relay_with(|options| {
+        options
+            .with_udp_peers(PEERS)
+            // Longer than the refused peer's 2.5 s of tries below.
+            .with_udp_idle(Duration::from_secs(5))
+    })
+    .await;
     let client = common::client("node-udp-peers", &relay).await;
     let exposure = client
         .expose(&ExposeRequest::new(udp_echo().await, Protocol::Udp))
@@ -622,9 +622,7 @@ async fn udp_peers_are_bounded_by_default() {
 /// relay closes their public ports and gives them back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exposures_of_a_client_gone_past_the_grace_period_are_withdrawn() {
-    let options = kisara_tunnel::RelayOptions::new("127.0.0.1:0".parse().unwrap(), common::TOKEN)
-        .with_grace(Duration::from_millis(500));
-    let relay = Relay::bind(options).await.unwrap();
+    let relay = common::relay_with(|options| options.with_grace(Duration::from_millis(500))).await;
     let client = common::client("node-gone", &relay).await;
     let exposure = client
         .expose(&ExposeRequest::new(tcp_echo().await, Protocol::Tcp))

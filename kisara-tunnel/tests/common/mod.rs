@@ -16,7 +16,12 @@ pub const TOKEN: &str = "correct horse battery staple";
 
 /// A relay on `127.0.0.1:0` with short timers for tests.
 pub async fn relay() -> Relay {
-    Relay::bind(options("127.0.0.1:0".parse().unwrap()))
+    relay_with(|options| options).await
+}
+
+/// A relay on `127.0.0.1:0` with the test options changed by `adjust`.
+pub async fn relay_with(adjust: impl FnOnce(RelayOptions) -> RelayOptions) -> Relay {
+    Relay::bind(adjust(options("127.0.0.1:0".parse().unwrap())))
         .await
         .unwrap()
 }
