@@ -464,16 +464,17 @@ impl Shared {
     async fn withdraw(self: &Arc<Self>, slot: &ClientSlot, id: &ExposureId) {
         let held = lock(&slot.state).exposures.remove(id);
         if let Some(held) = held {
-            self.close(id.clone(), held).await;
+            self.close(held).await;
         }
     }
 
     /// Closes the public port of `held`, removed from its client's
     /// exposures, and gives the port back, in a task of its own: a caller
     /// dropped meanwhile (a link ending) must not leave the port taken.
-    async fn close(self: &Arc<Self>, id: ExposureId, held: Held) {
+    async fn close(self: &Arc<Self>, held: Held) {
         let shared = self.clone();
         let closing = self.spawn(async move {
+            let id = &held.registration.id;
             held.cancel.cancel();
             let _ = held.task.await;
             if let Some(port) = held.registration.port {
@@ -731,18 +732,18 @@ async fn control(
             tokio::time::sleep(grace).await;
             // Taken under the same lock as the generation check: a client
             // reconnecting meanwhile finds them gone, not about to go.
-            let expired: Vec<(ExposureId, Held)> = {
+            let expired: Vec<Held> = {
                 let mut state = lock(&slot.state);
                 if state.generation != generation {
                     return;
                 }
-                state.exposures.drain().collect()
+                state.exposures.drain().map(|(_, held)| held).collect()
             };
             if !expired.is_empty() {
                 info!(%client, exposures = expired.len(), "grace over; withdrawing");
             }
-            for (id, held) in expired {
-                expiring.close(id, held).await;
+            for held in expired {
+                expiring.close(held).await;
             }
         });
     }
