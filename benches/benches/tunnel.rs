@@ -29,7 +29,9 @@
 //! (accept, dial, copy), the least any relay adds here. Kisara's path has
 //! one hop more (relay, then client); `proxy×2`, two such proxies in a
 //! row, is the reference for that: the least any relay reaching its
-//! targets through a node-side client adds. Each
+//! targets through a node-side client adds. In the throughput cases
+//! `splice×2` is that reference at its best: two zero-copy hops (threads
+//! with blocking `splice(2)` calls, no event loop, no framing). Each
 //! section's results are followed by the share of CPU time the host stole
 //! from this VM meanwhile, a gauge of how noisy they are. The run ends with
 //! a summary table (each measure, Kisara, the peers, the goal; last, the
@@ -235,6 +237,59 @@ async fn proxies(target: SocketAddr, hops: usize) -> u16 {
     first.port()
 }
 
+/// `hops` zero-copy TCP proxies chained in front of `target`: threads
+/// with blocking `splice(2)` calls through a 1 MiB pipe per direction, no
+/// event loop and no framing. Two hops are the least any relay reaching
+/// its targets through a node-side client can add to a bulk transfer
+/// here: a reference for the throughput cases. Returns the first proxy's
+/// port.
+fn splice_proxies(target: SocketAddr, hops: usize) -> u16 {
+    let mut first = target;
+    for _ in 0..hops {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let next = first;
+        first = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for visitor in listener.incoming() {
+                let (Ok(visitor), Ok(upstream)) = (visitor, std::net::TcpStream::connect(next))
+                else {
+                    continue;
+                };
+                for (from, to) in [
+                    (visitor.try_clone(), upstream.try_clone()),
+                    (Ok(upstream), Ok(visitor)),
+                ] {
+                    if let (Ok(from), Ok(to)) = (from, to) {
+                        std::thread::spawn(move || splice_one_way(&from, &to));
+                    }
+                }
+            }
+        });
+    }
+    first.port()
+}
+
+/// Moves `from` → `to` through a pipe until `from` ends (then half-closes
+/// `to`) or either fails.
+fn splice_one_way(from: &std::net::TcpStream, to: &std::net::TcpStream) {
+    use rustix::pipe::{SpliceFlags, fcntl_setpipe_size, pipe, splice};
+    const MOST: usize = 1024 * 1024;
+    let Ok((pipe_out, pipe_in)) = pipe() else {
+        return;
+    };
+    let _ = fcntl_setpipe_size(&pipe_in, MOST);
+    while let Ok(filled @ 1..) = splice(from, None, &pipe_in, None, MOST, SpliceFlags::MOVE) {
+        let mut left = filled;
+        while left > 0 {
+            match splice(&pipe_out, None, to, None, left, SpliceFlags::MOVE) {
+                Ok(moved) => left -= moved,
+                Err(_) => return,
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
 /// One proxy of [`proxies`]. Returns its port.
 async fn one_hop_proxy(target: SocketAddr) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -292,8 +347,17 @@ fn print_steal(section: &Steal) {
 struct Route {
     name: &'static str,
     iperf: u16,
-    echo: u16,
+    /// The echo target's port, for the latency and connection cases; none
+    /// for a throughput-only reference.
+    echo: Option<u16>,
     _processes: Vec<Process>,
+}
+
+/// The routes with an echo target, and its port.
+fn echo_paths(paths: &[Route]) -> impl Iterator<Item = (&Route, u16)> {
+    paths
+        .iter()
+        .filter_map(|path| path.echo.map(|echo| (path, echo)))
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> String {
@@ -330,7 +394,7 @@ async fn rathole(dir: &Path, iperf: u16, echo: u16, bound: Duration) -> Option<R
     wait_for_echo(public_echo).await.then_some(Route {
         name: "rathole",
         iperf: public_iperf,
-        echo: public_echo,
+        echo: Some(public_echo),
         _processes: processes,
     })
 }
@@ -365,7 +429,7 @@ async fn bore(iperf: u16, echo: u16, bound: Duration) -> Option<Route> {
     wait_for_echo(public_echo).await.then_some(Route {
         name: "bore",
         iperf: public_iperf,
-        echo: public_echo,
+        echo: Some(public_echo),
         _processes: processes,
     })
 }
@@ -460,25 +524,31 @@ async fn run(settings: Settings) -> ExitCode {
         Route {
             name: "direct",
             iperf: iperf_port,
-            echo: echo.port(),
+            echo: Some(echo.port()),
             _processes: Vec::new(),
         },
         Route {
             name: "kisara",
             iperf: tcp.public.port,
-            echo: echo_exposure.public.port,
+            echo: Some(echo_exposure.public.port),
             _processes: Vec::new(),
         },
         Route {
             name: "proxy",
             iperf: proxies(iperf_target, 1).await,
-            echo: proxies(echo, 1).await,
+            echo: Some(proxies(echo, 1).await),
             _processes: Vec::new(),
         },
         Route {
             name: "proxy×2",
             iperf: proxies(iperf_target, 2).await,
-            echo: proxies(echo, 2).await,
+            echo: Some(proxies(echo, 2).await),
+            _processes: Vec::new(),
+        },
+        Route {
+            name: "splice×2",
+            iperf: splice_proxies(iperf_target, 2),
+            echo: None,
             _processes: Vec::new(),
         },
     ];
@@ -624,11 +694,11 @@ async fn run(settings: Settings) -> ExitCode {
         let mut direct_latency = None;
         let mut kisara = None;
         let mut peers = Vec::new();
-        for path in &paths {
+        for (path, echo) in echo_paths(&paths) {
             let mut p50s = Samples::default();
             let mut p99s = Samples::default();
             for _ in 0..settings.reps {
-                if let Some((p50, p99)) = ping(path.echo, settings.pings).await {
+                if let Some((p50, p99)) = ping(echo, settings.pings).await {
                     p50s.push_value(p50);
                     p99s.push_value(p99);
                 }
@@ -672,12 +742,10 @@ async fn run(settings: Settings) -> ExitCode {
             let mut direct_rate = None;
             let mut kisara = None;
             let mut peers = Vec::new();
-            for path in &paths {
+            for (path, echo) in echo_paths(&paths) {
                 let mut rates = Samples::default();
                 for _ in 0..settings.reps {
-                    if let Some(rate) =
-                        connection_rate(path.echo, settings.connections, at_once).await
-                    {
+                    if let Some(rate) = connection_rate(echo, settings.connections, at_once).await {
                         rates.push_value(rate);
                     }
                 }
