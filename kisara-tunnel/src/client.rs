@@ -790,9 +790,13 @@ impl Link {
             if let Err(error) = &upstream {
                 debug!(exposure = %id, %error, "visitor refused");
             }
-            splice_framed(upstream.as_ref().ok(), &mut data, None)
-                .await
-                .map_err(|e| TunnelError::io("carry a framed visitor", e))?;
+            let carried = splice_framed(upstream.as_ref().ok(), &mut data, None).await;
+            if let (Err(_), Ok(upstream)) = (&carried, &upstream) {
+                // The visitor's side broke (or its exposure was withdrawn):
+                // the target learns that its stream did not end cleanly.
+                let _ = upstream.set_zero_linger();
+            }
+            carried.map_err(|e| TunnelError::io("carry a framed visitor", e))?;
         }
     }
 

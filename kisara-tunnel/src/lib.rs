@@ -5,6 +5,7 @@ mod client;
 mod datagram;
 mod error;
 mod limit;
+mod metrics;
 mod relay;
 #[cfg(test)]
 mod test_support;

