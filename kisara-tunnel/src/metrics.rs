@@ -2,16 +2,8 @@
 //! (e.g. Prometheus) in the process and they are exported with the rest.
 //! Without one they cost an atomic load each.
 //!
-//! | name | kind | labels |
-//! |---|---|---|
-//! | `kisara_tunnel_clients` | gauge: control links up | – |
-//! | `kisara_tunnel_rejected_total` | counter: connections turned away before or at authentication | `reason`: `tls`, `opening` (no valid opening frame), `token` |
-//! | `kisara_tunnel_exposures` | gauge: exposures in place | `protocol` |
-//! | `kisara_tunnel_tcp_visitors` | gauge: TCP visitors being carried | – |
-//! | `kisara_tunnel_tcp_visitors_total` | counter: TCP visitors, by how they ended | `outcome`: `carried`, `broken` (a connection failed mid-stream), `over_limit`, `client_offline`, `no_data_connection`, `withdrawn` |
-//! | `kisara_tunnel_tcp_bytes_total` | counter: bytes of TCP visitors carried to the end | `direction`: `to_target`, `to_visitor` |
-//! | `kisara_tunnel_udp_sessions` | gauge: UDP peers with a session | – |
-//! | `kisara_tunnel_udp_peers_dropped_total` | counter: datagrams of new UDP peers beyond an exposure's bound, dropped | – |
+//! The names, kinds and labels are listed in the crate's README
+//! (Metrics); they are named in one place, the constants below.
 //!
 //! Gauges are held by guards ([`Active`]) that give their count back when
 //! dropped, so a task ended by cancellation (a relay stopping) leaves no
