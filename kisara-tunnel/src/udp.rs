@@ -265,13 +265,9 @@ async fn open_or_queue(
         sessions: sessions.clone(),
         me: queue,
         cancel: side.cancel.clone(),
+        _counted: Active::udp_session(),
     };
-    let counted = Active::udp_session();
-    let session = async move {
-        let _counted = counted;
-        session.run().await;
-    }
-    .instrument(debug_span!("udp session", %peer));
+    let session = session.run().instrument(debug_span!("udp session", %peer));
     side.tasks.spawn(running.track_future(session));
 }
 
@@ -288,6 +284,8 @@ struct RelaySession {
     sessions: Sessions,
     me: mpsc::Sender<Vec<u8>>,
     cancel: CancellationToken,
+    /// Counted among the relay's sessions while it lasts.
+    _counted: Active,
 }
 
 impl RelaySession {
