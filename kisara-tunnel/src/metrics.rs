@@ -10,7 +10,7 @@
 //! count behind.
 
 use kisara_core::model::Protocol;
-use metrics::{Gauge, counter, gauge};
+use metrics::{Gauge, counter, describe_counter, describe_gauge, gauge};
 
 const CLIENTS: &str = "kisara_tunnel_clients";
 const REJECTED: &str = "kisara_tunnel_rejected_total";
@@ -20,6 +20,40 @@ const TCP_VISITORS_TOTAL: &str = "kisara_tunnel_tcp_visitors_total";
 const TCP_BYTES: &str = "kisara_tunnel_tcp_bytes_total";
 const UDP_SESSIONS: &str = "kisara_tunnel_udp_sessions";
 const UDP_PEERS_DROPPED: &str = "kisara_tunnel_udp_peers_dropped_total";
+
+/// Gives the recorder each metric's help text, and puts the gauges and the
+/// unlabelled counter in place at 0: a scrape of an idle relay shows them
+/// (an absent series is not a zero to alerting rules). Adding 0 leaves a
+/// value another relay in the process holds as it is.
+pub(crate) fn describe() {
+    describe_gauge!(CLIENTS, "Control links up");
+    describe_counter!(
+        REJECTED,
+        "Connections turned away at the client port, by reason"
+    );
+    describe_gauge!(EXPOSURES, "Exposures in place, by protocol");
+    describe_gauge!(TCP_VISITORS, "TCP visitors being carried");
+    describe_counter!(TCP_VISITORS_TOTAL, "TCP visitors by how they ended");
+    describe_counter!(
+        TCP_BYTES,
+        "Bytes of TCP visitors carried to the end, by direction"
+    );
+    describe_gauge!(UDP_SESSIONS, "UDP peers with a session");
+    describe_counter!(
+        UDP_PEERS_DROPPED,
+        "Datagrams of new UDP peers dropped: beyond an exposure's bound, or their client's link congested"
+    );
+    for gauge in [
+        gauge!(CLIENTS),
+        gauge!(EXPOSURES, "protocol" => Protocol::Tcp.to_string()),
+        gauge!(EXPOSURES, "protocol" => Protocol::Udp.to_string()),
+        gauge!(TCP_VISITORS),
+        gauge!(UDP_SESSIONS),
+    ] {
+        gauge.increment(0.0);
+    }
+    counter!(UDP_PEERS_DROPPED).increment(0);
+}
 
 /// One unit of a gauge, held while what it counts lasts.
 #[derive(Debug)]
@@ -83,24 +117,33 @@ pub(crate) enum VisitorEnd {
     Broken,
     OverLimit,
     ClientOffline,
+    /// The client's control link had too many messages waiting.
+    LinkCongested,
     NoDataConnection,
     Withdrawn,
 }
 
-pub(crate) fn tcp_visitor_ended(end: VisitorEnd) {
-    let outcome = match end {
-        VisitorEnd::Carried(to_target, to_visitor) => {
-            counter!(TCP_BYTES, "direction" => "to_target").increment(to_target);
-            counter!(TCP_BYTES, "direction" => "to_visitor").increment(to_visitor);
-            "carried"
+impl VisitorEnd {
+    /// The `outcome` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Carried(..) => "carried",
+            Self::Broken => "broken",
+            Self::OverLimit => "over_limit",
+            Self::ClientOffline => "client_offline",
+            Self::LinkCongested => "link_congested",
+            Self::NoDataConnection => "no_data_connection",
+            Self::Withdrawn => "withdrawn",
         }
-        VisitorEnd::Broken => "broken",
-        VisitorEnd::OverLimit => "over_limit",
-        VisitorEnd::ClientOffline => "client_offline",
-        VisitorEnd::NoDataConnection => "no_data_connection",
-        VisitorEnd::Withdrawn => "withdrawn",
-    };
-    counter!(TCP_VISITORS_TOTAL, "outcome" => outcome).increment(1);
+    }
+}
+
+pub(crate) fn tcp_visitor_ended(end: VisitorEnd) {
+    if let VisitorEnd::Carried(to_target, to_visitor) = end {
+        counter!(TCP_BYTES, "direction" => "to_target").increment(to_target);
+        counter!(TCP_BYTES, "direction" => "to_visitor").increment(to_visitor);
+    }
+    counter!(TCP_VISITORS_TOTAL, "outcome" => end.label()).increment(1);
 }
 
 pub(crate) fn udp_peer_dropped() {

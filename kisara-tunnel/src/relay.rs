@@ -14,7 +14,8 @@ use kisara_core::config::{PortRange, RelayConfig};
 use kisara_core::lifecycle::{Service, ServiceContext};
 use kisara_core::model::{ExposureId, ExposureLimits, Protocol};
 use kisara_net::PortPool;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,16 @@ const BIND_ATTEMPTS: usize = 64;
 /// Standby data connections each client keeps open, unless configured
 /// otherwise.
 const DEFAULT_STANDBY: usize = 4;
+/// Messages that may wait to go out on one client's control link. A
+/// visitor or UDP peer that would queue one more is turned away: its
+/// client is not keeping up (or has stalled), and an unbounded queue would
+/// let public traffic grow the relay's memory until the link times out.
+const LINK_QUEUE: usize = 1024;
+/// Queued control messages written together in one go, at most.
+const LINK_BATCH_BYTES: usize = 64 * 1024;
+
+/// The sending end of a client's control link.
+pub(crate) type Link = mpsc::Sender<RelayMessage>;
 
 /// How a [`Relay`] runs.
 #[derive(Debug, Clone)]
@@ -180,7 +191,7 @@ struct ClientSlot {
 #[derive(Debug, Default)]
 struct SlotState {
     generation: u64,
-    link: Option<mpsc::UnboundedSender<RelayMessage>>,
+    link: Option<Link>,
     link_cancel: Option<CancellationToken>,
     exposures: HashMap<ExposureId, Held>,
     /// Idle data connections of the current link, for the next visitors.
@@ -217,7 +228,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ClientSlot {
-    fn link(&self) -> Option<mpsc::UnboundedSender<RelayMessage>> {
+    fn link(&self) -> Option<Link> {
         lock(&self.state).link.clone()
     }
 
@@ -272,6 +283,7 @@ impl Relay {
         let pool =
             || PortPool::new(options.port_range).map_err(|e| TunnelError::Config(e.to_string()));
         let (tcp_ports, udp_ports) = (pool()?, pool()?);
+        metrics::describe();
         let listener = TcpListener::bind(options.listen)
             .await
             .map_err(|e| TunnelError::io(format!("bind relay on {}", options.listen), e))?;
@@ -443,8 +455,9 @@ impl Shared {
         let Some(link) = link else { return };
         let ticket = hex::encode(&auth::random::<16>());
         lock(&self.tickets).insert(ticket.clone(), Waiting::Standby(slot.clone(), generation));
+        // A full queue skips it: the next visitor asks again.
         if link
-            .send(RelayMessage::Standby {
+            .try_send(RelayMessage::Standby {
                 ticket: ticket.clone(),
             })
             .is_err()
@@ -640,7 +653,7 @@ async fn control(
     let _linked = Active::client();
 
     let slot = shared.slot(&client);
-    let (outgoing, mut queue) = mpsc::unbounded_channel();
+    let (outgoing, mut queue) = mpsc::channel(LINK_QUEUE);
     let link_cancel = shared.cancel.child_token();
     let (generation, held, replaced) = {
         let mut state = lock(&slot.state);
@@ -687,15 +700,31 @@ async fn control(
         let writing = async move {
             let mut tick = tokio::time::interval(heartbeat);
             tick.tick().await;
+            let mut batch = Vec::new();
             loop {
-                let message = tokio::select! {
+                let mut next = Some(tokio::select! {
                     message = queue.recv() => match message {
                         Some(message) => message,
                         None => return,
                     },
                     _ = tick.tick() => RelayMessage::Ping,
-                };
-                if wire::write_frame(&mut writer, &message).await.is_err() {
+                });
+                // What queued up meanwhile (a burst of visitors) leaves
+                // in the same write.
+                batch.clear();
+                while let Some(message) = next {
+                    if wire::encode_frame(&mut batch, &message).is_err() {
+                        return;
+                    }
+                    next = (batch.len() < LINK_BATCH_BYTES)
+                        .then(|| queue.try_recv().ok())
+                        .flatten();
+                }
+                // A client that stops reading fills its socket and then
+                // this queue; it is dropped as one that went silent is.
+                let written =
+                    tokio::time::timeout(heartbeat * 3, wire::write_frames(&mut writer, &batch));
+                if !matches!(written.await, Ok(Ok(()))) {
                     return;
                 }
             }
@@ -760,7 +789,7 @@ async fn control(
 async fn handle(
     shared: &Arc<Shared>,
     slot: &Arc<ClientSlot>,
-    outgoing: &mpsc::UnboundedSender<RelayMessage>,
+    outgoing: &Link,
     message: ClientMessage,
 ) {
     let reply = match message {
@@ -789,7 +818,8 @@ async fn handle(
             },
         },
     };
-    let _ = outgoing.send(reply);
+    // Waits for room: replies are paced by the client reading them.
+    let _ = outgoing.send(reply).await;
 }
 
 /// Places an exposure (or confirms one already in place under its id).
@@ -911,6 +941,22 @@ impl Route {
     }
 }
 
+/// Records how a visitor ended. One that was not carried to the end is
+/// reset once dropped, as a direct connection to a closed port (or to a
+/// target that went away) is.
+fn visitor_ended(visitor: &TcpStream, end: VisitorEnd) {
+    if !matches!(end, VisitorEnd::Carried(..)) {
+        let _ = visitor.set_zero_linger();
+    }
+    metrics::tcp_visitor_ended(end);
+}
+
+/// Turns a visitor away before it is carried.
+fn refuse(visitor: &TcpStream, peer: SocketAddr, end: VisitorEnd) {
+    debug!(%peer, reason = end.label(), "visitor refused");
+    visitor_ended(visitor, end);
+}
+
 /// Accepts visitors on a TCP exposure and splices each to a data
 /// connection from the client: a standby one when the client has one open,
 /// else a fresh one.
@@ -951,16 +997,14 @@ async fn serve_tcp(
             Some(slots) => match slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    debug!(%peer, "over the connection limit; refused");
-                    metrics::tcp_visitor_ended(VisitorEnd::OverLimit);
+                    refuse(&visitor, peer, VisitorEnd::OverLimit);
                     continue;
                 }
             },
             None => None,
         };
         let Some(link) = slot.link() else {
-            debug!(%peer, "client not connected; visitor refused");
-            metrics::tcp_visitor_ended(VisitorEnd::ClientOffline);
+            refuse(&visitor, peer, VisitorEnd::ClientOffline);
             continue;
         };
         // A framed visitor's data connection comes back for the next one.
@@ -994,15 +1038,17 @@ async fn serve_tcp(
                 let ticket = hex::encode(&auth::random::<16>());
                 let (sender, receiver) = oneshot::channel();
                 lock(&shared.tickets).insert(ticket.clone(), Waiting::Visitor(sender));
-                if link
-                    .send(RelayMessage::Connect {
-                        id: id.clone(),
-                        ticket: ticket.clone(),
-                    })
-                    .is_err()
-                {
+                let asked = link.try_send(RelayMessage::Connect {
+                    id: id.clone(),
+                    ticket: ticket.clone(),
+                });
+                if let Err(error) = asked {
                     lock(&shared.tickets).remove(&ticket);
-                    metrics::tcp_visitor_ended(VisitorEnd::ClientOffline);
+                    let end = match error {
+                        TrySendError::Full(_) => VisitorEnd::LinkCongested,
+                        TrySendError::Closed(_) => VisitorEnd::ClientOffline,
+                    };
+                    refuse(&visitor, peer, end);
                     continue;
                 }
                 Route::Ticket(ticket, receiver)
@@ -1060,15 +1106,10 @@ async fn serve_tcp(
                     }
                 }
             };
-            if !matches!(end, VisitorEnd::Carried(..)) {
-                // Reset, as a direct connection to a closed port (or to a
-                // target that went away) is.
-                let _ = visitor.set_zero_linger();
-            }
             if matches!(end, VisitorEnd::Withdrawn) {
                 debug!("exposure withdrawn; visitor reset");
             }
-            metrics::tcp_visitor_ended(end);
+            visitor_ended(&visitor, end);
         };
         shared.spawn(visitors.track_future(visit.instrument(info_span!("visitor", %peer))));
     }
@@ -1078,6 +1119,11 @@ async fn serve_tcp(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use kisara_core::model::Labels;
+    use tokio::io::AsyncReadExt;
+
     use super::*;
     use crate::test_support::tcp_pair;
 
@@ -1103,5 +1149,49 @@ mod tests {
         let (_, _, idle) = taken.expect("the open connection");
         assert_eq!(idle, 0);
         assert!(matches!(slot.take_standby(), (None, 0)));
+    }
+
+    /// A client whose control link has a full queue gets no more
+    /// messages: its visitors are reset at once instead of waiting for a
+    /// data connection that was never asked for, and the queue stays as
+    /// long as it was.
+    #[tokio::test]
+    async fn visitors_of_a_congested_link_are_reset_at_once() {
+        let relay = Relay::bind(RelayOptions::new("127.0.0.1:0".parse().unwrap(), "token"))
+            .await
+            .unwrap();
+        let slot = relay.shared.slot("congested");
+        let (link, queue) = mpsc::channel(1);
+        link.try_send(RelayMessage::Ping).unwrap();
+        lock(&slot.state).link = Some(link);
+        let registration = Registration {
+            id: ExposureId::new("congested-tcp"),
+            protocol: Protocol::Tcp,
+            port: None,
+            limits: ExposureLimits::default(),
+            target: "127.0.0.1:9".parse().unwrap(),
+            labels: Labels::default(),
+        };
+        let port = expose(&relay.shared, &slot, registration).await.unwrap();
+
+        for _ in 0..3 {
+            let mut visitor = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .await
+                .unwrap();
+            let mut byte = [0; 1];
+            // Well before DATA_TIMEOUT, which a visitor whose `Connect`
+            // was queued without bound would wait out.
+            let read = tokio::time::timeout(Duration::from_secs(2), visitor.read(&mut byte))
+                .await
+                .expect("the visitor was left waiting");
+            let error = read.expect_err("the visitor was not reset");
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+        }
+        assert_eq!(queue.len(), 1, "a congested link was given more to send");
+        assert!(
+            lock(&relay.shared.tickets).is_empty(),
+            "tickets were left behind"
+        );
+        relay.stop().await;
     }
 }

@@ -25,6 +25,7 @@ use crate::auth::{self, hex};
 use crate::datagram::{self, Batch, Inbox, Outbox, WhenFull};
 use crate::limit::TokenBucket;
 use crate::metrics::{self, Active};
+use crate::relay::Link;
 use crate::wire::RelayMessage;
 
 /// Sessions idle this long end, unless configured otherwise.
@@ -102,8 +103,7 @@ struct Entry {
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Entry>>>;
 
 /// Finds the control link of the exposure's client, if it is connected.
-pub(crate) type LinkLookup =
-    Box<dyn Fn() -> Option<mpsc::UnboundedSender<RelayMessage>> + Send + Sync>;
+pub(crate) type LinkLookup = Box<dyn Fn() -> Option<Link> + Send + Sync>;
 
 /// The relay's side of a UDP exposure.
 pub(crate) struct RelaySide {
@@ -243,13 +243,17 @@ async fn open_or_queue(
         active: Arc::default(),
     };
     lock(sessions).insert(peer, entry.clone());
-    let opened = link.send(RelayMessage::UdpSession {
+    let opened = link.try_send(RelayMessage::UdpSession {
         id: side.id.clone(),
         ticket: hex::encode(&ticket),
         port,
     });
-    if opened.is_err() {
+    if let Err(error) = opened {
         lock(sessions).remove(&peer);
+        if matches!(error, mpsc::error::TrySendError::Full(_)) {
+            debug!(%peer, "the client's link is congested; datagram dropped");
+            metrics::udp_peer_dropped();
+        }
         return;
     }
     let session = RelaySession {

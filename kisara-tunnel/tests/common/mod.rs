@@ -3,11 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kisara_core::Tunnel;
+use kisara_core::config::PortRange;
 use kisara_core::model::{ExposeRequest, Exposure, ExposureId, LabelFilter, Protocol};
 use kisara_tunnel::{Relay, RelayOptions, TunnelClient};
 
@@ -26,11 +27,31 @@ pub async fn relay_with(adjust: impl FnOnce(RelayOptions) -> RelayOptions) -> Re
         .unwrap()
 }
 
-/// Relay options with short timers for tests.
+/// Relay options with short timers for tests, and public ports from this
+/// process's own slice of the range.
 fn options(listen: std::net::SocketAddr) -> RelayOptions {
     RelayOptions::new(listen, TOKEN)
         .with_grace(Duration::from_secs(30))
         .with_udp_idle(Duration::from_secs(5))
+        .with_port_range(public_ports())
+}
+
+/// 500 public ports picked once per process (the most any test uses is
+/// 300). Each test runs in a process of its own beside others, and every
+/// relay hands out the first free port of its range: with one range for
+/// all, a test asking for a port by number (the same number for TCP and
+/// UDP, a port kept across a restart) found it held by another test's
+/// relay. The slices lie below Linux's ephemeral ports (32768 and up), so
+/// no outgoing connection holds one either.
+fn public_ports() -> PortRange {
+    static PORTS: OnceLock<PortRange> = OnceLock::new();
+    *PORTS.get_or_init(|| {
+        let start = 20000 + (kisara_core::testing::random_u64() % 25) as u16 * 500;
+        PortRange {
+            start,
+            end: start + 499,
+        }
+    })
 }
 
 /// A relay bound again on `listen` after a restart. Tests in other
