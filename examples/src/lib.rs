@@ -4,6 +4,7 @@
 
 #![doc = include_str!("../README.md")]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use kisara_core::cluster::link::{AgentGateway, LinkOptions, TlsListener, agent_l
 use kisara_core::config::{
     AgentConfig, AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig,
 };
-use kisara_core::http::ApiBuilder;
+use kisara_core::http::{ApiBuilder, metrics_router};
 use kisara_core::model::NodeId;
 use kisara_core::{SubnetAllocator, Tunnel};
 use kisara_net::{PoolAllocator, SubnetPool};
@@ -211,6 +212,29 @@ pub fn api_router(
         .with_metrics(move || metrics.render())
         .build();
     Ok((api.merge(agent_link(gateway.clone())), gateway))
+}
+
+/// Installs the process's metrics recorder and serves it at
+/// `GET /metrics` on `listen` (plain HTTP, no authentication) until the
+/// process ends: for a program without the API, such as the relay.
+///
+/// # Errors
+///
+/// When `listen` cannot be bound, or a metrics recorder is already
+/// installed.
+pub async fn serve_metrics(listen: SocketAddr) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    tracing::info!(%listen, "serving metrics at /metrics");
+    let router = metrics_router(move || metrics.render());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::warn!(%error, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Serves `router` on `[server] listen` until Ctrl-C or SIGTERM, over TLS

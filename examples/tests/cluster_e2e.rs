@@ -1,7 +1,8 @@
 //! The whole cluster as separate processes on the real Docker engine: a
 //! relay, the server and two agents (distinct node ids, same engine).
 //! Twenty containers for five owners are launched through the HTTP API and
-//! reached through the relay's public ports; one agent is killed with
+//! reached through the relay's public ports (the relay's own metrics
+//! endpoint counts them); one agent is killed with
 //! SIGKILL and restarted, then the server is; after each, everything is
 //! still there and reachable. Teardown leaves nothing behind.
 
@@ -81,6 +82,8 @@ impl Process {
 struct Rig {
     dir: tempfile::TempDir,
     api: String,
+    /// Where the relay serves its metrics.
+    relay_metrics: String,
     nodes: [String; 2],
     processes: BTreeMap<String, Process>,
 }
@@ -110,7 +113,7 @@ impl Drop for Rig {
 impl Rig {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (api, relay) = (free_port(), free_port());
+        let (api, relay, relay_metrics) = (free_port(), free_port(), free_port());
         // A private slice of the public port range, so parallel runs of
         // other tests do not collide with it.
         let first = 21000 + (kisara_core::testing::random_u64() % 200) as u16 * 100;
@@ -130,6 +133,7 @@ listen = "127.0.0.1:{relay}"
 public_host = "127.0.0.1"
 port_range = "{first}-{last}"
 token = "{RELAY_TOKEN}"
+metrics_listen = "127.0.0.1:{relay_metrics}"
 "#,
             last = first + 99,
         );
@@ -155,6 +159,7 @@ relays = [{{ name = "relay-1", address = "127.0.0.1:{relay}", token = "{RELAY_TO
         Self {
             dir,
             api: format!("127.0.0.1:{api}"),
+            relay_metrics: format!("127.0.0.1:{relay_metrics}"),
             nodes,
             processes: BTreeMap::new(),
         }
@@ -216,6 +221,14 @@ relays = [{{ name = "relay-1", address = "127.0.0.1:{relay}", token = "{RELAY_TO
         }
     }
 
+    /// What the relay's metrics endpoint answers (no token needed).
+    async fn relay_metrics(&self) -> String {
+        match scrape(&self.relay_metrics, None).await {
+            Ok((200, body)) => body,
+            other => format!("{other:?}"),
+        }
+    }
+
     async fn online_nodes(&self) -> Vec<String> {
         let (status, nodes) = self.call("GET", "/v1/nodes", None).await;
         if status != 200 {
@@ -251,6 +264,17 @@ async fn http(address: &str, request: &str) -> std::io::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
     Ok((status, body.to_owned()))
+}
+
+/// `GET /metrics` at `address`, with a bearer token when one is given.
+async fn scrape(address: &str, bearer: Option<&str>) -> std::io::Result<(u16, String)> {
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
+    );
+    http(address, &request).await
 }
 
 /// What a container's httpd answers for `/hostname` through its public
@@ -331,15 +355,7 @@ async fn a_two_agent_cluster_survives_crashes_and_restarts() {
         }
     }
     assert_eq!(containers.len(), 20);
-    let metrics = http(
-        &rig.api,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n",
-            rig.api
-        ),
-    )
-    .await
-    .unwrap();
+    let metrics = scrape(&rig.api, Some(API_TOKEN)).await.unwrap();
     assert_eq!(metrics.0, 200);
     assert!(
         metrics
@@ -352,6 +368,14 @@ async fn a_two_agent_cluster_survives_crashes_and_restarts() {
         all_reachable(&rig, &containers).await
     })
     .await;
+    let relay_metrics = rig.relay_metrics().await;
+    for line in [
+        "kisara_tunnel_clients 2",
+        "kisara_tunnel_exposures{protocol=\"tcp\"} 20",
+        "kisara_tunnel_tcp_visitors_total{outcome=\"carried\"}",
+    ] {
+        assert!(relay_metrics.contains(line), "{line}: {relay_metrics}");
+    }
 
     // An agent crashes: its containers keep running...
     rig.processes.get_mut("0").unwrap().kill().await;
@@ -421,4 +445,10 @@ async fn a_two_agent_cluster_survives_crashes_and_restarts() {
     for public in &publics {
         assert_eq!(fetch_hostname(public).await, None, "{public} still answers");
     }
+    rig.eventually("the relay holds no exposure", async || {
+        rig.relay_metrics()
+            .await
+            .contains("kisara_tunnel_exposures{protocol=\"tcp\"} 0")
+    })
+    .await;
 }

@@ -291,6 +291,50 @@ mod config {
     }
 
     #[test]
+    fn the_relay_metrics_address_is_optional_and_its_own() {
+        let relay = |extra: &str| {
+            Config::from_toml_str(
+                &format!(
+                    "[relay]\nlisten = \"0.0.0.0:7000\"\nport_range = \"30000-30999\"\n\
+                     token = \"0123456789abcdef-relay\"\n{extra}"
+                ),
+                "relay.toml",
+            )
+            .unwrap()
+        };
+        let none = relay("").resolve_for(Role::Relay).unwrap();
+        assert_eq!(
+            none.relay.metrics_listen, None,
+            "served without being asked"
+        );
+        let set = relay("metrics_listen = \"127.0.0.1:9464\"\n")
+            .resolve_for(Role::Relay)
+            .unwrap();
+        assert_eq!(
+            set.relay.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        for (value, problem) in [
+            (
+                "0.0.0.0:7000",
+                "relay.metrics_listen: 0.0.0.0:7000 is relay.listen; give metrics a port of their own",
+            ),
+            (
+                "127.0.0.1:30500",
+                "relay.metrics_listen: port 30500 is inside relay.port_range 30000-30999, where exposures take ports",
+            ),
+            ("127.0.0.1:0", "relay.metrics_listen: port must not be 0"),
+        ] {
+            let config = relay(&format!("metrics_listen = \"{value}\"\n"));
+            assert_eq!(problem_lines(&config, Role::Relay), [problem]);
+        }
+        let junk = Config::from_toml_str("[relay]\nmetrics_listen = \"localhost\"\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(junk.contains("metrics_listen"), "{junk}");
+    }
+
+    #[test]
     fn problems_outside_a_role_are_not_its_problems() {
         // An agent's file with broken relay and server settings, and an
         // unusable Go server address: only agent and container keys count.

@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use kisara_core::Identity;
 use kisara_core::cluster::{ContainerQuery, Server};
-use kisara_core::http::{ApiBuilder, MAX_BODY_BYTES, api};
+use kisara_core::http::{ApiBuilder, MAX_BODY_BYTES, api, metrics_router};
 use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator, StaticAuthenticator};
 use kisara_core::model::{ImageRef, NodeCapacity, NodeId};
 use serde_json::{Value, json};
@@ -553,4 +553,28 @@ async fn metrics_are_rendered_by_the_programs_exporter_on_each_scrape() {
     }
     let (status, _, _) = send(&app, "GET", "/metrics", &[], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_metrics_router_serves_metrics_alone_without_a_token() {
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = scrapes.clone();
+    let app = metrics_router(move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        format!("scrapes_total {n}\n")
+    });
+    for n in 1..=2 {
+        let (status, content_type, body) = send(&app, "GET", "/metrics", &[], None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!("scrapes_total {n}\n")
+        );
+    }
+    for (method, path) in [("GET", "/v1/nodes"), ("POST", "/metrics")] {
+        let (status, _, _) = send(&app, method, path, &[], None).await;
+        assert!(status.is_client_error(), "{method} {path}: {status}");
+    }
+    assert_eq!(scrapes.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

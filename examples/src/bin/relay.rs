@@ -3,9 +3,10 @@
 //!
 //! Run: `cargo run -p kisara-examples --bin relay -- conf/kisara.toml`
 //! (the `[relay]` section: `listen`, `public_host`, `port_range`, `token`,
-//! optional `tls_cert` / `tls_key`; `KISARA_RELAY__TOKEN` and the other
-//! `KISARA_` variables override it). Stops on Ctrl-C or SIGTERM, closing
-//! every public port.
+//! optional `tls_cert` / `tls_key`, and `metrics_listen` to serve
+//! Prometheus metrics at `GET /metrics`; `KISARA_RELAY__TOKEN` and the
+//! other `KISARA_` variables override it). Stops on Ctrl-C or SIGTERM,
+//! closing every public port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use kisara_core::config::Role;
 use kisara_core::lifecycle::Lifecycle;
 use kisara_examples::{
-    Failure, exit_on_failure, init_logging, load_config, relay_tls, shutdown_signal,
+    Failure, exit_on_failure, init_logging, load_config, relay_tls, serve_metrics, shutdown_signal,
 };
 use kisara_tunnel::{Relay, RelayOptions};
 
@@ -25,6 +26,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<(), Failure> {
     let (_, config) = load_config(Role::Relay)?;
+    if let Some(listen) = config.relay.metrics_listen {
+        serve_metrics(listen).await?;
+    }
     let mut options = RelayOptions::from_config(&config.relay);
     if let Some((cert, key)) = config.relay.tls() {
         options = options.with_tls(relay_tls(cert, key)?);

@@ -447,6 +447,12 @@ pub struct RelayConfig {
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Where the relay program serves its Prometheus metrics
+    /// (`GET /metrics`, plain HTTP without authentication: bind it to an
+    /// address only the scraper reaches); not served by default. A relay
+    /// run inside the server or dev program reports through that
+    /// program's `/metrics` instead.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl RelayConfig {
@@ -482,6 +488,7 @@ impl Default for RelayConfig {
             token: Secret::default(),
             tls_cert: None,
             tls_key: None,
+            metrics_listen: None,
         }
     }
 }

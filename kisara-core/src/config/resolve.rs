@@ -605,6 +605,23 @@ impl Checker {
             self.problem("relay.public_host", "must not be empty");
         }
         self.cert_and_key("relay", relay.tls_cert.as_ref(), relay.tls_key.as_ref());
+        if let Some(metrics) = relay.metrics_listen {
+            self.port("relay.metrics_listen", metrics);
+            if metrics == relay.listen {
+                self.problem(
+                    "relay.metrics_listen",
+                    format!("{metrics} is relay.listen; give metrics a port of their own"),
+                );
+            } else if range.contains(metrics.port()) {
+                self.problem(
+                    "relay.metrics_listen",
+                    format!(
+                        "port {} is inside relay.port_range {range}, where exposures take ports",
+                        metrics.port()
+                    ),
+                );
+            }
+        }
     }
 
     /// A certificate and its key come together or not at all.

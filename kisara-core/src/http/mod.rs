@@ -42,7 +42,8 @@
 //!
 //! The route needs the bearer token like every other; in Prometheus's
 //! scrape config, set `authorization: { credentials: <token> }`. Without
-//! `with_metrics` it answers 404.
+//! `with_metrics` it answers 404. A program without the API serves
+//! [`metrics_router`] instead, on an address of its own.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -88,6 +89,22 @@ struct ApiState {
 /// your own router. The short way of [`ApiBuilder`] without options.
 pub fn api(server: Server, authenticator: Arc<dyn Authenticator>) -> Router {
     ApiBuilder::new(server, authenticator).build()
+}
+
+/// `GET /metrics` alone, without authentication, rendering what `render`
+/// returns on each scrape: for a program that serves no API (the relay)
+/// and exposes its metrics on an address only the scraper reaches. See the
+/// [module docs](self) for the recorder.
+pub fn metrics_router(render: impl Fn() -> String + Send + Sync + 'static) -> Router {
+    let render = Arc::new(render);
+    Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(prometheus_text(render()))),
+    )
+}
+
+fn prometheus_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
 }
 
 /// Builds the API router with options; see [`api`].
@@ -345,7 +362,7 @@ async fn metrics(State(state): State<ApiState>, _caller: Caller) -> ApiResult<Re
             "metrics are not exported: build the API with ApiBuilder::with_metrics",
         )
     })?;
-    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], render()).into_response())
+    Ok(prometheus_text(render()))
 }
 
 async fn list_nodes(State(state): State<ApiState>, _caller: Caller) -> impl IntoResponse {
