@@ -98,25 +98,36 @@ async fn secure_defaults_are_visible_in_docker_inspect() {
     cleanup.clean().await;
 }
 
+/// How many containers the OOM test may launch. Docker 20.10 passes on
+/// containerd's OOM and exit reports in the order they come, and records an
+/// OOM kill only when the OOM report came first. Under load the exit report
+/// now and then comes first or alone (2 of 60 containers in a loaded run):
+/// the `oom` event then follows the `die` event or never comes, and
+/// inspect's `OOMKilled` stays false.
+const OOM_ATTEMPTS: usize = 3;
+
 #[tokio::test]
 async fn memory_limited_container_reports_oom() {
     let (runtime, image, cleanup) = setup().await;
     let mut events = runtime.events(&cleanup.filter()).await.unwrap();
-    // Doubles a string until the 8 MiB limit kills it.
-    let mut spec = cleanup.spec(
-        &image,
-        [
-            "sh",
-            "-c",
-            "x=0123456789abcdef; while true; do x=$x$x; done",
-        ],
-    );
-    spec.resources.memory_bytes = Some(8 * 1024 * 1024);
-    let launched = runtime.launch(&spec).await.unwrap();
-    let mut saw_oom = false;
-    let mut exit = None;
-    let wait = async {
-        while let Some(event) = events.next().await {
+    let mut orders = Vec::new();
+    for _ in 0..OOM_ATTEMPTS {
+        // Doubles a string until the 8 MiB limit kills it.
+        let mut spec = cleanup.spec(
+            &image,
+            [
+                "sh",
+                "-c",
+                "x=0123456789abcdef; while true; do x=$x$x; done",
+            ],
+        );
+        spec.resources.memory_bytes = Some(8 * 1024 * 1024);
+        let launched = runtime.launch(&spec).await.unwrap();
+        // The OOM and die events in arrival order, waiting up to 5 s after
+        // the die event for an OOM event that follows it.
+        let mut order = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
             let event = event.unwrap();
             if event.container != launched.id {
                 continue;
@@ -129,29 +140,45 @@ async fn memory_limited_container_reports_oom() {
                 Some(cleanup.run())
             );
             match event.kind {
-                ContainerEventKind::Oom => saw_oom = true,
-                ContainerEventKind::Die { exit_code } => {
-                    exit = Some(exit_code);
-                    break;
+                ContainerEventKind::Oom => order.push(event.kind),
+                ContainerEventKind::Die { .. } => {
+                    order.push(event.kind);
+                    deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 }
-                _ => {}
+                _ => continue,
+            }
+            if order.len() == 2 {
+                break;
             }
         }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .expect("the container dies of OOM");
-    assert!(saw_oom, "an OOM event before the die event");
-    assert_eq!(exit, Some(137), "killed by SIGKILL");
-    let info = runtime.inspect(&launched.id).await.unwrap();
-    assert!(info.oom_killed);
-    assert_eq!(info.state, ContainerState::Exited);
-    let listed = runtime.list(&cleanup.filter()).await.unwrap();
-    assert!(
-        listed.iter().any(|c| c.id == launched.id && c.oom_killed),
-        "list shows the OOM kill"
+        assert!(
+            order.contains(&ContainerEventKind::Die { exit_code: 137 }),
+            "within 60 s the container dies, killed by SIGKILL (events: {order:?})"
+        );
+        if order
+            != [
+                ContainerEventKind::Oom,
+                ContainerEventKind::Die { exit_code: 137 },
+            ]
+        {
+            orders.push(order);
+            continue;
+        }
+        let info = runtime.inspect(&launched.id).await.unwrap();
+        assert!(info.oom_killed);
+        assert_eq!(info.state, ContainerState::Exited);
+        let listed = runtime.list(&cleanup.filter()).await.unwrap();
+        assert!(
+            listed.iter().any(|c| c.id == launched.id && c.oom_killed),
+            "list shows the OOM kill"
+        );
+        cleanup.clean().await;
+        return;
+    }
+    panic!(
+        "in {OOM_ATTEMPTS} containers the engine never reported an OOM kill before the exit \
+         (events of each: {orders:?})"
     );
-    cleanup.clean().await;
 }
 
 #[tokio::test]

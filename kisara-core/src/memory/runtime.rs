@@ -137,7 +137,8 @@ impl MemoryRuntime {
 
     /// Simulates the kernel's OOM killer ending a running container's main
     /// process: it exits with 137, `oom_killed` is set, and an `Oom` event
-    /// precedes the `Die` event, as on a real engine.
+    /// and a `Die` event are sent (here in that order; a real engine may
+    /// deliver them in either).
     pub fn simulate_oom(&self, container: &ContainerId) -> Result<()> {
         let mut state = self.state();
         let key = state.container_key(container)?;

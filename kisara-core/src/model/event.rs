@@ -17,7 +17,9 @@ pub enum ContainerEventKind {
         /// The exit code.
         exit_code: i64,
     },
-    /// The kernel killed a process of it for running out of memory.
+    /// The kernel killed a process of it for running out of memory. When
+    /// that process was the main one, this may come before or after the
+    /// `Die` event: the engine passes both on as containerd reports them.
     Oom,
     /// Removed.
     Destroy,
