@@ -254,7 +254,10 @@ pub struct ContainerInfo {
     pub state: ContainerState,
     /// The exit code, once it exited.
     pub exit_code: Option<i64>,
-    /// Whether it was killed for running out of memory.
+    /// Whether it was killed for running out of memory, as the engine
+    /// recorded it. Docker 20.10 records a kill only when containerd's OOM
+    /// report came before its exit report; now and then, under load, it
+    /// comes after or not at all, and this stays false.
     pub oom_killed: bool,
     /// All its labels.
     pub labels: Labels,
