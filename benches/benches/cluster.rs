@@ -48,9 +48,10 @@ use axum::http::{Request, StatusCode, header};
 use kisara_benches::{
     DOCKER_RUN_DEFAULTS, Samples, Steal, Table, env_count, met, rss_bytes, runs, smoke,
 };
+use kisara_core::builtin::StaticAuthenticator;
 use kisara_core::cluster::link::{Agent, AgentGateway, LinkOptions, pipe};
 use kisara_core::cluster::{Launched, NetworkRequest, Server};
-use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator, StaticAuthenticator};
+use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
 use kisara_core::model::{ContainerSpec, ImageRef, LaunchRequest, NodeCapacity, NodeId};
 use kisara_core::{Identity, Secret, SubnetAllocator};
 use kisara_docker::testing::{self, Cleanup, TEST_RUN_LABEL};

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod builtin;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod placement;
 #[cfg(any(feature = "cluster", feature = "testing"))]
 mod random;
 mod secret;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod traits;

@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use kisara_core::memory::{
-    LoopbackTunnel, MemoryAuditSink, MemoryRuntime, MemorySubnetAllocator, PrefixPolicy,
-    StaticAuthenticator, StaticConfigProvider,
-};
+use kisara_core::builtin::{PrefixPolicy, StaticAuthenticator, StaticConfigProvider};
+use kisara_core::memory::{LoopbackTunnel, MemoryAuditSink, MemoryRuntime, MemorySubnetAllocator};
 use kisara_core::model::{ContainerId, ImageRef, SessionId};
 use kisara_core::placement::HeadroomPlacement;
 use kisara_core::testing::{access, placement, runtime, subnet, tunnel};

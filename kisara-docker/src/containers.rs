@@ -18,6 +18,7 @@ use kisara_core::model::{
     ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState, LabelFilter, Labels,
     NetworkAttachment, Timestamp,
 };
+use kisara_core::sync::lock;
 use kisara_core::{Error, Result};
 use tracing::Instrument;
 
@@ -231,7 +232,7 @@ impl Drop for AbandonOnDrop {
             return;
         };
         let launched = {
-            let mut state = self.handoff.lock().expect("launch handoff lock");
+            let mut state = lock(&self.handoff);
             match std::mem::replace(&mut *state, Handoff::Abandoned) {
                 Handoff::Launched(id) => Some(id),
                 _ => None,
@@ -373,7 +374,7 @@ impl DockerRuntime {
                 let result = this.launch_inner(&spec, labels).await;
                 if let Ok(info) = &result {
                     let abandoned = {
-                        let mut state = handoff.lock().expect("launch handoff lock");
+                        let mut state = lock(&handoff);
                         let abandoned = matches!(*state, Handoff::Abandoned);
                         *state = Handoff::Launched(info.id.as_str().to_owned());
                         abandoned

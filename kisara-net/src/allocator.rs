@@ -4,12 +4,13 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 use kisara_core::model::NetworkInfo;
 use kisara_core::model::labels;
+use kisara_core::sync::lock;
 use kisara_core::{Error, Result, SubnetAllocator, SubnetUsage};
 use serde::{Deserialize, Serialize};
 
@@ -216,9 +217,7 @@ impl PoolAllocator {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while the lock is held; recover rather than spread
-        // a poison to every later caller.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// The subnet at global index `index`.

@@ -1,9 +1,10 @@
 //! [`PortPool`]: the public ports a relay hands out.
 
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use kisara_core::config::PortRange;
+use kisara_core::sync::lock;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -95,9 +96,7 @@ impl PortPool {
     }
 
     fn state(&self) -> MutexGuard<'_, PortState> {
-        // Nothing panics while the lock is held; recover rather than spread
-        // a poison to every later caller.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Takes `port`, or the next free port when `None`.

@@ -1,6 +1,7 @@
 //! Challenge–response on a shared token: HMAC-SHA256 proofs, constant-time
 //! checks, and the slow-down for addresses that keep failing.
 
+use kisara_core::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -129,7 +130,7 @@ impl Failures {
     /// gets one handshake per [`backoff`], however many connections it
     /// opens at once.
     pub(crate) fn admit(&self, address: IpAddr) -> Option<Duration> {
-        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.by_address);
         let now = Instant::now();
         let Some(record) = map
             .get_mut(&source(address))
@@ -148,7 +149,7 @@ impl Failures {
 
     /// Records a failure from `address`; returns its source's count so far.
     pub(crate) fn record(&self, address: IpAddr) -> u32 {
-        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.by_address);
         if map.len() >= MAX_TRACKED {
             map.retain(|_, record| record.last.elapsed() < FORGET_AFTER);
             if map.len() >= MAX_TRACKED {
@@ -175,10 +176,7 @@ impl Failures {
 
     /// Forgets `address`'s source after it authenticated.
     pub(crate) fn clear(&self, address: IpAddr) {
-        self.by_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&source(address));
+        lock(&self.by_address).remove(&source(address));
     }
 }
 

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use kisara_core::model::{
     ExposeRequest, Exposure, ExposureId, LabelFilter, Protocol, PublicAddress,
 };
+use kisara_core::sync::lock;
 use kisara_core::{ErrorKind, Secret, Tunnel};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -395,7 +396,7 @@ struct Link {
 
 impl Link {
     fn state(&self) -> MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn spawn<F>(&self, task: F)

@@ -1,6 +1,7 @@
 //! Per-exposure limits: a token bucket per direction and the byte copy that
 //! honours it.
 
+use kisara_core::sync::lock;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ impl TokenBucket {
 
     /// Takes `n` bytes' worth, returning how long to wait first.
     fn debit(&self, n: usize) -> Duration {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let now = Instant::now();
         let (tokens, at) = *state;
         let tokens =
@@ -65,7 +66,7 @@ impl TokenBucket {
     /// even beyond the burst, on credit: a datagram larger than the burst
     /// (a 1400-byte one under a slow limit) is paced, not dropped forever.
     pub(crate) fn try_take(&self, n: usize) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let now = Instant::now();
         let (tokens, at) = *state;
         let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +13,7 @@ use kisara_core::Secret;
 use kisara_core::config::{PortRange, RelayConfig};
 use kisara_core::lifecycle::{Service, ServiceContext};
 use kisara_core::model::{ExposureId, ExposureLimits, Protocol};
+use kisara_core::sync::lock;
 use kisara_net::PortPool;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc::error::TrySendError;
@@ -221,10 +222,6 @@ struct Held {
     cancel: CancellationToken,
     task: JoinHandle<()>,
     _counted: Active,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClientSlot {

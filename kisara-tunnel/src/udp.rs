@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kisara_core::model::{ExposureId, ExposureLimits};
+use kisara_core::sync::lock;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -121,10 +122,6 @@ pub(crate) struct RelaySide {
     /// The relay's tasks, which [`crate::Relay::stop`] waits for: sessions
     /// run among them, so no session outlives a stopped relay.
     pub(crate) tasks: TaskTracker,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Receives on a public UDP port and hands each peer's datagrams to its

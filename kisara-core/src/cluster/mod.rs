@@ -64,6 +64,7 @@ use crate::model::{
     Progress, Timestamp, labels,
 };
 use crate::placement::HeadroomPlacement;
+use crate::sync::lock;
 use crate::{
     ContainerRuntime, Error, ExecSession, Placement, ProgressStream, Result, SubnetAllocator,
     Tunnel,
@@ -515,14 +516,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let nodes: Vec<NodeId> = self
-            .inner
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .keys()
-            .cloned()
-            .collect();
+        let nodes: Vec<NodeId> = lock(&self.inner.nodes).keys().cloned().collect();
         f.debug_struct("Server")
             .field("nodes", &nodes)
             .finish_non_exhaustive()
@@ -537,13 +531,7 @@ struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(entry) = self
-            .inner
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .get_mut(&self.node)
-        {
+        if let Some(entry) = lock(&self.inner.nodes).get_mut(&self.node) {
             entry.reserved = entry.reserved.saturating_sub(1);
         }
     }
@@ -628,12 +616,12 @@ impl Server {
             let stats = runtime.node_stats().await?;
             let watcher = self.watch(node.clone(), runtime.clone()).await?;
             {
-                let mut locations = self.inner.locations.lock().expect("locations lock");
+                let mut locations = lock(&self.inner.locations);
                 for container in &containers {
                     locations.insert(container.id.clone(), node.clone());
                 }
             }
-            let previous = self.inner.nodes.lock().expect("nodes lock").insert(
+            let previous = lock(&self.inner.nodes).insert(
                 node.clone(),
                 NodeEntry {
                     runtime,
@@ -666,7 +654,7 @@ impl Server {
     /// and are found again when it reconnects.
     pub fn disconnect_node(&self, node: &NodeId, reason: &str) {
         let known = {
-            let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+            let mut nodes = lock(&self.inner.nodes);
             nodes.get_mut(node).map(|entry| {
                 entry.online = false;
                 if let Some(task) = entry.watcher.take() {
@@ -688,7 +676,7 @@ impl Server {
     /// Records a node's current load.
     pub fn heartbeat(&self, node: &NodeId, stats: NodeStats) -> Result<()> {
         {
-            let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+            let mut nodes = lock(&self.inner.nodes);
             let entry = nodes
                 .get_mut(node)
                 .ok_or_else(|| Error::not_found("node", node.as_str()))?;
@@ -702,11 +690,7 @@ impl Server {
     }
 
     fn record_nodes_online(&self) {
-        let online = self
-            .inner
-            .nodes
-            .lock()
-            .expect("nodes lock")
+        let online = lock(&self.inner.nodes)
             .values()
             .filter(|n| n.online)
             .count();
@@ -715,7 +699,7 @@ impl Server {
 
     /// Every node with its load, as placement sees it.
     pub fn nodes(&self) -> Vec<NodeLoad> {
-        let nodes = self.inner.nodes.lock().expect("nodes lock");
+        let nodes = lock(&self.inner.nodes);
         nodes.iter().map(|(id, entry)| entry.load(id)).collect()
     }
 
@@ -743,7 +727,7 @@ impl Server {
 
     /// The online nodes and their runtimes, in node order.
     fn online_nodes(&self) -> Vec<(NodeId, Arc<dyn ContainerRuntime>)> {
-        let nodes = self.inner.nodes.lock().expect("nodes lock");
+        let nodes = lock(&self.inner.nodes);
         nodes
             .iter()
             .filter(|(_, entry)| entry.online)
@@ -752,7 +736,7 @@ impl Server {
     }
 
     fn runtime_of(&self, node: &NodeId) -> Result<Arc<dyn ContainerRuntime>> {
-        let nodes = self.inner.nodes.lock().expect("nodes lock");
+        let nodes = lock(&self.inner.nodes);
         let entry = nodes
             .get(node)
             .ok_or_else(|| Error::not_found("node", node.as_str()))?;
@@ -792,7 +776,7 @@ impl Server {
         &self,
         requested: Option<&NodeId>,
     ) -> Result<(Reservation, Arc<dyn ContainerRuntime>)> {
-        let mut nodes = self.inner.nodes.lock().expect("nodes lock");
+        let mut nodes = lock(&self.inner.nodes);
         let loads: Vec<NodeLoad> = nodes.iter().map(|(id, entry)| entry.load(id)).collect();
         let node = self.inner.placement.place(requested, &loads)?;
         let entry = nodes
@@ -821,7 +805,7 @@ impl Server {
             return self.launch_once(request, timeout).await;
         };
         let cell = {
-            let mut launches = self.inner.launches.lock().expect("launches lock");
+            let mut launches = lock(&self.inner.launches);
             launches.cell(key, Instant::now())
         };
         cell.get_or_try_init(|| self.launch_once(request, timeout))
@@ -890,12 +874,9 @@ impl Server {
                     return Err(error);
                 }
             };
-            self.inner
-                .locations
-                .lock()
-                .expect("locations lock")
+            lock(&self.inner.locations)
                 .insert(container.id.clone(), node.clone());
-            if let Some(entry) = self.inner.nodes.lock().expect("nodes lock").get_mut(&node) {
+            if let Some(entry) = lock(&self.inner.nodes).get_mut(&node) {
                 entry.stats.containers += 1;
             }
             drop(reservation);
@@ -954,10 +935,7 @@ impl Server {
     /// server's.
     fn tunnel_for(&self, node: Option<&NodeId>) -> Option<Arc<dyn Tunnel>> {
         node.and_then(|node| {
-            self.inner
-                .nodes
-                .lock()
-                .expect("nodes lock")
+            lock(&self.inner.nodes)
                 .get(node)
                 .and_then(|entry| entry.tunnel.clone())
         })
@@ -1046,12 +1024,7 @@ impl Server {
 
     /// The node a container was last seen on, by the id the server knows.
     fn known_node(&self, container: &ContainerId) -> Option<NodeId> {
-        self.inner
-            .locations
-            .lock()
-            .expect("locations lock")
-            .get(container)
-            .cloned()
+        lock(&self.inner.locations).get(container).cloned()
     }
 
     /// Finds the node of a container, by id or name.
@@ -1107,12 +1080,8 @@ impl Server {
         };
         Self::withdraw_exposures(self.tunnel_for(Some(&node)).as_ref(), &info.id).await;
         runtime.remove(&info.id).await?;
-        self.inner
-            .locations
-            .lock()
-            .expect("locations lock")
-            .remove(&info.id);
-        if let Some(entry) = self.inner.nodes.lock().expect("nodes lock").get_mut(&node) {
+        lock(&self.inner.locations).remove(&info.id);
+        if let Some(entry) = lock(&self.inner.nodes).get_mut(&node) {
             entry.stats.containers = entry.stats.containers.saturating_sub(1);
         }
         if info.state == ContainerState::Running {

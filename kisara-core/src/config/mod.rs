@@ -93,7 +93,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::memory::StaticAuthenticator;
+use crate::builtin::StaticAuthenticator;
 use crate::model::{ContainerSpec, ResourceLimits};
 use crate::{Identity, Secret};
 

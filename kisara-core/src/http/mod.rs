@@ -14,7 +14,8 @@
 //! use std::sync::Arc;
 //! use kisara_core::cluster::Server;
 //! use kisara_core::http::api;
-//! use kisara_core::memory::{MemorySubnetAllocator, StaticAuthenticator};
+//! use kisara_core::builtin::StaticAuthenticator;
+//! use kisara_core::memory::MemorySubnetAllocator;
 //! use kisara_core::Identity;
 //!
 //! let server = Server::builder(Arc::new(MemorySubnetAllocator::new("10.128.0.0/16".parse().unwrap(), 24).unwrap()))

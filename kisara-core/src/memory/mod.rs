@@ -1,13 +1,15 @@
-//! In-memory implementations of every backend trait: the reference for each
-//! contract, and the backends the cluster layer is tested with.
+//! In-memory test doubles of the backend traits: the reference for each
+//! contract, and the backends the cluster layer and embedders' own tests
+//! run against. Nothing here persists or talks to a real engine; the
+//! built-in backends meant for production are in [`crate::builtin`].
 
-mod access;
+mod audit;
 mod runtime;
 mod shell;
 mod subnet;
 mod tunnel;
 
-pub use access::{MemoryAuditSink, PrefixPolicy, StaticAuthenticator, StaticConfigProvider};
+pub use audit::MemoryAuditSink;
 pub use runtime::MemoryRuntime;
 pub use subnet::MemorySubnetAllocator;
 pub use tunnel::LoopbackTunnel;

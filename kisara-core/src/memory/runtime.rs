@@ -21,6 +21,7 @@ use crate::model::{
     Labels, NetworkAttachment, NetworkId, NetworkInfo, NetworkSpec, NodeStats, Progress, Timestamp,
     TtySize,
 };
+use crate::sync::lock;
 use crate::{
     ByteStream, ContainerRuntime, Error, EventStream, ExecSession, ProgressStream, Result,
     RuntimeCapabilities, collect_bytes,
@@ -165,7 +166,7 @@ impl MemoryRuntime {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.shared.state.lock().expect("memory runtime lock")
+        lock(&self.shared.state)
     }
 
     fn container_fs(&self, container: &ContainerId) -> Result<Arc<Mutex<FakeFs>>> {
@@ -717,7 +718,7 @@ impl ContainerRuntime for MemoryRuntime {
         let bytes = collect_bytes(archive).await?;
         let dir = dir.trim_end_matches('/');
         let dir = if dir.is_empty() { "/" } else { dir };
-        if !fs.lock().expect("fs lock").dirs.contains(dir) {
+        if !lock(&fs).dirs.contains(dir) {
             return Err(Error::not_found("directory", dir));
         }
         // Unpack fully before touching the file system: all or nothing.
@@ -740,7 +741,7 @@ impl ContainerRuntime for MemoryRuntime {
                 files.push((path, content));
             }
         }
-        let mut fs = fs.lock().expect("fs lock");
+        let mut fs = lock(&fs);
         fs.dirs.extend(dirs);
         fs.files.extend(files);
         Ok(())
@@ -752,7 +753,7 @@ impl ContainerRuntime for MemoryRuntime {
         let base = Path::new(path)
             .file_name()
             .map_or_else(|| "/".to_owned(), |n| n.to_string_lossy().into_owned());
-        let fs = fs.lock().expect("fs lock");
+        let fs = lock(&fs);
         let mut builder = tar::Builder::new(Vec::new());
         let append = |builder: &mut tar::Builder<Vec<u8>>, name: &str, content: &[u8]| {
             let mut header = tar::Header::new_gnu();

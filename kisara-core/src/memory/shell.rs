@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::Result;
 use crate::model::{ExecOutput, TtySize};
+use crate::sync::lock;
 
 /// A container's file system: files by absolute path, and directories.
 #[derive(Debug, Default)]
@@ -254,7 +255,7 @@ async fn cat(args: &[String], io: &mut ShellIo, stream: Stream) -> i64 {
     }
     let mut code = 0;
     for path in args {
-        let content = io.fs.lock().expect("fs lock").files.get(path).cloned();
+        let content = lock(&io.fs).files.get(path).cloned();
         match content {
             Some(content) => io.write(stream, content).await,
             None => {

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::sync::lock;
 use crate::{Error, Result, SubnetAllocator, SubnetUsage};
 
 /// A [`SubnetAllocator`] that splits one CIDR pool into subnets of a fixed
@@ -67,7 +68,7 @@ fn check_name(network: &str) -> Result<()> {
 impl SubnetAllocator for MemorySubnetAllocator {
     async fn allocate(&self, network: &str) -> Result<IpNet> {
         check_name(network)?;
-        let mut held = self.held.lock().expect("allocator lock");
+        let mut held = lock(&self.held);
         if let Some(subnet) = held.get(network) {
             return Ok(*subnet);
         }
@@ -85,13 +86,13 @@ impl SubnetAllocator for MemorySubnetAllocator {
     }
 
     async fn release(&self, network: &str) -> Result<()> {
-        self.held.lock().expect("allocator lock").remove(network);
+        lock(&self.held).remove(network);
         Ok(())
     }
 
     async fn adopt(&self, network: &str, subnet: IpNet) -> Result<()> {
         check_name(network)?;
-        let mut held = self.held.lock().expect("allocator lock");
+        let mut held = lock(&self.held);
         if let Some(existing) = held.get(network) {
             if *existing == subnet {
                 return Ok(());
@@ -110,16 +111,11 @@ impl SubnetAllocator for MemorySubnetAllocator {
     }
 
     async fn lookup(&self, network: &str) -> Result<Option<IpNet>> {
-        Ok(self
-            .held
-            .lock()
-            .expect("allocator lock")
-            .get(network)
-            .copied())
+        Ok(lock(&self.held).get(network).copied())
     }
 
     async fn usage(&self) -> Result<SubnetUsage> {
-        let held = self.held.lock().expect("allocator lock");
+        let held = lock(&self.held);
         let taken = self
             .candidates()
             .filter(|candidate| held.values().any(|h| overlaps(h, candidate)))

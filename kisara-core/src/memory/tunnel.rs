@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::model::{ExposeRequest, Exposure, ExposureId, LabelFilter, Protocol, PublicAddress};
+use crate::sync::lock;
 use crate::{Error, Result, Tunnel};
 
 /// A [`Tunnel`] whose "relay" is a listener on `127.0.0.1` in this process,
@@ -133,19 +134,12 @@ impl Tunnel for LoopbackTunnel {
             limits: request.limits,
             labels: request.labels.clone(),
         };
-        self.exposures
-            .lock()
-            .expect("exposures lock")
-            .insert(id, (exposure.clone(), task));
+        lock(&self.exposures).insert(id, (exposure.clone(), task));
         Ok(exposure)
     }
 
     async fn withdraw(&self, exposure: &ExposureId) -> Result<()> {
-        let removed = self
-            .exposures
-            .lock()
-            .expect("exposures lock")
-            .remove(exposure);
+        let removed = lock(&self.exposures).remove(exposure);
         if let Some((_, task)) = removed {
             task.abort();
             // Wait until the listener is really closed before saying so.
@@ -155,10 +149,7 @@ impl Tunnel for LoopbackTunnel {
     }
 
     async fn list(&self, filter: &LabelFilter) -> Result<Vec<Exposure>> {
-        Ok(self
-            .exposures
-            .lock()
-            .expect("exposures lock")
+        Ok(lock(&self.exposures)
             .values()
             .filter(|(exposure, _)| filter.matches(&exposure.labels))
             .map(|(exposure, _)| exposure.clone())

@@ -26,6 +26,7 @@ use crate::model::{
     ContainerState, ExecOutput, Inventory, LabelFilter, NodeCapacity, NodeId, NodeStats, Protocol,
     labels,
 };
+use crate::sync::lock;
 use crate::traits::{ByteStream, ProgressStream};
 use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
 
@@ -77,26 +78,23 @@ struct Requests(Mutex<HashMap<u64, (AbortHandle, bool)>>);
 
 impl Requests {
     fn insert(&self, id: u64, task: AbortHandle, ends_with_link: bool) {
-        self.0
-            .lock()
-            .expect("requests lock")
-            .insert(id, (task, ends_with_link));
+        lock(&self.0).insert(id, (task, ends_with_link));
     }
 
     fn cancel(&self, id: u64) {
-        if let Some((task, _)) = self.0.lock().expect("requests lock").remove(&id) {
+        if let Some((task, _)) = lock(&self.0).remove(&id) {
             task.abort();
         }
     }
 
     fn finished(&self, id: u64) {
-        self.0.lock().expect("requests lock").remove(&id);
+        lock(&self.0).remove(&id);
     }
 }
 
 impl Drop for Requests {
     fn drop(&mut self) {
-        for (_, (task, ends_with_link)) in self.0.lock().expect("requests lock").drain() {
+        for (_, (task, ends_with_link)) in lock(&self.0).drain() {
             if ends_with_link {
                 task.abort();
             }
@@ -432,7 +430,7 @@ impl Agent {
 
     /// The outcome cell for an idempotency key (pruning expired ones).
     fn outcome(&self, key: String) -> Outcome {
-        let mut outcomes = self.inner.outcomes.lock().expect("outcomes lock");
+        let mut outcomes = lock(&self.inner.outcomes);
         outcomes.cell(key, Instant::now().into_std())
     }
 

@@ -15,6 +15,7 @@ use super::remote::RemoteRuntime;
 use super::wire::{Control, Hello, PROTOCOL_VERSION, WireError};
 use crate::cluster::{NodeExtras, Server};
 use crate::model::NodeId;
+use crate::sync::lock;
 use crate::{ContainerRuntime, Error, Result, Secret};
 
 /// Accepts agent links and plugs each agent's node into a [`Server`] as a
@@ -77,12 +78,7 @@ impl AgentGateway {
 
     /// The node behind an agent, once it has linked.
     pub fn node(&self, node: &NodeId) -> Option<Arc<RemoteRuntime>> {
-        self.inner
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .get(node)
-            .cloned()
+        lock(&self.inner.nodes).get(node).cloned()
     }
 
     /// Serves one authorized agent link until it ends: reads the hello,
@@ -201,10 +197,7 @@ impl AgentGateway {
     }
 
     fn runtime_for(&self, hello: &Hello) -> Arc<RemoteRuntime> {
-        self.inner
-            .nodes
-            .lock()
-            .expect("nodes lock")
+        lock(&self.inner.nodes)
             .entry(hello.node.clone())
             .or_insert_with(|| {
                 Arc::new(RemoteRuntime::new(

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use super::wire::{
     Channel, Control, ITEM_COST, MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, Op, STREAM_WINDOW, WireError,
     WireResult, decode_chunk, encode_chunk,
 };
+use crate::sync::lock;
 use crate::{Error, Result};
 
 /// The WebSocket settings both ends use: messages and frames over
@@ -81,10 +82,6 @@ pub(crate) struct Peer {
     next_id: AtomicU64,
     closed: AtomicBool,
     closed_notify: tokio::sync::Notify,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Peer {

@@ -19,6 +19,7 @@ use crate::model::{
     LabelFilter, NetworkId, NetworkInfo, NetworkSpec, NodeId, NodeStats, Progress, Protocol,
     TtySize,
 };
+use crate::sync::lock;
 use crate::traits::{
     BoxStream, ByteStream, EventStream, ExecSession, ProgressStream, RuntimeCapabilities,
 };
@@ -65,7 +66,7 @@ impl RemoteRuntime {
 
     /// Whether the agent exposes ports for the server (it runs a tunnel).
     pub fn has_tunnel(&self) -> bool {
-        !self.about.lock().expect("about lock").1.is_empty()
+        !lock(&self.about).1.is_empty()
     }
 
     /// Whether a link is up now.
@@ -79,7 +80,7 @@ impl RemoteRuntime {
     /// Serves calls over `peer` from now on (after a reconnect, with what
     /// the agent says of itself now).
     pub(crate) fn attach(&self, peer: Arc<Peer>, hello: &Hello) {
-        *self.about.lock().expect("about lock") = (hello.capabilities, hello.tunnel.clone());
+        *lock(&self.about) = (hello.capabilities, hello.tunnel.clone());
         self.link.send_replace(Some(peer));
     }
 
@@ -261,7 +262,7 @@ impl ContainerRuntime for RemoteRuntime {
     }
 
     fn capabilities(&self) -> RuntimeCapabilities {
-        self.about.lock().expect("about lock").0
+        lock(&self.about).0
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<NetworkInfo> {
@@ -478,7 +479,7 @@ impl ContainerRuntime for RemoteRuntime {
 #[async_trait]
 impl Tunnel for RemoteRuntime {
     fn supports(&self, protocol: Protocol) -> bool {
-        self.about.lock().expect("about lock").1.contains(&protocol)
+        lock(&self.about).1.contains(&protocol)
     }
 
     async fn expose(&self, request: &ExposeRequest) -> Result<Exposure> {

@@ -1,17 +1,14 @@
-//! In-memory access control: [`StaticAuthenticator`], [`StaticConfigProvider`],
-//! [`MemoryAuditSink`] and [`PrefixPolicy`].
+//! Built-in access control: [`StaticAuthenticator`], [`StaticConfigProvider`]
+//! and [`PrefixPolicy`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::model::SessionId;
 use crate::{
-    AuditEvent, AuditSink, Authenticator, CommandContext, CommandPolicy, ConfigProvider,
-    ConfigRequest, Credentials, Error, Identity, PolicyDecision, Result, Secret, SessionConfig,
-    SessionTarget,
+    Authenticator, CommandContext, CommandPolicy, ConfigProvider, ConfigRequest, Credentials,
+    Error, Identity, PolicyDecision, Result, Secret, SessionConfig, SessionTarget,
 };
 
 /// The one message for every failed authentication, so a client cannot tell
@@ -180,44 +177,6 @@ impl ConfigProvider for StaticConfigProvider {
             .env
             .insert("KISARA_SESSION".to_owned(), request.session.to_string());
         Ok(config)
-    }
-}
-
-/// An [`AuditSink`] that keeps events in memory, for tests and as the
-/// reference of the contract.
-#[derive(Debug, Default)]
-pub struct MemoryAuditSink {
-    events: Mutex<Vec<AuditEvent>>,
-}
-
-impl MemoryAuditSink {
-    /// An empty sink.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Every event recorded, in order.
-    pub fn events(&self) -> Vec<AuditEvent> {
-        self.events.lock().expect("audit lock").clone()
-    }
-
-    /// The events of one session, in order.
-    pub fn session(&self, session: &SessionId) -> Vec<AuditEvent> {
-        self.events
-            .lock()
-            .expect("audit lock")
-            .iter()
-            .filter(|event| &event.session == session)
-            .cloned()
-            .collect()
-    }
-}
-
-#[async_trait]
-impl AuditSink for MemoryAuditSink {
-    async fn record(&self, event: &AuditEvent) -> Result<()> {
-        self.events.lock().expect("audit lock").push(event.clone());
-        Ok(())
     }
 }
 
