@@ -48,9 +48,9 @@ use axum::http::{Request, StatusCode, header};
 use kisara_benches::{
     DOCKER_RUN_DEFAULTS, Samples, Steal, Table, env_count, met, rss_bytes, runs, smoke,
 };
+use kisara_cluster::link::{Agent, AgentGateway, LinkOptions, pipe};
+use kisara_cluster::{Launched, NetworkRequest, Server};
 use kisara_core::builtin::StaticAuthenticator;
-use kisara_core::cluster::link::{Agent, AgentGateway, LinkOptions, pipe};
-use kisara_core::cluster::{Launched, NetworkRequest, Server};
 use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
 use kisara_core::model::{ContainerSpec, ImageRef, LaunchRequest, NodeCapacity, NodeId};
 use kisara_core::{Identity, Secret, SubnetAllocator};
@@ -292,7 +292,7 @@ async fn launch_latency(settings: &Settings, table: &mut Table) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap();
     let tokens = StaticAuthenticator::new().with_token(Identity::new("bench"), API_TOKEN);
-    let router = kisara_core::http::api(server.clone(), Arc::new(tokens));
+    let router = kisara_cluster::http::api(server.clone(), Arc::new(tokens));
     let serving = tokio::spawn(async move { axum::serve(listener, router).await });
 
     let spec = |name: String| {
@@ -458,7 +458,7 @@ fn through_http(
     spec: &ContainerSpec,
 ) -> impl Fn() -> LaunchFuture + Clone + Send + 'static {
     let tokens = StaticAuthenticator::new().with_token(Identity::new("bench"), API_TOKEN);
-    let router = kisara_core::http::api(server.clone(), Arc::new(tokens));
+    let router = kisara_cluster::http::api(server.clone(), Arc::new(tokens));
     let body = serde_json::to_vec(&LaunchRequest::new(spec.clone())).expect("a JSON request");
     move || {
         let request = Request::post("/v1/containers")

@@ -8,18 +8,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kisara_core::cluster::Server;
-use kisara_core::cluster::link::{AgentGateway, LinkOptions, TlsListener, agent_link};
+use kisara_cluster::Server;
+use kisara_cluster::http::agent_link;
+use kisara_cluster::http::{ApiBuilder, metrics_router};
+use kisara_cluster::link::{AgentGateway, LinkOptions, TlsListener};
+use kisara_cluster::tls::{client_config, server_config};
 use kisara_core::config::{
     AgentConfig, AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig,
 };
-use kisara_core::http::{ApiBuilder, metrics_router};
 use kisara_core::model::NodeId;
 use kisara_core::{SubnetAllocator, Tunnel};
 use kisara_net::{PoolAllocator, SubnetPool};
-use kisara_tunnel::rustls::RootCertStore;
-use kisara_tunnel::rustls::pki_types::pem::PemObject;
-use kisara_tunnel::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use kisara_tunnel::{ClientTls, RelayTls, TunnelClient, rustls};
 
 /// What a binary reports when it cannot go on.
@@ -93,71 +92,6 @@ pub async fn relay_client(
     Ok(Some(Arc::new(builder.connect().await?)))
 }
 
-fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The certificates in a PEM file.
-fn pem_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
-    Ok(CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("{}: {e}", path.display()))?)
-}
-
-/// The private key in a PEM file.
-fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, Failure> {
-    Ok(PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))?)
-}
-
-/// The CAs in a PEM file, as trust roots.
-fn pem_roots(path: &Path) -> Result<Arc<RootCertStore>, Failure> {
-    let mut roots = RootCertStore::empty();
-    for cert in pem_chain(path)? {
-        roots.add(cert)?;
-    }
-    Ok(Arc::new(roots))
-}
-
-/// A client TLS config trusting the CAs in `ca`, presenting `client_cert`
-/// (chain, key) when given.
-fn client_config(
-    ca: &Path,
-    client_cert: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, Failure> {
-    let builder = rustls::ClientConfig::builder_with_provider(tls_provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(pem_roots(ca)?);
-    let config = match client_cert {
-        Some((chain, key)) => builder.with_client_auth_cert(pem_chain(chain)?, pem_key(key)?)?,
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
-}
-
-/// A server TLS config serving `cert` / `key`, demanding client
-/// certificates signed by `client_ca` when given (mutual TLS).
-fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<Arc<rustls::ServerConfig>, Failure> {
-    let builder = rustls::ServerConfig::builder_with_provider(tls_provider())
-        .with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        Some(ca) => builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder_with_provider(
-                pem_roots(ca)?,
-                tls_provider(),
-            )
-            .build()?,
-        ),
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(
-        builder.with_single_cert(pem_chain(cert)?, pem_key(key)?)?,
-    ))
-}
-
 /// TLS to a relay whose certificate a CA in the PEM file `ca` signed.
 fn client_tls(ca: &Path, server_name: &str) -> Result<ClientTls, Failure> {
     Ok(ClientTls::new(client_config(ca, None)?, server_name)?)
@@ -184,6 +118,7 @@ pub fn agent_tls(agent: &AgentConfig) -> Result<Option<Arc<rustls::ClientConfig>
         .as_deref()
         .map(|ca| client_config(ca, agent.client_cert()))
         .transpose()
+        .map_err(Into::into)
 }
 
 /// The HTTP API (bearer tokens from `[server] api_tokens`, Prometheus

@@ -1,18 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 pub mod builtin;
-#[cfg(feature = "cluster")]
-pub mod cluster;
 pub mod config;
 mod error;
-#[cfg(feature = "http")]
-pub mod http;
 pub mod lifecycle;
 pub mod memory;
 pub mod model;
 pub mod placement;
-#[cfg(any(feature = "cluster", feature = "testing"))]
-mod random;
+pub mod random;
 mod secret;
 pub mod sync;
 #[cfg(feature = "testing")]

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use kisara_core::cluster::link::Agent;
-use kisara_core::cluster::load_or_create_node_id;
+use kisara_cluster::link::Agent;
+use kisara_cluster::load_or_create_node_id;
 use kisara_core::config::Role;
 use kisara_core::model::NodeCapacity;
 use kisara_docker::sidecar::{SidecarTunnel, sidecar_image};

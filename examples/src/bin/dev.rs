@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kisara_cluster::{NetworkRequest, Server, load_or_create_node_id};
 use kisara_core::ErrorKind;
-use kisara_core::cluster::{NetworkRequest, Server, load_or_create_node_id};
 use kisara_core::config::Role;
 use kisara_core::model::{
     ContainerId, ContainerSpec, ContainerState, ImageRef, LaunchRequest, NodeCapacity,

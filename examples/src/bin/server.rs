@@ -5,7 +5,7 @@
 //! `heartbeat_timeout_secs`; `[network] pools`). Nodes appear as their
 //! agents link; everything is rebuilt from Docker labels after a restart.
 
-use kisara_core::cluster::Server;
+use kisara_cluster::Server;
 use kisara_core::config::Role;
 use kisara_examples::{
     Failure, api_router, exit_on_failure, init_logging, load_config, serve_http, subnet_allocator,

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use crate::model::NodeId;
-use crate::{Error, Result};
+use kisara_core::model::NodeId;
+use kisara_core::{Error, Result};
 
 /// The file, inside the state directory, that holds the node id.
 pub const NODE_ID_FILE: &str = "node-id";
@@ -62,7 +62,7 @@ fn generated() -> Result<NodeId> {
     let prefix = if host.is_empty() { "node" } else { host };
     NodeId::new(format!(
         "{prefix}-{:08x}",
-        crate::random::random_u64() as u32
+        kisara_core::random::random_u64() as u32
     ))
 }
 

@@ -12,8 +12,8 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use std::sync::Arc;
-//! use kisara_core::cluster::Server;
-//! use kisara_core::http::api;
+//! use kisara_cluster::Server;
+//! use kisara_cluster::http::api;
 //! use kisara_core::builtin::StaticAuthenticator;
 //! use kisara_core::memory::MemorySubnetAllocator;
 //! use kisara_core::Identity;
@@ -46,6 +46,10 @@
 //! `with_metrics` it answers 404. A program without the API serves
 //! [`metrics_router`] instead, on an address of its own.
 
+mod agents;
+
+pub use agents::agent_link;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +65,9 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ContainerQuery, NetworkRequest, PullEvent, Server, drain_pull};
-use crate::model::{ContainerId, ExecSpec, ImageRef, LaunchRequest, NodeId, Progress};
-use crate::{Authenticator, Credentials, Error, ErrorKind, Identity};
+use crate::{ContainerQuery, NetworkRequest, PullEvent, Server, drain_pull};
+use kisara_core::model::{ContainerId, ExecSpec, ImageRef, LaunchRequest, NodeId, Progress};
+use kisara_core::{Authenticator, Credentials, Error, ErrorKind, Identity};
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -603,7 +607,7 @@ struct PullLine<'a> {
 }
 
 impl<'a> PullLine<'a> {
-    fn done(node: &'a NodeId, result: &crate::Result<()>) -> Self {
+    fn done(node: &'a NodeId, result: &kisara_core::Result<()>) -> Self {
         Self {
             node,
             progress: None,

@@ -10,10 +10,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::peer::websocket_config;
-use super::{AGENT_LINK_PATH, AgentGateway};
-use crate::Error;
-use crate::http::error_response;
+use kisara_core::Error;
+
+use super::error_response;
+use crate::link::{AGENT_LINK_PATH, AgentGateway, websocket_config};
 
 /// A router serving agent links at [`AGENT_LINK_PATH`]; merge it into the
 /// API router (or any axum app).
@@ -68,7 +68,7 @@ async fn upgrade(State(gateway): State<AgentGateway>, mut request: Request) -> R
 }
 
 /// The `Sec-WebSocket-Accept` for a valid upgrade request.
-fn websocket_key(headers: &HeaderMap) -> crate::Result<String> {
+fn websocket_key(headers: &HeaderMap) -> kisara_core::Result<String> {
     let has = |name: header::HeaderName, wanted: &str| {
         headers
             .get(name)

@@ -21,14 +21,14 @@ use tracing::Instrument;
 use super::peer::{AbortOnDrop, Inbound, InboundStream, Peer, websocket_config};
 use super::wire::{Channel, Control, Hello, Op, PROTOCOL_VERSION, WireError, WireResult};
 use super::{AGENT_LINK_PATH, LinkOptions};
-use crate::cluster::keyed::KeyedCells;
-use crate::model::{
+use crate::keyed::KeyedCells;
+use kisara_core::model::{
     ContainerState, ExecOutput, Inventory, LabelFilter, NodeCapacity, NodeId, NodeStats, Protocol,
     labels,
 };
-use crate::sync::lock;
-use crate::traits::{ByteStream, ProgressStream};
-use crate::{ContainerRuntime, Error, Result, Secret, Tunnel};
+use kisara_core::sync::lock;
+use kisara_core::traits::{ByteStream, ProgressStream};
+use kisara_core::{ContainerRuntime, Error, Result, Secret, Tunnel};
 
 /// How long an outcome is kept under its idempotency key: longer than any
 /// server waits before resending.
@@ -43,7 +43,7 @@ type Outcome = Arc<OnceCell<WireResult>>;
 ///
 /// ```no_run
 /// # async fn run(runtime: std::sync::Arc<dyn kisara_core::ContainerRuntime>) -> kisara_core::Result<()> {
-/// use kisara_core::cluster::link::Agent;
+/// use kisara_cluster::link::Agent;
 /// use kisara_core::model::{NodeCapacity, NodeId};
 ///
 /// let capacity = NodeCapacity { max_containers: 80, bandwidth_in: 50 << 20, bandwidth_out: 50 << 20 };

@@ -13,17 +13,17 @@ use tokio::time::Instant;
 
 use super::peer::{AbortOnDrop, Inbound, InboundStream, OutboundStream, Peer};
 use super::wire::{Channel, Hello, MAX_CHUNK_BYTES, Op};
-use crate::model::{
+use kisara_core::model::{
     BuildSpec, ContainerEvent, ContainerId, ContainerInfo, ContainerSpec, ContainerStats, ExecId,
     ExecOutput, ExecSpec, ExecStatus, ExposeRequest, Exposure, ExposureId, ImageInfo, ImageRef,
     LabelFilter, NetworkId, NetworkInfo, NetworkSpec, NodeId, NodeStats, Progress, Protocol,
     TtySize,
 };
-use crate::sync::lock;
-use crate::traits::{
+use kisara_core::sync::lock;
+use kisara_core::traits::{
     BoxStream, ByteStream, EventStream, ExecSession, ProgressStream, RuntimeCapabilities,
 };
-use crate::{ContainerRuntime, Error, Result, Tunnel};
+use kisara_core::{ContainerRuntime, Error, Result, Tunnel};
 
 /// How many events wait for slow subscribers before the oldest are dropped
 /// (and the subscriber told so). The buffer is allocated up front for every
@@ -128,7 +128,8 @@ impl RemoteRuntime {
     async fn unary<T: DeserializeOwned>(&self, op: Op) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
         // Mutations get a key so a resent request acts once.
-        let key = (!op.is_read_only()).then(|| format!("{:016x}", crate::random::random_u64()));
+        let key =
+            (!op.is_read_only()).then(|| format!("{:016x}", kisara_core::random::random_u64()));
         loop {
             let peer = self.peer(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());

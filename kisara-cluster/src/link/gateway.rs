@@ -13,15 +13,15 @@ use super::LinkOptions;
 use super::peer::Peer;
 use super::remote::RemoteRuntime;
 use super::wire::{Control, Hello, PROTOCOL_VERSION, WireError};
-use crate::cluster::{NodeExtras, Server};
-use crate::model::NodeId;
-use crate::sync::lock;
-use crate::{ContainerRuntime, Error, Result, Secret};
+use crate::{NodeExtras, Server};
+use kisara_core::model::NodeId;
+use kisara_core::sync::lock;
+use kisara_core::{ContainerRuntime, Error, Result, Secret};
 
 /// Accepts agent links and plugs each agent's node into a [`Server`] as a
 /// [`RemoteRuntime`]. Cheap to clone.
 ///
-/// Mount it in an HTTP server with `kisara_core::cluster::link::agent_link`
+/// Mount it in an HTTP server with `kisara_cluster::link::agent_link`
 /// (feature `http`), or hand it WebSockets yourself with [`AgentGateway::serve`]
 /// after checking the bearer token with [`AgentGateway::authorize`].
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> kisara_core::Result<()> {
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use kisara_core::cluster::{NetworkRequest, Server};
+//! use kisara_cluster::{NetworkRequest, Server};
 //! use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
 //! use kisara_core::model::{ContainerSpec, ImageRef, LaunchRequest, NodeCapacity, NodeId};
 //!
@@ -57,25 +57,19 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::model::{
+use crate::keyed::KeyedCells;
+use kisara_core::model::{
     ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerPort, ContainerState,
     ExecSpec, ExposeRequest, Exposure, ImageInfo, ImageRef, Inventory, LabelFilter, LaunchRequest,
     NetworkDriver, NetworkInfo, NetworkSpec, NodeCapacity, NodeEvent, NodeId, NodeLoad, NodeStats,
     Progress, Timestamp, labels,
 };
-use crate::placement::HeadroomPlacement;
-use crate::sync::lock;
-use crate::{
+use kisara_core::placement::HeadroomPlacement;
+use kisara_core::sync::lock;
+use kisara_core::{
     ContainerRuntime, Error, ExecSession, Placement, ProgressStream, Result, SubnetAllocator,
     Tunnel,
 };
-use keyed::KeyedCells;
-
-mod keyed;
-pub mod link;
-mod node_id;
-
-pub use node_id::{NODE_ID_FILE, load_or_create_node_id};
 
 /// How long a successful launch is remembered under its idempotency key.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
@@ -307,6 +301,8 @@ fn on_node(error: Error, node: &NodeId) -> Error {
             message: at(message),
             source,
         },
+        // A kind added to core later keeps its message as it is.
+        other => other,
     }
 }
 
@@ -834,7 +830,7 @@ impl Server {
             .get_or_insert_with(|| {
                 format!(
                     "kisara-{:012x}",
-                    crate::random::random_u64() & 0xffff_ffff_ffff
+                    kisara_core::random::random_u64() & 0xffff_ffff_ffff
                 )
             })
             .clone();
@@ -1052,7 +1048,7 @@ impl Server {
                     return Ok((node, runtime, info));
                 }
                 Ok(_) => {}
-                Err(error) if error.kind() == crate::ErrorKind::NotFound => {}
+                Err(error) if error.kind() == kisara_core::ErrorKind::NotFound => {}
                 Err(error) => return Err(error),
             }
         }
@@ -1075,7 +1071,7 @@ impl Server {
     pub async fn remove(&self, container: &ContainerId) -> Result<()> {
         let (node, runtime, info) = match self.locate(container).await {
             Ok(found) => found,
-            Err(error) if error.kind() == crate::ErrorKind::NotFound => return Ok(()),
+            Err(error) if error.kind() == kisara_core::ErrorKind::NotFound => return Ok(()),
             Err(error) => return Err(error),
         };
         Self::withdraw_exposures(self.tunnel_for(Some(&node)).as_ref(), &info.id).await;

@@ -13,7 +13,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use crate::{Error, Result};
+use kisara_core::{Error, Result};
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +82,6 @@ impl Drop for TlsListener {
     }
 }
 
-#[cfg(feature = "http")]
 impl axum::serve::Listener for TlsListener {
     type Io = server::TlsStream<TcpStream>;
     type Addr = SocketAddr;

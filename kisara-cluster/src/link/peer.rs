@@ -28,8 +28,8 @@ use super::wire::{
     Channel, Control, ITEM_COST, MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, Op, STREAM_WINDOW, WireError,
     WireResult, decode_chunk, encode_chunk,
 };
-use crate::sync::lock;
-use crate::{Error, Result};
+use kisara_core::sync::lock;
+use kisara_core::{Error, Result};
 
 /// The WebSocket settings both ends use: messages and frames over
 /// [`MAX_MESSAGE_BYTES`] are refused. Buffers are small (the defaults are

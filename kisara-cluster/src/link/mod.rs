@@ -1,5 +1,5 @@
 //! The agent ⇄ server link: how a node on another host becomes a
-//! [`crate::ContainerRuntime`] of the server.
+//! [`kisara_core::ContainerRuntime`] of the server.
 //!
 //! The agent dials the server (outbound only, so agents behind NAT work and
 //! the link passes through an HTTP reverse proxy) with a WebSocket upgrade
@@ -12,7 +12,7 @@
 //!    answers **welcome** (with the heartbeat period) or **refused** (with
 //!    why);
 //! 2. the server resyncs the node from that inventory
-//!    ([`crate::cluster::Server::connect_node_with`]): subnets adopted,
+//!    ([`crate::Server::connect_node_with`]): subnets adopted,
 //!    exposures restored, no container touched;
 //! 3. the server sends **requests** (id, timeout, idempotency key, one
 //!    runtime operation); the agent answers each with a **response**;
@@ -38,8 +38,8 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> kisara_core::Result<()> {
 //! use std::sync::Arc;
-//! use kisara_core::cluster::link::{Agent, AgentGateway, LinkOptions};
-//! use kisara_core::cluster::Server;
+//! use kisara_cluster::link::{Agent, AgentGateway, LinkOptions};
+//! use kisara_cluster::Server;
 //! use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
 //! use kisara_core::model::{NodeCapacity, NodeId};
 //!
@@ -49,7 +49,7 @@
 //! let agent = Agent::new(NodeId::new("node-1")?, capacity, Arc::new(MemoryRuntime::new()));
 //!
 //! // Any byte stream carries a link; here an in-process pipe.
-//! let (server_end, agent_end) = kisara_core::cluster::link::pipe().await;
+//! let (server_end, agent_end) = kisara_cluster::link::pipe().await;
 //! tokio::spawn(async move { gateway.serve(server_end).await });
 //! tokio::spawn(async move { agent.serve_link(agent_end).await });
 //! while server.nodes().is_empty() {
@@ -66,16 +66,13 @@ mod gateway;
 mod peer;
 mod remote;
 mod tls;
-#[cfg(feature = "http")]
-mod upgrade;
 mod wire;
 
 pub use agent::Agent;
 pub use gateway::AgentGateway;
+pub(crate) use peer::websocket_config;
 pub use remote::RemoteRuntime;
 pub use tls::TlsListener;
-#[cfg(feature = "http")]
-pub use upgrade::agent_link;
 pub use wire::{Hello, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 
 /// Where the server accepts agent links.
@@ -147,7 +144,7 @@ pub async fn pipe() -> (
 ) {
     use tokio_tungstenite::tungstenite::protocol::Role;
     let (server, agent) = tokio::io::duplex(1 << 20);
-    let config = Some(peer::websocket_config());
+    let config = Some(websocket_config());
     let server = tokio_tungstenite::WebSocketStream::from_raw_socket(server, Role::Server, config);
     let agent = tokio_tungstenite::WebSocketStream::from_raw_socket(agent, Role::Client, config);
     tokio::join!(server, agent)

@@ -8,13 +8,13 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
+use kisara_core::model::{
     BuildSpec, ContainerEvent, ContainerId, ContainerSpec, ExecId, ExecSpec, ExposeRequest,
     ExposureId, ImageRef, Inventory, LabelFilter, NetworkId, NetworkSpec, NodeCapacity, NodeId,
     NodeStats, Protocol, TtySize,
 };
-use crate::traits::RuntimeCapabilities;
-use crate::{Error, ErrorKind};
+use kisara_core::traits::RuntimeCapabilities;
+use kisara_core::{Error, ErrorKind};
 
 /// The protocol version both sides must speak; a mismatch is refused at
 /// the hello with a message naming both versions.
@@ -90,7 +90,7 @@ pub(crate) enum WireResult {
 }
 
 /// One runtime operation the server asks of an agent: the
-/// [`crate::ContainerRuntime`] methods, one for one.
+/// [`kisara_core::ContainerRuntime`] methods, one for one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Op {

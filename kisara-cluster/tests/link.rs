@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use kisara_core::cluster::link::{
+use kisara_cluster::http::agent_link;
+use kisara_cluster::link::{
     AGENT_LINK_PATH, Agent, AgentGateway, LinkOptions, MAX_MESSAGE_BYTES, RemoteRuntime,
-    TlsListener, agent_link, pipe,
+    TlsListener, pipe,
 };
-use kisara_core::cluster::{ClusterEvent, NetworkRequest, Server};
+use kisara_cluster::{ClusterEvent, NetworkRequest, Server};
 use kisara_core::memory::{LoopbackTunnel, MemoryRuntime, MemorySubnetAllocator};
 use kisara_core::model::{
     ContainerSpec, ExecSpec, ImageRef, LabelFilter, LaunchRequest, NodeCapacity, NodeEvent, NodeId,
@@ -527,7 +528,7 @@ async fn agents_sharing_one_engine_each_see_their_own_containers() {
         server.launch_container(request, WAIT).await.unwrap();
     }
     let listed = server
-        .list(&kisara_core::cluster::ContainerQuery::default())
+        .list(&kisara_cluster::ContainerQuery::default())
         .await
         .unwrap();
     let mut placed: Vec<(String, String)> = listed

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kisara_core::cluster::{
+use kisara_cluster::{
     ContainerQuery, NetworkRequest, PullEvent, Server, ServerBuilder, drain_pull,
 };
 use kisara_core::memory::{LoopbackTunnel, MemoryRuntime, MemorySubnetAllocator};
