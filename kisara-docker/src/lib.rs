@@ -16,4 +16,6 @@ pub mod testing;
 
 pub use exec::EXEC_MARKER_ENV;
 pub use images::ImageGc;
-pub use runtime::{DEFAULT_HOST, DockerOptions, DockerRuntime, DockerRuntimeBuilder};
+pub use runtime::{
+    DEFAULT_HOST, DockerOptions, DockerRuntime, DockerRuntimeBuilder, node_capacity,
+};

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use kisara_core::config::ContainerDefaults;
+use kisara_core::config::{AgentConfig, ContainerDefaults};
 use kisara_core::model::{
     BuildSpec, ContainerId, ContainerInfo, ContainerSpec, ContainerStats, ExecId, ExecSpec,
-    ExecStatus, ImageInfo, ImageRef, LabelFilter, NetworkId, NetworkInfo, NetworkSpec, NodeStats,
-    TtySize,
+    ExecStatus, ImageInfo, ImageRef, LabelFilter, NetworkId, NetworkInfo, NetworkSpec,
+    NodeCapacity, NodeStats, TtySize,
 };
 use kisara_core::{
     ByteStream, ContainerRuntime, Error, EventStream, ExecSession, ProgressStream, Result,
@@ -49,6 +49,29 @@ impl Default for DockerOptions {
             request_timeout: Duration::from_secs(120),
             defaults: ContainerDefaults::default(),
         }
+    }
+}
+
+impl DockerOptions {
+    /// The options an agent's `[agent]` section and `[containers]` defaults
+    /// ask for: the engine at `docker_host` (`DOCKER_HOST` or the local
+    /// socket when unset), the default request timeout.
+    pub fn from_agent_config(agent: &AgentConfig, defaults: &ContainerDefaults) -> Self {
+        Self {
+            host: agent.docker_host.clone(),
+            defaults: defaults.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The capacity a node announces to the server, from its `[agent]` section
+/// (`max_containers`, `bandwidth_in`, `bandwidth_out`).
+pub fn node_capacity(agent: &AgentConfig) -> NodeCapacity {
+    NodeCapacity {
+        max_containers: agent.max_containers,
+        bandwidth_in: agent.bandwidth_in,
+        bandwidth_out: agent.bandwidth_out,
     }
 }
 
@@ -367,6 +390,28 @@ pub(crate) fn parse_time(text: &str) -> Option<kisara_core::model::Timestamp> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agent_config_sets_host_defaults_and_capacity() {
+        let mut agent = AgentConfig::default();
+        agent.docker_host = Some("tcp://127.0.0.1:2375".to_owned());
+        agent.max_containers = 7;
+        agent.bandwidth_in = 1000;
+        agent.bandwidth_out = 2000;
+        let mut defaults = ContainerDefaults::default();
+        defaults.pids = 17;
+        let options = DockerOptions::from_agent_config(&agent, &defaults);
+        assert_eq!(options.host.as_deref(), Some("tcp://127.0.0.1:2375"));
+        assert_eq!(options.defaults, defaults);
+        assert_eq!(
+            options.request_timeout,
+            DockerOptions::default().request_timeout
+        );
+        let capacity = node_capacity(&agent);
+        assert_eq!(capacity.max_containers, 7);
+        assert_eq!(capacity.bandwidth_in, 1000);
+        assert_eq!(capacity.bandwidth_out, 2000);
+    }
+
     use super::*;
 
     #[test]

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use kisara_cluster::link::Agent;
 use kisara_cluster::load_or_create_node_id;
 use kisara_core::config::Role;
-use kisara_core::model::NodeCapacity;
 use kisara_docker::sidecar::{SidecarTunnel, sidecar_image};
-use kisara_docker::{DockerOptions, DockerRuntime};
+use kisara_docker::{DockerOptions, DockerRuntime, node_capacity};
 use kisara_examples::{
     Failure, agent_tls, exit_on_failure, init_logging, load_config, relay_client, shutdown_signal,
 };
@@ -34,19 +33,11 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> Result<(), Failure> {
     let (_, config) = load_config(Role::Agent)?;
     let agent_config = &config.agent;
-    let options = DockerOptions {
-        host: agent_config.docker_host.clone(),
-        defaults: config.containers.clone(),
-        ..DockerOptions::default()
-    };
+    let options = DockerOptions::from_agent_config(agent_config, &config.containers);
     let runtime = DockerRuntime::connect(options).await?;
     let engine = runtime.clone();
     let node = load_or_create_node_id(&agent_config.state_dir, agent_config.node_id.as_deref())?;
-    let capacity = NodeCapacity {
-        max_containers: agent_config.max_containers,
-        bandwidth_in: agent_config.bandwidth_in,
-        bandwidth_out: agent_config.bandwidth_out,
-    };
+    let capacity = node_capacity(agent_config);
     tracing::info!(%node, "node agent starting");
     let mut agent = Agent::new(node.clone(), capacity, Arc::new(runtime));
     if let Some(mut tunnel) = relay_client(&node, &agent_config.relays).await? {

@@ -14,10 +14,8 @@ use std::time::Duration;
 use kisara_cluster::{NetworkRequest, Server, load_or_create_node_id};
 use kisara_core::ErrorKind;
 use kisara_core::config::Role;
-use kisara_core::model::{
-    ContainerId, ContainerSpec, ContainerState, ImageRef, LaunchRequest, NodeCapacity,
-};
-use kisara_docker::{DockerOptions, DockerRuntime};
+use kisara_core::model::{ContainerId, ContainerSpec, ContainerState, ImageRef, LaunchRequest};
+use kisara_docker::{DockerOptions, DockerRuntime, node_capacity};
 use kisara_examples::{
     Failure, api_router, exit_on_failure, init_logging, load_config, serve_http, subnet_allocator,
 };
@@ -39,12 +37,8 @@ async fn run() -> Result<(), Failure> {
     let relay = Relay::bind(RelayOptions::from_config(&config.relay)).await?;
 
     let agent = &config.agent;
-    let runtime = DockerRuntime::connect(DockerOptions {
-        host: agent.docker_host.clone(),
-        defaults: config.containers.clone(),
-        ..DockerOptions::default()
-    })
-    .await?;
+    let runtime =
+        DockerRuntime::connect(DockerOptions::from_agent_config(agent, &config.containers)).await?;
     let image = kisara_docker::testing::test_image(&runtime).await;
     let node = load_or_create_node_id(&agent.state_dir, agent.node_id.as_deref())?;
     let tunnel = TunnelClient::builder(node.as_str())
@@ -59,11 +53,7 @@ async fn run() -> Result<(), Failure> {
     let server = Server::builder(subnet_allocator(&config.network)?)
         .with_tunnel(Arc::new(tunnel))
         .build();
-    let capacity = NodeCapacity {
-        max_containers: agent.max_containers,
-        bandwidth_in: agent.bandwidth_in,
-        bandwidth_out: agent.bandwidth_out,
-    };
+    let capacity = node_capacity(agent);
     server
         .connect_node(node.clone(), capacity, Arc::new(runtime))
         .await?;
