@@ -14,9 +14,8 @@ use kisara_core::sync::lock;
 use kisara_core::{Error, Result, SubnetAllocator, SubnetUsage};
 use serde::{Deserialize, Serialize};
 
-use crate::SubnetPool;
 use crate::intervals::IntervalSet;
-use crate::shape::{Shape, net_parts, net_span};
+use crate::{PoolPattern, SubnetPool};
 
 /// Hands out the subnets of a [`SubnetPool`], one per network name.
 ///
@@ -56,7 +55,7 @@ use crate::shape::{Shape, net_parts, net_span};
 /// ```
 pub struct PoolAllocator {
     pool: SubnetPool,
-    /// Each pattern's shape and its first global index, in pool order.
+    /// Each pattern and its first global index, in pool order.
     blocks: Vec<Block>,
     state: Mutex<State>,
 }
@@ -74,7 +73,7 @@ impl fmt::Debug for PoolAllocator {
 #[derive(Debug)]
 struct Block {
     offset: u128,
-    shape: Shape,
+    pattern: PoolPattern,
 }
 
 /// Where a held subnet sits in the address space: (is IPv6, first address).
@@ -189,7 +188,7 @@ impl PoolAllocator {
             .map(|pattern| {
                 let block = Block {
                     offset,
-                    shape: pattern.shape().clone(),
+                    pattern: pattern.clone(),
                 };
                 offset += pattern.count();
                 block
@@ -223,7 +222,10 @@ impl PoolAllocator {
     /// The subnet at global index `index`.
     fn subnet_at(&self, index: u128) -> IpNet {
         let block = &self.blocks[self.blocks.partition_point(|b| b.offset <= index) - 1];
-        block.shape.subnet(index - block.offset)
+        block
+            .pattern
+            .nth(index - block.offset)
+            .expect("a global index lies inside its block")
     }
 
     /// Where `net` meets the pool: per pattern it shares addresses with,
@@ -232,11 +234,11 @@ impl PoolAllocator {
         self.blocks
             .iter()
             .filter_map(|block| {
-                let (first, last) = block.shape.index_range(net)?;
+                let (first, last) = block.pattern.index_range(net)?;
                 Some(Meet {
                     first: block.offset + first,
                     last: block.offset + last,
-                    size: block.shape.split().cmp(&net.prefix_len()),
+                    size: block.pattern.subnet_prefix_len().cmp(&net.prefix_len()),
                 })
             })
             .collect()
@@ -250,8 +252,7 @@ impl PoolAllocator {
         net: &IpNet,
         meets: &[Meet],
     ) -> Option<(Arc<str>, IpNet)> {
-        let (v6, first, _) = net_parts(net);
-        let (_, last) = net_span(net);
+        let (v6, first, last) = span(net);
         // Held subnets are disjoint: of those kept by address, the one
         // starting last at or before `last` is the only candidate.
         if let Some((_, (held_last, name))) = state.others.range((v6, 0)..=(v6, last)).next_back()
@@ -314,7 +315,7 @@ impl PoolAllocator {
                 }
             }
             None => {
-                let (v6, first, _) = net_parts(&holding.subnet);
+                let (v6, first, _) = span(&holding.subnet);
                 state.others.remove(&(v6, first));
                 for meet in self.meets(&holding.subnet) {
                     // A subnet smaller than the pool's may share its pool
@@ -467,6 +468,19 @@ impl PoolAllocator {
     }
 }
 
+/// Where `net` lies in the address space: (is IPv6, first address, last
+/// address), the order [`AddressKey`] sorts held subnets in.
+fn span(net: &IpNet) -> (bool, u128, u128) {
+    match net {
+        IpNet::V4(net) => (
+            false,
+            u32::from(net.network()).into(),
+            u32::from(net.broadcast()).into(),
+        ),
+        IpNet::V6(net) => (true, net.network().into(), net.broadcast().into()),
+    }
+}
+
 impl State {
     fn hold(&mut self, network: &str, subnet: IpNet, index: Option<u128>) {
         let name: Arc<str> = Arc::from(network);
@@ -476,8 +490,7 @@ impl State {
                 self.holders.insert(index, Arc::clone(&name));
             }
             None => {
-                let (v6, first, _) = net_parts(&subnet);
-                let (_, last) = net_span(&subnet);
+                let (v6, first, last) = span(&subnet);
                 self.others.insert((v6, first), (last, Arc::clone(&name)));
             }
         }

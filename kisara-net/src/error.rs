@@ -1,46 +1,22 @@
-//! The one error type of `kisara-net`: what is wrong with a pool pattern, a
-//! port spec or a port range.
+//! The one error type of `kisara-net`: what is wrong with a port spec or a
+//! port range.
 //!
-//! Parsing and building return this [`Error`]; operations on an allocator or
-//! a port pool return [`kisara_core::Error`] directly, because callers branch
-//! on its kinds (`Exhausted`, `Conflict`, `Invalid`). `From<Error> for
-//! kisara_core::Error` turns every variant into an `Invalid`.
+//! Parsing port specs and building port pools return this [`Error`]; pool
+//! patterns and lists ([`PoolPattern`](crate::PoolPattern),
+//! [`SubnetPool`](crate::SubnetPool), whose grammar lives in `kisara-core`
+//! so that config validation can check them) and operations on an allocator
+//! or a port pool return [`kisara_core::Error`] directly, because callers
+//! branch on its kinds (`Exhausted`, `Conflict`, `Invalid`). `From<Error>
+//! for kisara_core::Error` turns every variant into an `Invalid`.
 
 /// Longest input quoted back in an error message.
 const MAX_QUOTED: usize = 80;
 
-/// Everything that can be wrong with the text or the shape of a pool, a port
-/// spec or a port range.
+/// Everything that can be wrong with the text of a port spec or a port
+/// range.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// A pool pattern does not parse.
-    #[error("pool pattern {pattern:?}: {position}: {message}")]
-    Pattern {
-        /// The pattern, cut to 80 characters.
-        pattern: String,
-        /// Where in the pattern: `octet 2`, `prefix`, `split`, `address`,
-        /// `pool 3` (in a list) or `pattern` (the whole of it).
-        position: String,
-        /// The offending text.
-        token: String,
-        /// What is wrong, naming the token.
-        message: String,
-    },
-    /// Two pools of a list share addresses.
-    #[error("pool {second} overlaps pool {first}; pools must be disjoint")]
-    Overlap {
-        /// The earlier pool of the list.
-        first: String,
-        /// The later pool of the list.
-        second: String,
-    },
-    /// A pool list is empty or too long.
-    #[error("subnet pool: {message}")]
-    Pool {
-        /// What is wrong.
-        message: String,
-    },
     /// A port spec does not parse.
     #[error("port spec item {item}: {message}")]
     PortSpec {
@@ -63,20 +39,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn pattern(
-        pattern: &str,
-        position: impl Into<String>,
-        token: &str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self::Pattern {
-            pattern: quoted(pattern),
-            position: position.into(),
-            token: quoted(token),
-            message: message.into(),
-        }
-    }
-
     pub(crate) fn port_spec(item: usize, token: &str, message: impl Into<String>) -> Self {
         Self::PortSpec {
             item,
@@ -89,7 +51,6 @@ impl Error {
     /// names it.
     fn what(&self) -> &'static str {
         match self {
-            Self::Pattern { .. } | Self::Overlap { .. } | Self::Pool { .. } => "subnet pool",
             Self::PortSpec { .. } => "port spec",
             Self::PortRange { .. } => "port range",
         }
@@ -117,17 +78,12 @@ mod tests {
 
     #[test]
     fn converts_to_an_invalid_core_error_with_the_message() {
-        let err = Error::pattern(
-            "172.[128-300].0.0/24",
-            "octet 2",
-            "[128-300]",
-            "range 128-300 exceeds 255",
-        );
+        let err = Error::port_spec(2, "99999/udp", "\"99999/udp\": port 99999 exceeds 65535");
         let core: kisara_core::Error = err.into();
         assert_eq!(core.kind(), kisara_core::ErrorKind::Invalid);
         assert_eq!(
             core.to_string(),
-            "invalid subnet pool: pool pattern \"172.[128-300].0.0/24\": octet 2: range 128-300 exceeds 255"
+            "invalid port spec: port spec item 2: \"99999/udp\": port 99999 exceeds 65535"
         );
     }
 

@@ -3,18 +3,12 @@
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
-use kisara_core::config::PortRange;
+use kisara_core::config::{DEFAULT_PORT_RANGE, PortRange};
 use kisara_core::sync::lock;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::intervals::IntervalSet;
-
-/// The relay's default public ports, as in the Go original's Takina.
-pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
-    start: 20000,
-    end: 50000,
-};
 
 /// How full a [`PortPool`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,6 +94,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::builtin::StaticAuthenticator;
+use crate::model::pool::{DEFAULT_POOL, SubnetPool};
 use crate::model::{ContainerSpec, ResourceLimits};
 use crate::{Identity, Secret};
 
@@ -415,15 +416,30 @@ impl Default for AgentConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// Subnet pool patterns such as `10.[128-255].[0-255].0/24` or plain
-    /// CIDRs; default private space, unlike the Go original's public
-    /// `172.[128-255].[0-255].0/24`.
+    /// CIDRs (see [`PoolPattern`](crate::model::pool::PoolPattern)), used in
+    /// order and disjoint; default [`DEFAULT_POOL`], private space, unlike
+    /// the Go original's public
+    /// [`GO_DEFAULT_POOL`](crate::model::pool::GO_DEFAULT_POOL).
     pub pools: Vec<String>,
+}
+
+impl NetworkConfig {
+    /// [`NetworkConfig::pools`] parsed into one checked pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`](crate::Error::Invalid) for a pattern that does not
+    /// parse, overlapping pools or an empty list, as
+    /// [`Config::validate`] reports them.
+    pub fn subnet_pool(&self) -> crate::Result<SubnetPool> {
+        SubnetPool::parse_list(&self.pools)
+    }
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            pools: vec!["10.[128-255].[0-255].0/24".to_owned()],
+            pools: vec![DEFAULT_POOL.to_owned()],
         }
     }
 }
@@ -437,7 +453,7 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// The host name users connect to; default `127.0.0.1`.
     pub public_host: String,
-    /// Public ports handed out; default `20000-50000`.
+    /// Public ports handed out; default [`DEFAULT_PORT_RANGE`].
     pub port_range: PortRange,
     /// The token agents present to the relay. Empty means this deployment
     /// runs no relay; a relay must refuse to start without one.
@@ -481,10 +497,7 @@ impl Default for RelayConfig {
         Self {
             listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7000),
             public_host: "127.0.0.1".to_owned(),
-            port_range: PortRange {
-                start: 20000,
-                end: 50000,
-            },
+            port_range: DEFAULT_PORT_RANGE,
             token: Secret::default(),
             tls_cert: None,
             tls_key: None,
@@ -562,6 +575,13 @@ impl ContainerDefaults {
         }
     }
 }
+
+/// The relay's default public ports, `20000-50000`, as in the Go original's
+/// Takina.
+pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
+    start: 20000,
+    end: 50000,
+};
 
 /// An inclusive range of ports, written `"20000-50000"` or
 /// `{ start = 20000, end = 50000 }`.

@@ -8,6 +8,7 @@ use super::{
     AgentConfig, AgentRelay, Config, ContainerDefaults, Mode, NetworkConfig, RelayConfig,
     ServerConfig,
 };
+use crate::model::pool::{self, PoolPattern, SubnetPool};
 use crate::{Error, Secret};
 
 /// Tokens shipped in the Go original's sample config.
@@ -16,8 +17,6 @@ const SAMPLE_TOKENS: [&str; 2] = ["test", "testtest"];
 const MIN_TOKEN_LEN: usize = 16;
 /// Smallest `containers.memory_bytes`.
 const MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
-/// The Go original's default pool, which is public address space.
-const GO_DEFAULT_POOL: &str = "172.[128-255].[0-255].0/24";
 
 /// Which program a configuration is checked for: each demands only the
 /// sections it runs (see [`Config::resolve_for`]).
@@ -148,7 +147,10 @@ impl Config {
     /// twice; a relay `address` that is not `host:port`; a `server_name`
     /// without `tls_ca`; `relay.tls_cert` without `relay.tls_key` or the
     /// reverse; a `kisara.dns` or `kisaraServer.address` that is not an IP;
-    /// a reversed or zero-based `relay.port_range`; no pools; mount paths
+    /// a reversed or zero-based `relay.port_range`; no pools, a pool that
+    /// does not parse (named with its position, as
+    /// [`PoolPattern`]'s parser names the bad token) or pools that overlap;
+    /// mount paths
     /// that are relative or contain `..`; memory below 4 MiB; zero CPU or
     /// pids; a legacy key and its Kisara key set to different values.
     pub fn validate_for(&self, role: Role) -> Result<(), ConfigErrors> {
@@ -568,19 +570,48 @@ impl Checker {
         }
     }
 
+    /// Parses every pool, so that each bad one is reported with its
+    /// position, then checks them as one list: disjoint, at most 256.
+    /// Pools in public address space are warnings.
     fn check_network(&mut self, network: &NetworkConfig) {
         let pools_key = self.key("network.pools");
         if network.pools.is_empty() {
             self.problem(pools_key, "must list at least one pool");
+            return;
         }
-        for pool in &network.pools {
-            if pool.trim().is_empty() {
-                self.problem(pools_key, "must not contain an empty pool");
-            } else if pool.trim() == GO_DEFAULT_POOL {
-                self.warning(
-                    pools_key,
-                    format!("{pool} is public address space, not private"),
-                );
+        // A legacy key holds one pool and is named as written.
+        let key = |i: usize| {
+            if pools_key == "network.pools" {
+                format!("network.pools[{i}]")
+            } else {
+                pools_key.to_owned()
+            }
+        };
+        let mut parsed: Vec<(usize, PoolPattern)> = Vec::new();
+        for (i, text) in network.pools.iter().enumerate() {
+            match text.parse::<PoolPattern>() {
+                Ok(pattern) => parsed.push((i, pattern)),
+                Err(err) => self.problem(key(i), invalid_message(err)),
+            }
+        }
+        let patterns: Vec<PoolPattern> = parsed.iter().map(|(_, p)| p.clone()).collect();
+        if let Some((earlier, later)) = pool::overlapping_pair(&patterns) {
+            self.problem(
+                key(parsed[later].0),
+                format!(
+                    "{} (the earlier pool is {})",
+                    pool::overlap_message(&patterns[earlier], &patterns[later]),
+                    key(parsed[earlier].0)
+                ),
+            );
+        } else if parsed.len() == network.pools.len() {
+            match SubnetPool::new(patterns) {
+                Ok(pool) => {
+                    for warning in pool.warnings() {
+                        self.warning(pools_key, warning);
+                    }
+                }
+                Err(err) => self.problem(pools_key, invalid_message(err)),
             }
         }
     }
@@ -692,6 +723,15 @@ impl Checker {
     }
 }
 
+/// The message of an [`Error::Invalid`] without its `invalid ...:` prefix,
+/// for a problem whose key already says what it is about.
+fn invalid_message(err: Error) -> String {
+    match err {
+        Error::Invalid { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
 /// Pushes unless the same problem is there already (one legacy key can fold
 /// into several Kisara keys and fail the same check for each).
 fn push_unique(list: &mut Vec<ConfigProblem>, key: String, message: String) {
@@ -706,7 +746,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::PortRange;
+    use crate::config::{ApiToken, PortRange};
 
     const STRONG: &str = "0123456789abcdef";
 
@@ -823,6 +863,61 @@ mod tests {
         assert_eq!(display.lines().count(), 14);
         let error: Error = config.validate().unwrap_err().into();
         assert!(error.to_string().contains("agent.max_containers"));
+    }
+
+    #[test]
+    fn bad_and_overlapping_pools_are_reported_with_every_other_problem() {
+        let mut config = Config::default();
+        config.network.pools = vec![
+            "10.0.0.0/8".to_owned(),
+            "172.[128-300].0.0/16".to_owned(),
+            "10.[128-255].[0-255].0/24".to_owned(),
+            String::new(),
+        ];
+        assert_eq!(
+            problems(&config),
+            [
+                "server.token: must not be empty",
+                "agent.token: must not be empty",
+                "network.pools[1]: pool pattern \"172.[128-300].0.0/16\": octet 2: range 128-300 exceeds 255",
+                "network.pools[3]: pool pattern \"\": pattern: is empty; write e.g. 10.[128-255].[0-255].0/24",
+                "network.pools[2]: pool 10.[128-255].[0-255].0/24 overlaps pool 10.0.0.0/8; \
+                 pools must be disjoint (the earlier pool is network.pools[0])",
+            ]
+        );
+        // resolve_for reports them too, for the roles that run the network.
+        config.server.token = Secret::new(STRONG);
+        config.server.api_tokens = vec![ApiToken::new("platform", STRONG)];
+        let err = config.resolve_for(Role::Server).unwrap_err().to_string();
+        assert!(
+            err.contains("network.pools[1]") && err.contains("network.pools[2]"),
+            "{err}"
+        );
+        config.resolve_for(Role::Relay).unwrap_err();
+        config.relay.token = Secret::new(STRONG);
+        config.resolve_for(Role::Relay).unwrap();
+
+        // The legacy key is named as written.
+        let legacy = parse(&format!(
+            "[kisara]\ntoken = \"{STRONG}\"\n[kisaraClient]\nnetwork_cidrs = \"10.[1-300].0.0/16\"\n"
+        ));
+        let found = problems(&legacy);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with(
+                "kisaraClient.network_cidrs: pool pattern \"10.[1-300].0.0/16\": octet 2"
+            ),
+            "{found:#?}"
+        );
+
+        // Public pools (the Go default) are accepted, with a warning.
+        let mut go = with_tokens();
+        go.network.pools = vec![
+            pool::GO_DEFAULT_POOL.to_owned(),
+            "fd00:6b69::/48".to_owned(),
+        ];
+        assert!(problems(&go).is_empty());
+        assert_eq!(go.network.subnet_pool().unwrap().patterns().len(), 2);
     }
 
     #[test]

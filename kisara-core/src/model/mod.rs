@@ -10,6 +10,7 @@ mod image;
 pub mod labels;
 mod network;
 mod node;
+pub mod pool;
 mod port;
 
 pub use container::{

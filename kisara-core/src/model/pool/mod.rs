@@ -1,4 +1,16 @@
-//! Pool patterns ([`PoolPattern`]) and lists of them ([`SubnetPool`]).
+//! Subnet pools: the pattern grammar ([`PoolPattern`]) and lists of them
+//! ([`SubnetPool`]), with overlap detection and the public-address-space
+//! check.
+//!
+//! The grammar lives here, beside the config that names pools, so that
+//! [`Config::validate`](crate::config::Config::validate) reports a bad pool
+//! with every other problem; `kisara-net` re-exports it and builds its
+//! allocator on it. Every error is an [`Error::Invalid`] for `"subnet
+//! pool"` whose message names the pattern, the position (`octet 2`,
+//! `prefix`, `split`, `address`, `pool 3` in a list, or `pattern` for the
+//! whole of it) and the offending token.
+
+mod shape;
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -8,7 +20,12 @@ use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::shape::{FieldSpec, Shape, low_mask};
+use shape::{FieldSpec, Shape, low_mask};
+
+/// What every pool error is about, as [`Error::Invalid`] names it.
+const WHAT: &str = "subnet pool";
+/// Longest input quoted back in an error message.
+const MAX_QUOTED: usize = 80;
 
 /// Kisara's default pool: 32,768 private /24s.
 pub const DEFAULT_POOL: &str = "10.[128-255].[0-255].0/24";
@@ -31,7 +48,7 @@ const DEFAULT_SPLIT_V4: u8 = 24;
 const DEFAULT_SPLIT_V6: u8 = 64;
 
 /// Private address space: a pool outside it draws a warning.
-const PRIVATE: [&str; 5] = [
+pub const PRIVATE_RANGES: [&str; 5] = [
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
@@ -55,13 +72,13 @@ const PRIVATE: [&str; 5] = [
 /// (`10.1.2.0/26`). Ranges need whole octets inside the prefix, and fixed
 /// octets may not set host bits. A pool splits into at most 2^64 subnets.
 ///
-/// Parsing ([`FromStr`]) rejects malformed text with an [`Error::Pattern`]
+/// Parsing ([`FromStr`]) rejects malformed text with an [`Error::Invalid`]
 /// naming the position and the token (`octet 2: range 128-300 exceeds
 /// 255`). [`fmt::Display`] writes a pattern that parses back to an equal
 /// one. Serialized as that string.
 ///
 /// ```
-/// use kisara_net::PoolPattern;
+/// use kisara_core::model::pool::PoolPattern;
 ///
 /// let go: PoolPattern = "172.[128-255].[0-255].0/24".parse()?;
 /// assert_eq!(go.count(), 32_768);
@@ -70,7 +87,7 @@ const PRIVATE: [&str; 5] = [
 ///
 /// let err = "172.[128-300].0.0/16".parse::<PoolPattern>().unwrap_err();
 /// assert!(err.to_string().contains("octet 2: range 128-300 exceeds 255"), "{err}");
-/// # Ok::<(), kisara_net::Error>(())
+/// # Ok::<(), kisara_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -136,7 +153,7 @@ impl PoolPattern {
     /// Whether every subnet lies in private address space (10.0.0.0/8,
     /// 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7).
     pub fn is_private(&self) -> bool {
-        let inside: u128 = PRIVATE
+        let inside: u128 = PRIVATE_RANGES
             .iter()
             .filter_map(|text| text.parse::<IpNet>().ok())
             // A subnet larger than a private range cannot lie inside it.
@@ -147,8 +164,11 @@ impl PoolPattern {
         inside == self.count()
     }
 
-    pub(crate) fn shape(&self) -> &Shape {
-        &self.shape
+    /// The indices of the pool's subnets that share addresses with `net`
+    /// (a network of any size): always one contiguous range `(first,
+    /// last)`, or `None` when they share none.
+    pub fn index_range(&self, net: &IpNet) -> Option<(u128, u128)> {
+        self.shape.index_range(net)
     }
 
     /// The split a pattern written like this one gets without `as /N`.
@@ -219,15 +239,14 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn error(&self, position: impl Into<String>, token: &str, message: impl Into<String>) -> Error {
-        Error::pattern(self.text, position, token, message)
+    fn error(&self, position: impl Into<String>, message: impl Into<String>) -> Error {
+        pattern_error(self.text, position, message)
     }
 
     fn pattern(&self) -> Result<PoolPattern, Error> {
         if self.text.len() > MAX_PATTERN_LEN {
             return Err(self.error(
                 "pattern",
-                self.text,
                 format!(
                     "is {} bytes long; a pattern has at most {MAX_PATTERN_LEN}",
                     self.text.len()
@@ -236,11 +255,7 @@ impl Parser<'_> {
         }
         let text = self.text.trim();
         if text.is_empty() {
-            return Err(self.error(
-                "pattern",
-                text,
-                format!("is empty; write e.g. {DEFAULT_POOL}"),
-            ));
+            return Err(self.error("pattern", format!("is empty; write e.g. {DEFAULT_POOL}")));
         }
         // No address contains "as" (IPv6 digits stop at f).
         let (network, split) = match text.split_once("as") {
@@ -250,7 +265,6 @@ impl Parser<'_> {
         let Some((address, prefix)) = network.split_once('/') else {
             return Err(self.error(
                 "prefix",
-                network,
                 format!(
                     "{network:?} has no prefix length; write e.g. {DEFAULT_POOL} or 10.0.0.0/8"
                 ),
@@ -270,7 +284,6 @@ impl Parser<'_> {
                 if value < prefix {
                     return Err(self.error(
                         "split",
-                        split,
                         format!("/{value} is shorter than the /{prefix} prefix; subnets must fit in the pool"),
                     ));
                 }
@@ -284,7 +297,6 @@ impl Parser<'_> {
         if split - prefix > MAX_SPLIT_BITS {
             return Err(self.error(
                 "split",
-                split.to_string().as_str(),
                 format!(
                     "/{prefix} as /{split} makes 2^{} subnets; a pool holds at most 2^{MAX_SPLIT_BITS}",
                     split - prefix
@@ -304,13 +316,12 @@ impl Parser<'_> {
         if text.contains('[') {
             return Err(self.error(
                 "address",
-                text,
                 "ranges are only supported in IPv4 patterns; write an IPv6 pool as a CIDR such as fd00:6b69::/48 as /64",
             ));
         }
         text.parse()
             .map(Address::V6)
-            .map_err(|_| self.error("address", text, format!("{text:?} is not an IPv6 address")))
+            .map_err(|_| self.error("address", format!("{text:?} is not an IPv6 address")))
     }
 
     fn ipv4(&self, text: &str) -> Result<Address, Error> {
@@ -318,7 +329,6 @@ impl Parser<'_> {
         if parts.len() != 4 {
             return Err(self.error(
                 "address",
-                text,
                 format!("{text:?} is not four dot-separated octets such as 10.[128-255].[0-255].0"),
             ));
         }
@@ -333,38 +343,31 @@ impl Parser<'_> {
     fn octet(&self, i: usize, token: &str) -> Result<(u8, u8), Error> {
         let position = format!("octet {}", i + 1);
         let Some(inner) = token.strip_prefix('[') else {
-            let value = number(token).ok_or_else(|| {
-                self.error(&position, token, format!("{token:?} is not a number 0-255"))
-            })?;
+            let value = number(token)
+                .ok_or_else(|| self.error(&position, format!("{token:?} is not a number 0-255")))?;
             let value = u8::try_from(value)
-                .map_err(|_| self.error(&position, token, format!("{value} exceeds 255")))?;
+                .map_err(|_| self.error(&position, format!("{value} exceeds 255")))?;
             return Ok((value, value));
         };
         let Some(inner) = inner.strip_suffix(']') else {
-            return Err(self.error(
-                &position,
-                token,
-                format!("{token:?} has no closing bracket"),
-            ));
+            return Err(self.error(&position, format!("{token:?} has no closing bracket")));
         };
         let (lo, hi) = inner.split_once('-').unwrap_or((inner, inner));
         let (Some(lo), Some(hi)) = (number(lo.trim()), number(hi.trim())) else {
             return Err(self.error(
                 &position,
-                token,
                 format!("{token:?} is not a range; write [a-b] or [a] with numbers 0-255"),
             ));
         };
         if lo > hi {
             return Err(self.error(
                 &position,
-                token,
                 format!("range {lo}-{hi} is reversed; write [{hi}-{lo}]"),
             ));
         }
         match (u8::try_from(lo), u8::try_from(hi)) {
             (Ok(lo), Ok(hi)) => Ok((lo, hi)),
-            _ => Err(self.error(&position, token, format!("range {lo}-{hi} exceeds 255"))),
+            _ => Err(self.error(&position, format!("range {lo}-{hi} exceeds 255"))),
         }
     }
 
@@ -372,10 +375,9 @@ impl Parser<'_> {
         let token = token.trim();
         match number(token) {
             Some(value) if value <= u64::from(bits) => Ok(value as u8),
-            Some(value) => Err(self.error(position, token, format!("/{value} exceeds {bits}"))),
+            Some(value) => Err(self.error(position, format!("/{value} exceeds {bits}"))),
             None => Err(self.error(
                 position,
-                token,
                 format!("{token:?} is not a prefix length 0-{bits}"),
             )),
         }
@@ -390,7 +392,6 @@ impl Parser<'_> {
                 if net.trunc().addr() != address {
                     return Err(self.error(
                         "address",
-                        &address.to_string(),
                         format!(
                             "{address}/{prefix} sets host bits; the network is {}",
                             net.trunc()
@@ -410,7 +411,6 @@ impl Parser<'_> {
                         if network_bits < 8 {
                             return Err(self.error(
                                 &position,
-                                &format!("[{lo}-{hi}]"),
                                 format!(
                                     "range {lo}-{hi} needs the whole octet inside the /{prefix} prefix; \
                                      for other sizes write a CIDR pool such as 10.0.0.0/12 as /20"
@@ -422,7 +422,6 @@ impl Parser<'_> {
                         if u128::from(lo) & low_mask(8 - network_bits) != 0 {
                             return Err(self.error(
                                 &position,
-                                &lo.to_string(),
                                 format!("{lo} sets host bits of the /{prefix} prefix"),
                             ));
                         }
@@ -455,12 +454,12 @@ fn number(text: &str) -> Option<u64> {
 ///
 /// Written as a comma-separated list (`10.[128-255].[0-255].0/24,
 /// fd00:6b69::/48`); serialized as a list of pattern strings. Pools that
-/// share addresses are an [`Error::Overlap`]; pools in public address space
+/// share addresses are an [`Error::Invalid`] naming both; pools in public address space
 /// are accepted, with a [`SubnetPool::warnings`] entry (the allocator also
 /// logs it).
 ///
 /// ```
-/// use kisara_net::SubnetPool;
+/// use kisara_core::model::pool::SubnetPool;
 ///
 /// let pool: SubnetPool = "10.[128-255].[0-255].0/24, fd00:6b69::/48".parse()?;
 /// assert_eq!(pool.total(), 32_768 + 65_536);
@@ -468,7 +467,7 @@ fn number(text: &str) -> Option<u64> {
 ///
 /// let err = "10.0.0.0/8, 10.[128-255].[0-255].0/24".parse::<SubnetPool>().unwrap_err();
 /// assert!(err.to_string().contains("overlaps"), "{err}");
-/// # Ok::<(), kisara_net::Error>(())
+/// # Ok::<(), kisara_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "Vec<PoolPattern>", into = "Vec<PoolPattern>")]
@@ -481,22 +480,19 @@ impl SubnetPool {
     pub fn new(patterns: impl IntoIterator<Item = PoolPattern>) -> Result<Self, Error> {
         let patterns: Vec<PoolPattern> = patterns.into_iter().take(MAX_POOLS + 1).collect();
         if patterns.is_empty() {
-            return Err(Error::Pool {
-                message: format!("no pools; list at least one, e.g. {DEFAULT_POOL}"),
-            });
+            return Err(Error::invalid(
+                WHAT,
+                format!("no pools; list at least one, e.g. {DEFAULT_POOL}"),
+            ));
         }
         if patterns.len() > MAX_POOLS {
-            return Err(Error::Pool {
-                message: format!("more than {MAX_POOLS} pools"),
-            });
+            return Err(Error::invalid(WHAT, format!("more than {MAX_POOLS} pools")));
         }
-        for (i, later) in patterns.iter().enumerate() {
-            if let Some(earlier) = patterns[..i].iter().find(|earlier| earlier.overlaps(later)) {
-                return Err(Error::Overlap {
-                    first: earlier.to_string(),
-                    second: later.to_string(),
-                });
-            }
+        if let Some((first, second)) = overlapping_pair(&patterns) {
+            return Err(Error::invalid(
+                WHAT,
+                overlap_message(&patterns[first], &patterns[second]),
+            ));
         }
         Ok(Self { patterns })
     }
@@ -540,7 +536,7 @@ impl SubnetPool {
                 format!(
                     "pool {pattern} reaches into public address space (outside {}); \
                      its networks may shadow real hosts",
-                    PRIVATE.join(", ")
+                    PRIVATE_RANGES.join(", ")
                 )
             })
             .collect()
@@ -572,25 +568,64 @@ impl FromStr for SubnetPool {
     /// A comma-separated list of patterns.
     fn from_str(text: &str) -> Result<Self, Error> {
         if text.len() > MAX_LIST_LEN {
-            return Err(Error::Pool {
-                message: format!(
+            return Err(Error::invalid(
+                WHAT,
+                format!(
                     "the list is {} bytes long; at most {MAX_LIST_LEN}",
                     text.len()
                 ),
-            });
+            ));
         }
         let items: Vec<&str> = text.split(',').collect();
         if items.len() > 1
             && let Some(empty) = items.iter().position(|item| item.trim().is_empty())
         {
-            return Err(Error::pattern(
+            return Err(pattern_error(
                 text,
                 format!("pool {}", empty + 1),
-                "",
                 "is empty",
             ));
         }
         Self::parse_list(items)
+    }
+}
+
+/// The first pair `(earlier, later)` of `patterns` that share addresses,
+/// by the position of the later one.
+pub(crate) fn overlapping_pair(patterns: &[PoolPattern]) -> Option<(usize, usize)> {
+    patterns.iter().enumerate().find_map(|(i, later)| {
+        let earlier = patterns[..i]
+            .iter()
+            .position(|earlier| earlier.overlaps(later))?;
+        Some((earlier, i))
+    })
+}
+
+/// What is wrong when `later` shares addresses with `earlier`.
+pub(crate) fn overlap_message(earlier: &PoolPattern, later: &PoolPattern) -> String {
+    format!("pool {later} overlaps pool {earlier}; pools must be disjoint")
+}
+
+/// A malformed pattern: the pattern (cut to [`MAX_QUOTED`] characters),
+/// where in it, and what is wrong, naming the offending token.
+fn pattern_error(pattern: &str, position: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::invalid(
+        WHAT,
+        format!(
+            "pool pattern {:?}: {}: {}",
+            quoted(pattern),
+            position.into(),
+            message.into()
+        ),
+    )
+}
+
+/// `text`, cut to [`MAX_QUOTED`] characters (with `...`) so that a huge
+/// input does not make a huge message.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -777,17 +812,17 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_reported_separately() {
-        let Err(Error::Pattern {
-            position, token, ..
-        }) = "172.[128-300].0.0/16".parse::<PoolPattern>()
-        else {
-            panic!("expected a pattern error");
-        };
+    fn errors_are_invalid_subnet_pools_naming_the_token() {
+        let err = "172.16.[1,2].0/24".parse::<PoolPattern>().unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Invalid);
         assert_eq!(
-            (position.as_str(), token.as_str()),
-            ("octet 2", "[128-300]")
+            err.to_string(),
+            "invalid subnet pool: pool pattern \"172.16.[1,2].0/24\": octet 3: \"[1,2]\" is not a range; \
+             write [a-b] or [a] with numbers 0-255"
         );
+        let long = format!("10.0.0.0/8, {}", "x".repeat(1000));
+        let err = long.parse::<SubnetPool>().unwrap_err().to_string();
+        assert!(err.contains("...") && err.len() < 400, "{err}");
     }
 
     #[test]

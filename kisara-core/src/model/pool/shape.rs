@@ -95,11 +95,6 @@ impl Shape {
         self.count
     }
 
-    /// The prefix length of its subnets.
-    pub(crate) fn split(&self) -> u8 {
-        self.split
-    }
-
     /// Whether its subnets are IPv6.
     pub(crate) fn is_v6(&self) -> bool {
         self.v6
@@ -282,7 +277,8 @@ pub(crate) fn net_parts(net: &IpNet) -> (bool, u128, u8) {
 }
 
 /// The first and last address of `net`, as numbers.
-pub(crate) fn net_span(net: &IpNet) -> (u128, u128) {
+#[cfg(test)]
+fn net_span(net: &IpNet) -> (u128, u128) {
     let (v6, address, prefix) = net_parts(net);
     let bits = if v6 { 128 } else { 32 };
     (address, address | low_mask(bits - prefix))
