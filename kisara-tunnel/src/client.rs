@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::auth::{self, Role, hex};
 use crate::error::{Result, TunnelError};
-use crate::limit::{FRAMING, splice, splice_framed, splice_tcp};
+use crate::splice::{FRAMING, splice, splice_framed, splice_tcp};
 use crate::transport::{self, ClientTls, Conn};
 use crate::udp;
 use crate::wire::{

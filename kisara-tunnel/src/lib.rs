@@ -1,12 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod auth;
+mod bucket;
 mod client;
 mod datagram;
 mod error;
-mod limit;
 mod metrics;
 mod relay;
+mod splice;
 #[cfg(test)]
 mod test_support;
 mod transport;

@@ -24,14 +24,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{self, Failures, Role, hex};
+use crate::bucket::TokenBucket;
+use crate::datagram;
 use crate::error::{Result, TunnelError};
-use crate::limit::{FRAMING, TokenBucket, splice, splice_framed, splice_tcp};
 use crate::metrics::{self, Active, Rejected, VisitorEnd};
+use crate::splice::{FRAMING, splice, splice_framed, splice_tcp};
 use crate::transport::{self, Conn, RelayTls};
 use crate::udp;
 use crate::wire::{
-    self, Auth, Challenge, ClientMessage, Dispatch, Opening, Registration, RelayMessage, VERSION,
-    Verdict,
+    self, Auth, Challenge, ClientMessage, Dispatch, Link, Opening, Registration, RelayMessage,
+    VERSION, Verdict,
 };
 
 /// How long a new connection may take to send its opening frame and answer
@@ -51,9 +53,6 @@ const DEFAULT_STANDBY: usize = 4;
 const LINK_QUEUE: usize = 1024;
 /// Queued control messages written together in one go, at most.
 const LINK_BATCH_BYTES: usize = 64 * 1024;
-
-/// The sending end of a client's control link.
-pub(crate) type Link = mpsc::Sender<RelayMessage>;
 
 /// How a [`Relay`] runs.
 #[derive(Debug, Clone)]
@@ -406,7 +405,7 @@ impl Shared {
             let address = SocketAddr::new(self.public_bind, port);
             let bound = match protocol {
                 Protocol::Tcp => TcpListener::bind(address).await.map(Bound::Tcp),
-                Protocol::Udp => udp::bind(address).await.map(Bound::Udp),
+                Protocol::Udp => datagram::bind(address).await.map(Bound::Udp),
             };
             match bound {
                 Ok(bound) => return Ok((port, bound)),

@@ -23,11 +23,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::auth::{self, hex};
+use crate::bucket::TokenBucket;
 use crate::datagram::{self, Batch, Inbox, Outbox, WhenFull};
-use crate::limit::TokenBucket;
 use crate::metrics::{self, Active};
-use crate::relay::Link;
-use crate::wire::RelayMessage;
+use crate::wire::{Link, RelayMessage};
 
 /// Sessions idle this long end, unless configured otherwise.
 pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(60);
@@ -41,12 +40,6 @@ const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 /// dropped. Bounded so that sessions whose greeting never comes (UDP
 /// blocked between relay and client) hold at most 64 × 64 KiB each.
 const QUEUE: usize = 64;
-/// Kernel buffers asked for on every socket of the UDP data path (Linux
-/// caps them at `net.core.rmem_max` / `wmem_max`). The default, 208 KiB,
-/// holds about 2 ms of traffic at 500 Mbit/s, so any delay in scheduling a
-/// forwarding task drops datagrams; 4 MiB rides out 60 ms. Memory is only
-/// taken while datagrams wait.
-const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 type Ticket = [u8; 16];
 
@@ -63,20 +56,6 @@ fn tagged(tag: &[u8; 4], ticket: &Ticket) -> [u8; 20] {
     out[..4].copy_from_slice(tag);
     out[4..].copy_from_slice(ticket);
     out
-}
-
-/// Binds a UDP socket of the data path, with enlarged kernel buffers and
-/// GRO (so it must be read through an [`Inbox`]).
-pub(crate) async fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = UdpSocket::bind(address).await?;
-    datagram::enable_gro(&socket);
-    #[cfg(target_os = "linux")]
-    {
-        // Best effort: a smaller buffer only means earlier drops.
-        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
-    }
-    Ok(socket)
 }
 
 fn unspecified_like(address: SocketAddr) -> SocketAddr {
@@ -220,7 +199,7 @@ async fn open_or_queue(
     let Some(link) = (side.link)() else {
         return;
     };
-    let channel = match bind(SocketAddr::new(side.bind, 0)).await {
+    let channel = match datagram::bind(SocketAddr::new(side.bind, 0)).await {
         Ok(channel) => channel,
         Err(error) => {
             warn!(%error, "cannot bind a session channel");
@@ -380,9 +359,9 @@ pub(crate) async fn serve_client(
         return;
     };
     let open = async {
-        let channel = bind(unspecified_like(relay)).await?;
+        let channel = datagram::bind(unspecified_like(relay)).await?;
         channel.connect(relay).await?;
-        let upstream = bind(unspecified_like(target)).await?;
+        let upstream = datagram::bind(unspecified_like(target)).await?;
         upstream.connect(target).await?;
         Ok::<_, std::io::Error>((channel, upstream))
     };

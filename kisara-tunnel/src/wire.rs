@@ -130,6 +130,10 @@ pub(crate) enum ClientMessage {
     Pong,
 }
 
+/// The sending end of a client's control link on the relay: messages
+/// queued on it go out to that client in order.
+pub(crate) type Link = tokio::sync::mpsc::Sender<RelayMessage>;
+
 /// Relay to client, after authentication.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

@@ -19,7 +19,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::limit::TokenBucket;
+use crate::bucket::TokenBucket;
 use crate::transport::Conn;
 
 /// Pipe capacity asked for: Linux's default ceiling for unprivileged
