@@ -3,6 +3,7 @@
 
 // In a module so that `cargo nextest run -p kisara-core config` selects these.
 mod config {
+    use std::collections::BTreeSet;
     use std::net::{IpAddr, SocketAddr};
     use std::path::{Path, PathBuf};
     use std::time::Duration;
@@ -461,5 +462,94 @@ mod config {
         assert_eq!(err.kind(), ErrorKind::Unauthenticated);
         assert_eq!(Config::default().server.heartbeat_timeout_secs, 15);
         assert!(Config::default().agent.relays.is_empty());
+    }
+
+    /// The shipped sample, `conf/kisara.toml`.
+    fn sample_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/kisara.toml")
+    }
+
+    /// `text` with its optional keys and tables switched on: `#key = ...`
+    /// and `#[section]` lines lose their `#` (prose is `# text`, with a
+    /// space).
+    fn uncommented(text: &str) -> String {
+        text.lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_alphabetic()) => {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key set in `table`, as `section.key`, with the keys of tables
+    /// in a list as `section.key.entry`.
+    fn keys_of(table: &toml::Table) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for (section, value) in table {
+            let Some(section_table) = value.as_table() else {
+                continue;
+            };
+            for (key, value) in section_table {
+                let key = format!("{section}.{key}");
+                let entries = value.as_array().into_iter().flatten();
+                for entry in entries.filter_map(toml::Value::as_table) {
+                    keys.extend(entry.keys().map(|name| format!("{key}.{name}")));
+                }
+                keys.insert(key);
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn sample_config_resolves_to_the_defaults_for_every_role() {
+        let config = Config::load(sample_path()).unwrap();
+        let resolved = config.resolve().unwrap();
+        for role in [Role::Server, Role::Agent, Role::Relay, Role::Dev] {
+            config.resolve_for(role).unwrap();
+        }
+        // Safe as shipped: loopback, private pools, and every value but the
+        // placeholder tokens is the built-in default.
+        assert!(resolved.server.listen.ip().is_loopback());
+        assert!(resolved.relay.listen.ip().is_loopback());
+        assert!(resolved.network.subnet_pool().unwrap().is_private());
+        let tokens = [
+            &resolved.server.token,
+            &resolved.agent.token,
+            &resolved.relay.token,
+            &resolved.server.api_tokens[0].token,
+        ];
+        assert!(
+            tokens
+                .iter()
+                .all(|token| token.expose().starts_with("REPLACE-ME-")),
+            "sample tokens are marked as placeholders"
+        );
+        let mut defaults = Config::default();
+        defaults.server.token = resolved.server.token.clone();
+        defaults.server.api_tokens = resolved.server.api_tokens.clone();
+        defaults.agent.token = resolved.agent.token.clone();
+        defaults.relay.token = resolved.relay.token.clone();
+        assert_eq!(defaults.resolve().unwrap(), resolved);
+    }
+
+    #[test]
+    fn sample_config_names_every_key() {
+        let text = std::fs::read_to_string(sample_path()).unwrap();
+        // With its optional keys switched on it is still a valid file, so
+        // every commented example is a real key with a value it takes.
+        let all = uncommented(&text);
+        Config::from_toml_str(&all, "conf/kisara.toml, uncommented").unwrap();
+        let written = keys_of(&toml::from_str(&all).unwrap());
+        let known: BTreeSet<String> = Config::known_keys().into_iter().collect();
+        let missing: Vec<_> = known.difference(&written).collect();
+        assert!(missing.is_empty(), "conf/kisara.toml lacks {missing:?}");
+        assert_eq!(written, known);
+        // Set keys are set once: a key is either on or an example.
+        let on = keys_of(&toml::from_str(&text).unwrap());
+        assert!(on.contains("server.api_tokens.token") && !on.contains("agent.relays"));
     }
 }

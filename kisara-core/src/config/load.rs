@@ -5,8 +5,8 @@ use std::path::Path;
 use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::{
-    AgentConfig, Config, ContainerDefaults, LegacyClient, LegacyKisara, LegacyServer, LegacyTakina,
-    NetworkConfig, RelayConfig, ServerConfig,
+    AgentConfig, AgentRelay, ApiToken, Config, ContainerDefaults, LegacyClient, LegacyKisara,
+    LegacyServer, LegacyTakina, NetworkConfig, RelayConfig, ServerConfig,
 };
 use crate::{Error, Result};
 
@@ -94,6 +94,29 @@ impl Config {
             }
         })?;
         Self::from_toml_str_with_env(&text, &path.display().to_string(), env)
+    }
+
+    /// Every key a file may set, as `section.key`, in the order the
+    /// structs declare them, read from the serde derives (so a sample file
+    /// or a tool can be checked against them); the keys of the tables
+    /// listed in `server.api_tokens` and `[[agent.relays]]` follow their
+    /// list as `server.api_tokens.name`, `agent.relays.address`, ...
+    pub fn known_keys() -> Vec<String> {
+        let mut keys = Vec::new();
+        for info in sections() {
+            for field in info.fields {
+                let key = format!("{}.{field}", info.name);
+                let entries = match key.as_str() {
+                    "server.api_tokens" => field_names::<ApiToken>(),
+                    "agent.relays" => field_names::<AgentRelay>(),
+                    _ => &[],
+                };
+                let nested: Vec<String> = entries.iter().map(|e| format!("{key}.{e}")).collect();
+                keys.push(key);
+                keys.extend(nested);
+            }
+        }
+        keys
     }
 
     /// [`Config::load_with_env`] with this process's environment. A
@@ -292,6 +315,21 @@ mod tests {
             .find(|info| info.name == "agent")
             .unwrap();
         assert!(agent.fields.contains(&"max_containers"));
+    }
+
+    #[test]
+    fn known_keys_name_sections_keys_and_list_entries() {
+        let keys = Config::known_keys();
+        let at = |key: &str| {
+            keys.iter()
+                .position(|k| k == key)
+                .unwrap_or_else(|| panic!("{key}"))
+        };
+        assert_eq!(keys[0], "kisara.token");
+        assert_eq!(at("agent.relays") + 1, at("agent.relays.name"));
+        assert!(at("server.api_tokens.token") < at("server.heartbeat_timeout_secs"));
+        assert!(keys.contains(&"containers.read_only_root".to_owned()));
+        assert!(keys.contains(&"kisaraClient.network_cidrs".to_owned()));
     }
 
     #[test]
