@@ -741,10 +741,21 @@ async fn the_runtime_works_as_a_trait_object() {
 #[tokio::test]
 async fn a_dropped_launch_leaves_nothing_behind() {
     let (runtime, image, cleanup) = setup().await;
+    let mut abandoned = 0;
     for millis in [1, 10, 30, 60, 100, 150, 250, 400] {
         let spec = cleanup.spec(&image, ["sleep", "3600"]);
-        let _ = tokio::time::timeout(Duration::from_millis(millis), runtime.launch(&spec)).await;
+        match tokio::time::timeout(Duration::from_millis(millis), runtime.launch(&spec)).await {
+            // A launch that beat its deadline belongs to the caller, who
+            // removes it; only the dropped ones must clean up after
+            // themselves.
+            Ok(launched) => runtime.remove(&launched.unwrap().id).await.unwrap(),
+            Err(_) => abandoned += 1,
+        }
     }
+    assert!(
+        abandoned > 0,
+        "every launch beat its deadline: nothing was dropped"
+    );
     // Launches still in flight finish and then remove themselves.
     let gone = async {
         loop {
