@@ -36,6 +36,15 @@ pub enum WebhookError {
         /// Why, as the transport reported it.
         reason: String,
     },
+    /// The TLS handshake failed (untrusted or expired certificate, wrong
+    /// name, no common version); a retry cannot help.
+    #[error("TLS with the webhook at {url} failed: {reason}")]
+    Tls {
+        /// The URL called.
+        url: String,
+        /// What rustls reported.
+        reason: String,
+    },
     /// One call took longer than the per-call timeout.
     #[error("the webhook at {url} did not answer within {after:?}")]
     Timeout {

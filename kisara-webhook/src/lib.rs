@@ -1,6 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+mod backend;
+mod client;
 mod error;
+pub mod server;
+pub mod sign;
+pub mod tls;
+mod transport;
 pub mod wire;
 
+pub use backend::{WebhookAuthenticator, WebhookConfigProvider};
+pub use client::{ClientOptions, WebhookClient};
 pub use error::WebhookError;
+pub use server::{BackendHandler, ServerOptions, WebhookHandler, WebhookServer, router};
+pub use sign::Signer;
