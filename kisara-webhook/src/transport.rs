@@ -164,10 +164,7 @@ impl Transport {
         let (sender, connection) =
             http1::handshake(TokioIo::new(io))
                 .await
-                .map_err(|e| WebhookError::Connect {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| send_error(url, &e))?;
         tokio::spawn(async move {
             // Ends when the peer or the pool drops the connection.
             let _ = connection.await;
@@ -301,21 +298,58 @@ impl Transport {
 }
 
 fn send_error(url: &str, e: &hyper::Error) -> WebhookError {
-    // A connection that drops before any answer is as good as refused.
-    WebhookError::Connect {
-        url: url.to_owned(),
-        reason: e.to_string(),
+    let reason = chain(e);
+    if has_tls_error(e) {
+        // In TLS 1.3 the server checks our certificate after our side of the
+        // handshake is done, so its refusal arrives with the first read.
+        WebhookError::Tls {
+            url: url.to_owned(),
+            reason,
+        }
+    } else {
+        // A connection that drops before any answer is as good as refused.
+        WebhookError::Connect {
+            url: url.to_owned(),
+            reason,
+        }
     }
 }
 
+/// `e` and its sources, `: `-joined (hyper's own message says little).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = inner.source();
+    }
+    out
+}
+
+fn has_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(inner) = current {
+        // `io::Error::source` skips the error it wraps, so look inside.
+        let wrapped = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|io| io.is::<tokio_rustls::rustls::Error>());
+        if wrapped || inner.is::<tokio_rustls::rustls::Error>() {
+            return true;
+        }
+        current = inner.source();
+    }
+    false
+}
+
 fn tls_error(url: &str, e: &std::io::Error) -> WebhookError {
-    // rustls puts its alert or verification error inside the io::Error; a
-    // server that refuses our certificate may also just close (reset).
-    let reason = e
-        .get_ref()
-        .map_or_else(|| e.to_string(), ToString::to_string);
+    // rustls puts its alert or verification error inside the io::Error.
     WebhookError::Tls {
         url: url.to_owned(),
-        reason,
+        reason: chain(e),
     }
 }
