@@ -12,13 +12,13 @@ use kisara_cluster::Server;
 use kisara_cluster::http::agent_link;
 use kisara_cluster::http::{ApiBuilder, metrics_router};
 use kisara_cluster::link::{AgentGateway, LinkOptions, TlsListener};
-use kisara_cluster::tls::{client_config, server_config};
 use kisara_core::config::{
     AgentConfig, AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig,
 };
 use kisara_core::model::NodeId;
 use kisara_core::{SubnetAllocator, Tunnel};
 use kisara_net::{PoolAllocator, SubnetPool};
+use kisara_tls::{client_config, server_config};
 use kisara_tunnel::{ClientTls, RelayTls, TunnelClient, rustls};
 
 /// What a binary reports when it cannot go on.

@@ -8,7 +8,6 @@ mod keyed;
 pub mod link;
 mod node_id;
 mod server;
-pub mod tls;
 
 pub use node_id::{NODE_ID_FILE, load_or_create_node_id};
 pub use server::{

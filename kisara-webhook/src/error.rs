@@ -98,15 +98,10 @@ pub enum WebhookError {
     /// A signed request failed verification (bad, missing or stale signature).
     #[error("request signature rejected: {0}")]
     Signature(String),
-    /// Reading a certificate or key file failed.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file the configuration names was refused (a TLS certificate or
+    /// key), as `kisara_core` reports it: the message names the file.
+    #[error(transparent)]
+    Core(#[from] kisara_core::Error),
 }
 
 impl WebhookError {
@@ -126,6 +121,7 @@ impl From<WebhookError> for kisara_core::Error {
     fn from(err: WebhookError) -> Self {
         match err {
             WebhookError::Config { what, message } => Self::invalid(what, message),
+            WebhookError::Core(err) => err,
             // The webhook cannot decide: never a silent accept.
             other => Self::Unavailable {
                 message: other.to_string(),

@@ -5,7 +5,7 @@ mod client;
 mod error;
 pub mod server;
 pub mod sign;
-pub mod tls;
+pub use kisara_tls as tls;
 mod transport;
 pub mod wire;
 

@@ -436,10 +436,7 @@ impl WebhookServer {
         let tls = tls.map(ReloadingTls::new).transpose()?.map(Arc::new);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| WebhookError::Io {
-                path: format!("listen address {addr}"),
-                source,
-            })?;
+            .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
         Ok(Self { listener, app, tls })
     }
 

@@ -161,10 +161,9 @@ impl Transport {
                 Box::new(stream)
             }
         };
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| send_error(url, &e))?;
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| send_error(url, &e))?;
         tokio::spawn(async move {
             // Ends when the peer or the pool drops the connection.
             let _ = connection.await;

@@ -140,9 +140,16 @@ async fn refused(url: &str, tls: ClientTls, expect: &str) {
 #[tokio::test]
 async fn the_right_client_certificate_works() {
     let pki = Pki::new();
-    let addr = real_server(Some(pki.server(true, TlsVersion::Tls13)), ServerOptions::default()).await;
+    let addr = real_server(
+        Some(pki.server(true, TlsVersion::Tls13)),
+        ServerOptions::default(),
+    )
+    .await;
     let tls = pki.client(Some(pki.ca.leaf(&["client"], false)));
-    assert_eq!(login(&format!("https://{addr}"), tls).await.unwrap(), "alice");
+    assert_eq!(
+        login(&format!("https://{addr}"), tls).await.unwrap(),
+        "alice"
+    );
     // By name too, and with 1.2 allowed the client still negotiates 1.3.
     let mut tls = pki.client(Some(pki.ca.leaf(&["client"], false)));
     tls.min_version = TlsVersion::Tls12;
@@ -153,14 +160,27 @@ async fn the_right_client_certificate_works() {
 #[tokio::test]
 async fn no_client_certificate_is_refused() {
     let pki = Pki::new();
-    let addr = real_server(Some(pki.server(true, TlsVersion::Tls13)), ServerOptions::default()).await;
-    refused(&format!("https://{addr}"), pki.client(None), "CertificateRequired").await;
+    let addr = real_server(
+        Some(pki.server(true, TlsVersion::Tls13)),
+        ServerOptions::default(),
+    )
+    .await;
+    refused(
+        &format!("https://{addr}"),
+        pki.client(None),
+        "CertificateRequired",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused() {
     let pki = Pki::new();
-    let addr = real_server(Some(pki.server(true, TlsVersion::Tls13)), ServerOptions::default()).await;
+    let addr = real_server(
+        Some(pki.server(true, TlsVersion::Tls13)),
+        ServerOptions::default(),
+    )
+    .await;
     let tls = pki.client(Some(pki.other.leaf(&["client"], false)));
     refused(&format!("https://{addr}"), tls, "UnknownCA").await;
 }
@@ -168,7 +188,11 @@ async fn a_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn an_expired_certificate_is_refused() {
     let pki = Pki::new();
-    let addr = real_server(Some(pki.server(true, TlsVersion::Tls13)), ServerOptions::default()).await;
+    let addr = real_server(
+        Some(pki.server(true, TlsVersion::Tls13)),
+        ServerOptions::default(),
+    )
+    .await;
     let tls = pki.client(Some(pki.ca.leaf(&["client"], true)));
     refused(&format!("https://{addr}"), tls, "CertificateExpired").await;
 }
@@ -177,7 +201,11 @@ async fn an_expired_certificate_is_refused() {
 async fn a_wrong_server_name_is_refused() {
     let pki = Pki::new();
     let tls = pki.server(false, TlsVersion::Tls13);
-    swap(&tls.cert, &tls.key, pki.ca.leaf(&["webhook.internal"], false));
+    swap(
+        &tls.cert,
+        &tls.key,
+        pki.ca.leaf(&["webhook.internal"], false),
+    );
     let addr = real_server(Some(tls), ServerOptions::default()).await;
     refused(
         &format!("https://{addr}"),
@@ -190,7 +218,11 @@ async fn a_wrong_server_name_is_refused() {
 #[tokio::test]
 async fn a_tls12_only_client_is_refused_by_a_tls13_only_server() {
     let pki = Pki::new();
-    let addr = real_server(Some(pki.server(false, TlsVersion::Tls13)), ServerOptions::default()).await;
+    let addr = real_server(
+        Some(pki.server(false, TlsVersion::Tls13)),
+        ServerOptions::default(),
+    )
+    .await;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls_pki_types::CertificateDer::from_pem_slice(pki.ca.pem.as_bytes()).unwrap())
@@ -220,11 +252,18 @@ async fn a_certificate_swapped_on_disk_is_used_for_the_next_connection() {
         ca: Some(pki.write("other-ca.crt", &pki.other.pem)),
         ..ClientTls::default()
     };
-    refused(&format!("https://{addr}"), trusting_other(&pki), "UnknownIssuer").await;
+    refused(
+        &format!("https://{addr}"),
+        trusting_other(&pki),
+        "UnknownIssuer",
+    )
+    .await;
     // …and once the files hold one from the other CA, the next one works.
     swap(&tls.cert, &tls.key, pki.other.leaf(&["127.0.0.1"], false));
     assert_eq!(
-        login(&format!("https://{addr}"), trusting_other(&pki)).await.unwrap(),
+        login(&format!("https://{addr}"), trusting_other(&pki))
+            .await
+            .unwrap(),
         "alice"
     );
 }
