@@ -66,3 +66,41 @@ fn a_missing_file_is_named() {
     assert!(!ok);
     assert!(text.contains("/nonexistent/kisara.toml"), "{text}");
 }
+
+#[test]
+fn help_names_the_default_file_and_exit_codes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_config-check"))
+        .arg("--help")
+        .output()
+        .expect("run config-check");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.starts_with("usage: config-check [CONFIG]"), "{text}");
+    assert!(
+        text.contains("conf/kisara.toml") && text.contains("Exit status"),
+        "{text}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_config-check"))
+        .arg("--verbose")
+        .output()
+        .expect("run config-check");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"--verbose\""));
+}
+
+#[test]
+fn a_reader_that_goes_away_early_is_no_crash() {
+    // Like `config-check | head -1`: the pipe closes before the output is
+    // written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_config-check"))
+        .arg(fixture("go-kisara-conf.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run config-check");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for config-check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -12,6 +12,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::ffi::OsString;
+use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
 
 use kisara_core::config::Config;
@@ -35,8 +36,7 @@ fn main() -> ExitCode {
     let path = match args.as_slice() {
         [] => OsString::from(DEFAULT_PATH),
         [flag] if flag == "--help" || flag == "-h" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+            return report(ExitCode::SUCCESS, USAGE);
         }
         // A path starting with `-` is a mistyped flag, not a file: say so.
         [arg] if !arg.to_string_lossy().starts_with('-') => arg.clone(),
@@ -50,12 +50,26 @@ fn main() -> ExitCode {
     };
     let resolved = Config::load_with_process_env(&path).and_then(|config| config.resolve());
     match resolved {
-        Ok(resolved) => {
-            println!("{}: ok\n{resolved:#?}", path.to_string_lossy());
-            ExitCode::SUCCESS
-        }
+        Ok(resolved) => report(
+            ExitCode::SUCCESS,
+            &format!("{}: ok\n{resolved:#?}", path.to_string_lossy()),
+        ),
         Err(error) => {
             eprintln!("{}: {error}", path.to_string_lossy());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `text` and exits with `status`. A reader that went away early
+/// (`config-check | head`) is no failure of the check; any other write
+/// error is reported.
+fn report(status: ExitCode, text: &str) -> ExitCode {
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Ok(()) => status,
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => status,
+        Err(e) => {
+            eprintln!("config-check: cannot write to stdout: {e}");
             ExitCode::FAILURE
         }
     }
