@@ -29,6 +29,11 @@ fn the_go_sample_is_accepted_and_secrets_stay_hidden() {
     assert!(ok, "{text}");
     assert!(text.contains("max_containers: 80"), "{text}");
     assert!(!text.contains("testtest"), "a token was printed: {text}");
+    // Its warnings went to a pipe: plain text, no colour codes.
+    assert!(
+        text.contains("WARN") && !text.contains('\u{1b}'),
+        "{text:?}"
+    );
 }
 
 #[test]
