@@ -282,6 +282,19 @@ impl Error {
     }
 }
 
+/// How many characters of a bad input an error message quotes.
+pub const EXCERPT_CHARS: usize = 80;
+
+/// `text` cut to [`EXCERPT_CHARS`] characters (with `...`), for error
+/// messages that name a bad input: a huge input does not make a huge
+/// message.
+pub fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +339,15 @@ mod tests {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.code()));
         }
+    }
+
+    #[test]
+    fn excerpts_cut_long_inputs_at_characters() {
+        assert_eq!(excerpt("short"), "short");
+        assert_eq!(excerpt(&"x".repeat(1000)).len(), EXCERPT_CHARS + 3);
+        assert_eq!(
+            excerpt("é".repeat(100).as_str()).chars().count(),
+            EXCERPT_CHARS + 3
+        );
     }
 }

@@ -14,7 +14,7 @@ pub mod sync;
 pub mod testing;
 pub mod traits;
 
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, EXCERPT_CHARS, Error, ErrorKind, Result, excerpt};
 pub use secret::Secret;
 pub use traits::*;
 

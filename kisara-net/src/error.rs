@@ -9,9 +9,6 @@
 //! branch on its kinds (`Exhausted`, `Conflict`, `Invalid`). `From<Error>
 //! for kisara_core::Error` turns every variant into an `Invalid`.
 
-/// Longest input quoted back in an error message.
-const MAX_QUOTED: usize = 80;
-
 /// Everything that can be wrong with the text of a port spec or a port
 /// range.
 #[non_exhaustive]
@@ -42,7 +39,7 @@ impl Error {
     pub(crate) fn port_spec(item: usize, token: &str, message: impl Into<String>) -> Self {
         Self::PortSpec {
             item,
-            token: quoted(token),
+            token: kisara_core::excerpt(token),
             message: message.into(),
         }
     }
@@ -54,15 +51,6 @@ impl Error {
             Self::PortSpec { .. } => "port spec",
             Self::PortRange { .. } => "port range",
         }
-    }
-}
-
-/// `text`, cut to [`MAX_QUOTED`] characters (with `...`) so that a huge input
-/// does not make a huge message.
-pub(crate) fn quoted(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 
@@ -93,10 +81,6 @@ mod tests {
         let Error::PortSpec { token, .. } = Error::port_spec(1, &long, "bad") else {
             unreachable!()
         };
-        assert_eq!(token.len(), MAX_QUOTED + 3);
-        assert_eq!(
-            quoted("é".repeat(100).as_str()).chars().count(),
-            MAX_QUOTED + 3
-        );
+        assert_eq!(token.len(), kisara_core::EXCERPT_CHARS + 3);
     }
 }

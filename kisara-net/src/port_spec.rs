@@ -8,7 +8,6 @@ use kisara_core::model::{ContainerPort, Protocol};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::error::quoted;
 
 /// Longest spec text accepted.
 const MAX_SPEC_LEN: usize = 16 * 1024;
@@ -170,7 +169,7 @@ fn core_message(err: kisara_core::Error) -> String {
 
 /// An error for item `number`, its message starting with the quoted item.
 fn item_error(number: usize, token: &str, detail: String) -> Error {
-    let quoted = format!("{:?}", quoted(token));
+    let quoted = format!("{:?}", kisara_core::excerpt(token));
     let message = if detail.starts_with(&quoted) {
         detail
     } else {

@@ -24,8 +24,6 @@ use shape::{FieldSpec, Shape, low_mask};
 
 /// What every pool error is about, as [`Error::Invalid`] names it.
 const WHAT: &str = "subnet pool";
-/// Longest input quoted back in an error message.
-const MAX_QUOTED: usize = 80;
 
 /// Kisara's default pool: 32,768 private /24s.
 pub const DEFAULT_POOL: &str = "10.[128-255].[0-255].0/24";
@@ -606,27 +604,18 @@ pub(crate) fn overlap_message(earlier: &PoolPattern, later: &PoolPattern) -> Str
     format!("pool {later} overlaps pool {earlier}; pools must be disjoint")
 }
 
-/// A malformed pattern: the pattern (cut to [`MAX_QUOTED`] characters),
+/// A malformed pattern: the pattern (cut to [`crate::EXCERPT_CHARS`] characters),
 /// where in it, and what is wrong, naming the offending token.
 fn pattern_error(pattern: &str, position: impl Into<String>, message: impl Into<String>) -> Error {
     Error::invalid(
         WHAT,
         format!(
             "pool pattern {:?}: {}: {}",
-            quoted(pattern),
+            crate::excerpt(pattern),
             position.into(),
             message.into()
         ),
     )
-}
-
-/// `text`, cut to [`MAX_QUOTED`] characters (with `...`) so that a huge
-/// input does not make a huge message.
-fn quoted(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 impl TryFrom<Vec<PoolPattern>> for SubnetPool {
