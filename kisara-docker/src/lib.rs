@@ -10,6 +10,7 @@ mod images;
 mod networks;
 mod runtime;
 pub mod sidecar;
+pub mod static_image;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;

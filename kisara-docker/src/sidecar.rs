@@ -4,23 +4,20 @@
 //! [`SidecarTunnel`], which exposes such containers through sidecars.
 
 use std::fmt;
-use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use kisara_core::model::{
-    BuildSpec, ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState,
-    ExposeRequest, Exposure, ExposureId, ImageRef, LabelFilter, Labels, NetworkDriver, NetworkSpec,
-    Protocol, labels,
+    ContainerId, ContainerInfo, ContainerPort, ContainerSpec, ContainerState, ExposeRequest,
+    Exposure, ExposureId, ImageRef, LabelFilter, Labels, NetworkDriver, NetworkSpec, Protocol,
+    labels,
 };
-use kisara_core::{
-    ContainerRuntime, Error, ErrorKind, Result, Tunnel, bytes_stream, drain_progress,
-};
+use kisara_core::{ContainerRuntime, Error, ErrorKind, Result, Tunnel};
 
 use crate::DockerRuntime;
-use crate::error::is_not_found;
+use crate::static_image::build_static_image;
 
 /// The repository of the sidecar image; its tag is a hash of its content.
 pub const SIDECAR_REPOSITORY: &str = "kisara/sidecar";
@@ -76,57 +73,13 @@ pub async fn sidecar_image(runtime: &DockerRuntime, binary: &Path) -> Result<Ima
             format!("cannot read {}: {e}", binary.display()),
         )
     })?;
-    // std's hasher, for want of a cryptographic one outside the `testing`
-    // feature: the tag only has to change with the content, and if a
-    // toolchain hashed differently the cost is one rebuild.
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(DOCKERFILE.as_bytes());
-    hasher.write(&content);
-    let image = ImageRef::parse(&format!("{SIDECAR_REPOSITORY}:{:016x}", hasher.finish()))?;
-    build_once(
+    build_static_image(
         runtime,
-        &image,
-        &[
-            ("Dockerfile", DOCKERFILE.as_bytes(), 0o644),
-            ("kisara-sidecar", &content, 0o755),
-        ],
+        SIDECAR_REPOSITORY,
+        DOCKERFILE,
+        &[("kisara-sidecar", &content, 0o755)],
     )
-    .await?;
-    Ok(image)
-}
-
-/// Builds `image` from a context of `files` (name, content, mode) unless
-/// the engine has it already: images tagged with a hash of their content
-/// are built once.
-pub(crate) async fn build_once(
-    runtime: &DockerRuntime,
-    image: &ImageRef,
-    files: &[(&str, &[u8], u32)],
-) -> Result<()> {
-    match runtime.docker().inspect_image(image.as_str()).await {
-        Ok(_) => return Ok(()),
-        Err(e) if is_not_found(&e) => {}
-        Err(e) => return Err(runtime.err(e, "image", image.as_str())),
-    }
-    let mut context = tar::Builder::new(Vec::new());
-    for &(name, data, mode) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(mode);
-        header.set_cksum();
-        context
-            .append_data(&mut header, name, data)
-            .map_err(|e| Error::invalid("image context", format!("packing {name}: {e}")))?;
-    }
-    let context = context
-        .into_inner()
-        .map_err(|e| Error::invalid("image context", format!("packing the context: {e}")))?;
-    let progress = runtime
-        .build_image(&BuildSpec::new(image.clone()), bytes_stream(context))
-        .await?;
-    drain_progress(progress).await?;
-    tracing::info!(%image, "image built");
-    Ok(())
+    .await
 }
 
 /// The spec of a sidecar running `image` on `networks` (one the host
@@ -535,7 +488,7 @@ pub fn build_static_sidecar(workspace: &Path) -> std::path::PathBuf {
     let bytes = std::fs::read(&binary)
         .unwrap_or_else(|e| panic!("reading the built {}: {e}", binary.display()));
     assert!(
-        crate::testing::is_static_elf(&bytes),
+        crate::static_image::is_static_elf(&bytes),
         "{} is not statically linked (its ELF names an interpreter), so a FROM scratch image cannot run it: \
          does the toolchain link {triple} statically with `-C target-feature=+crt-static`?",
         binary.display()

@@ -2,31 +2,18 @@
 //! feature): connecting loudly, the locally built busybox test image, a
 //! Swarm for overlay networks, and unique names.
 //!
-//! Nothing here pulls: the test image is built `FROM scratch` from Debian's
-//! statically linked busybox (`apt-get install busybox-static`).
+//! Nothing here pulls: the test image is [`busybox_image`], built `FROM
+//! scratch` from Debian's statically linked busybox (`apt-get install
+//! busybox-static`).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bollard::models::{LocalNodeState, SwarmInitRequest};
 use kisara_core::ContainerRuntime;
 use kisara_core::model::ImageRef;
-use sha2::{Digest, Sha256};
 
+use crate::static_image::busybox_image;
 use crate::{DockerOptions, DockerRuntime};
-
-/// The repository of the test image; its tag is a hash of its content.
-pub const TEST_IMAGE_REPOSITORY: &str = "kisara-test/busybox";
-
-/// Where Debian's `busybox-static` (and other distributions) put busybox.
-const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox", "/usr/local/bin/busybox"];
-
-const DOCKERFILE: &str = "FROM scratch\n\
-COPY busybox /bin/busybox\n\
-RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-RUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/tmp\", \"/usr/bin\", \"/sbin\", \"/root\"]\n\
-RUN [\"/bin/busybox\", \"chmod\", \"1777\", \"/tmp\"]\n\
-CMD [\"/bin/sh\"]\n";
 
 /// Connects to the engine for a test, panicking with instructions when none
 /// answers (tests never skip silently).
@@ -45,82 +32,16 @@ pub async fn connect_default() -> DockerRuntime {
     connect(DockerOptions::default()).await
 }
 
-/// The path of a statically linked busybox on this host.
+/// The busybox image for tests ([`busybox_image`]).
 ///
 /// # Panics
 ///
-/// When there is none, saying how to install it.
-pub fn static_busybox() -> PathBuf {
-    for path in BUSYBOX_PATHS {
-        let path = Path::new(path);
-        if std::fs::read(path).is_ok_and(|bytes| is_static_elf(&bytes)) {
-            return path.to_owned();
-        }
-    }
-    panic!(
-        "the Docker tests need a statically linked busybox (none of {BUSYBOX_PATHS:?} is one): \
-         run `apt-get install busybox-static` (Debian/Ubuntu)"
-    );
-}
-
-/// Whether `bytes` are a 64-bit little-endian ELF executable without an
-/// interpreter (`PT_INTERP`), i.e. statically linked.
-pub fn is_static_elf(bytes: &[u8]) -> bool {
-    let u16_at = |at: usize| {
-        bytes
-            .get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |at: usize| {
-        bytes
-            .get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
-        return false;
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        return false;
-    };
-    const PT_INTERP: u32 = 3;
-    (0..usize::from(phnum)).all(|i| {
-        let at = usize::try_from(phoff)
-            .unwrap_or(usize::MAX)
-            .saturating_add(i * usize::from(phentsize));
-        u32_at(at).is_some_and(|kind| kind != PT_INTERP)
-    })
-}
-
-/// Builds (once per content) and returns the busybox test image:
-/// `kisara-test/busybox:<hash of busybox and the Dockerfile>`.
-///
-/// Reused when the engine has it already.
+/// When it cannot be built, saying why (no static busybox on the host, or
+/// a failed build).
 pub async fn test_image(runtime: &DockerRuntime) -> ImageRef {
-    let busybox = std::fs::read(static_busybox()).expect("read busybox");
-    let mut hasher = Sha256::new();
-    hasher.update(DOCKERFILE.as_bytes());
-    hasher.update(&busybox);
-    let digest = hasher.finalize();
-    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let image = ImageRef::parse(&format!("{TEST_IMAGE_REPOSITORY}:{hash}"))
-        .expect("valid test image reference");
-    crate::sidecar::build_once(
-        runtime,
-        &image,
-        &[
-            ("Dockerfile", DOCKERFILE.as_bytes(), 0o644),
-            ("busybox", &busybox, 0o755),
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("building the test image {image}: {e}"));
-    image
+    busybox_image(runtime)
+        .await
+        .unwrap_or_else(|e| panic!("building the test image: {e}"))
 }
 
 /// Makes the engine a Swarm manager (`docker swarm init` on loopback) when
@@ -273,23 +194,6 @@ impl Drop for Cleanup {
         .join();
         if joined.is_err() {
             tracing::warn!("test cleanup thread panicked");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn elf_interpreters_tell_static_from_dynamic() {
-        assert!(!is_static_elf(b"#!/bin/sh\n"));
-        assert!(!is_static_elf(&[]));
-        // /proc/self/exe is this (dynamically linked) test binary.
-        let me = std::fs::read("/proc/self/exe").unwrap();
-        assert!(!is_static_elf(&me));
-        if let Ok(busybox) = std::fs::read("/bin/busybox") {
-            assert!(is_static_elf(&busybox));
         }
     }
 }

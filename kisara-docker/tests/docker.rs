@@ -776,7 +776,7 @@ async fn a_dropped_launch_leaves_nothing_behind() {
 async fn dropping_an_exec_in_an_image_without_a_shell_ends_it() {
     let (runtime, _image, cleanup) = setup().await;
     // Only /busybox: no /bin/sh, tr, grep or kill in the image.
-    let busybox = std::fs::read(testing::static_busybox()).unwrap();
+    let busybox = std::fs::read(kisara_docker::static_image::static_busybox().unwrap()).unwrap();
     let tag = ImageRef::parse(&format!("kisara-test/no-shell:{}", cleanup.run())).unwrap();
     let dockerfile = b"FROM scratch\nCOPY busybox /busybox\n";
     let mut builder = tar::Builder::new(Vec::new());

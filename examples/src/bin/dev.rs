@@ -39,7 +39,7 @@ async fn run() -> Result<(), Failure> {
     let agent = &config.agent;
     let runtime =
         DockerRuntime::connect(DockerOptions::from_agent_config(agent, &config.containers)).await?;
-    let image = kisara_docker::testing::test_image(&runtime).await;
+    let image = kisara_docker::static_image::busybox_image(&runtime).await?;
     let node = load_or_create_node_id(&agent.state_dir, agent.node_id.as_deref())?;
     let tunnel = TunnelClient::builder(node.as_str())
         .relay(
