@@ -1,13 +1,16 @@
 #![doc = include_str!("../README.md")]
 
-// Inside the crate, each layer is built on the ones above it in this list
-// and never on one below: the engine, the agent link on the engine, the
+// Inside the crate, each layer is built on the ones before it and never on
+// a later one: request ids, the engine, the agent link on the engine, the
 // HTTP API on both.
 pub mod http;
 mod keyed;
 pub mod link;
 mod node_id;
+mod request_id;
 mod server;
+
+pub use request_id::{REQUEST_ID_HEADER, RequestId};
 
 pub use node_id::{NODE_ID_FILE, load_or_create_node_id};
 pub use server::{

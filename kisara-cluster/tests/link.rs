@@ -665,3 +665,94 @@ async fn agents_link_over_mutual_tls() {
     serves_launches(&server, &id).await;
     running.abort();
 }
+
+/// Log lines written by a test's own subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Self;
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
+
+/// Launches through the API of a server whose node is linked, with
+/// `request_id` as the caller's `x-request-id`; the id answered.
+async fn launch_through_the_api(server: &Server, request_id: Option<&str>) -> String {
+    use axum::http::{Request, header};
+    use tower::ServiceExt;
+
+    let token = "api-token-0123456789abcdef";
+    let app = kisara_cluster::http::api(
+        server.clone(),
+        Arc::new(
+            kisara_core::builtin::StaticAuthenticator::new()
+                .with_token(kisara_core::Identity::new("platform"), token),
+        ),
+    );
+    let mut request = Request::post("/v1/containers")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(id) = request_id {
+        request = request.header("x-request-id", id);
+    }
+    let body = serde_json::json!({"container": {"image": image().to_string()}}).to_string();
+    let response = app
+        .oneshot(request.body(axum::body::Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::CREATED);
+    response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+// One thread, so the test's subscriber sees the agent's tasks too.
+#[tokio::test(flavor = "current_thread")]
+async fn an_api_request_id_is_answered_and_named_by_the_agent() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (server, _link, _remote) = one_linked("traced").await;
+    online(&server, &node("traced"), true).await;
+
+    let given = launch_through_the_api(&server, Some("trace-me-42")).await;
+    assert_eq!(given, "trace-me-42");
+    // No id, or one that does not belong in a log line: a fresh one.
+    let fresh = launch_through_the_api(&server, None).await;
+    let replaced = launch_through_the_api(&server, Some("two words")).await;
+    for id in [&fresh, &replaced] {
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(fresh, replaced);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for id in [&given, &fresh, &replaced] {
+        let named = |span: &str| {
+            text.lines()
+                .any(|line| line.contains(span) && line.contains(id.as_str()))
+        };
+        assert!(named("http_request{"), "no API span names {id}:\n{text}");
+        assert!(
+            named("link_request{") && text.contains("node=traced"),
+            "no agent span names {id}:\n{text}"
+        );
+    }
+}

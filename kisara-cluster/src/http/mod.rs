@@ -65,9 +65,12 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{ContainerQuery, NetworkRequest, PullEvent, Server, drain_pull};
+use crate::{
+    ContainerQuery, NetworkRequest, PullEvent, REQUEST_ID_HEADER, RequestId, Server, drain_pull,
+};
 use kisara_core::model::{ContainerId, ExecSpec, ImageRef, LaunchRequest, NodeId, Progress};
 use kisara_core::{Authenticator, Credentials, Error, ErrorKind, Identity};
+use tracing::Instrument;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -157,8 +160,52 @@ impl ApiBuilder {
             .route("/v1/images/{*image}", delete(remove_image))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn(request_span))
             .with_state(self.state)
     }
+}
+
+/// Runs each request in a span carrying its [`RequestId`] (the caller's
+/// `x-request-id` when it is a sane token, else a fresh one), the method,
+/// the path and, where the path names one, the container; answers with the
+/// id in `x-request-id`. Mount it on routers of your own with
+/// `axum::middleware::from_fn(request_span)`.
+pub async fn request_span(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
+    let path = request.uri().path();
+    let container = path
+        .strip_prefix("/v1/containers/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty());
+    let span = tracing::info_span!(
+        "http_request",
+        request_id = %id,
+        method = %request.method(),
+        path,
+        container,
+        node = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut response = id
+        .clone()
+        .scope(next.run(request))
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        tracing::debug!(status = response.status().as_u16(), elapsed = ?started.elapsed(), "answered");
+    });
+    if let Ok(value) = header::HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 /// An error as the API answers it.
@@ -392,6 +439,7 @@ async fn launch(
         .map_or(DEFAULT_LAUNCH_TIMEOUT, Duration::from_secs);
     tracing::info!(user = %caller.0.username, image = %request.container.image, "launch through the API");
     let launched = state.server.launch_container(request, timeout).await?;
+    tracing::Span::current().record("node", tracing::field::display(&launched.node));
     Ok((StatusCode::CREATED, axum::Json(launched)))
 }
 

@@ -355,15 +355,17 @@ impl Agent {
                 id,
                 timeout_ms,
                 idempotency_key,
+                request_id,
                 op,
             } => {
                 // Registered now, before the reader takes the next frame,
                 // which may already belong to this stream.
                 let streams = op.has_stream();
                 let upload = streams.then(|| peer.open_inbound(id));
-                let span = tracing::debug_span!(
-                    "request",
+                let span = tracing::info_span!(
+                    "link_request",
                     id,
+                    request_id,
                     op = %super::peer::op_name(&op),
                     node = %self.inner.node
                 );

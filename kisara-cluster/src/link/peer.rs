@@ -24,6 +24,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::RequestId;
+
 use super::wire::{
     Channel, Control, ITEM_COST, MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, Op, STREAM_WINDOW, WireError,
     WireResult, decode_chunk, encode_chunk,
@@ -260,6 +262,7 @@ impl Peer {
             id,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             idempotency_key,
+            request_id: RequestId::current().map(|id| id.as_str().to_owned()),
             op,
         })?;
         Ok(PendingCall {

@@ -227,6 +227,9 @@ pub(crate) enum Control {
         /// The same key on a resent request returns the first outcome
         /// instead of acting twice.
         idempotency_key: Option<String>,
+        /// The id of the API request this one serves, for the agent's logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
         #[serde(flatten)]
         op: Op,
     },
@@ -341,6 +344,7 @@ mod tests {
             id: 3,
             timeout_ms: 1000,
             idempotency_key: None,
+            request_id: Some("req-7".into()),
             op: Op::Remove {
                 container: ContainerId::new("web-1"),
             },
@@ -349,7 +353,15 @@ mod tests {
         assert_eq!(json["type"], "request");
         assert_eq!(json["op"], "remove");
         assert_eq!(json["container"], "web-1");
-        let back: Control = serde_json::from_value(json).unwrap();
+        assert_eq!(json["request_id"], "req-7");
+        let back: Control = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, request);
+        // A server that sends no request id is understood.
+        let mut older = json;
+        older.as_object_mut().unwrap().remove("request_id");
+        let Control::Request { request_id, .. } = serde_json::from_value(older).unwrap() else {
+            panic!("not a request");
+        };
+        assert_eq!(request_id, None);
     }
 }
