@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use kisara_core::lifecycle::{Service, ServiceContext};
@@ -150,71 +150,47 @@ pub fn router(handler: Arc<dyn WebhookHandler>, options: ServerOptions) -> Route
     Router::new()
         .route(
             "/password",
-            post(
-                |State(s): State<SharedState>, h: HeaderMap, b: Bytes| async move {
-                    endpoint(
-                        s,
-                        "/password",
-                        &h,
-                        &b,
-                        |x, r| async move { x.password(r).await },
-                    )
-                    .await
-                },
-            ),
+            hook("/password", |h, r| async move { h.password(r).await }),
         )
         .route(
             "/pubkey",
-            post(
-                |State(s): State<SharedState>, h: HeaderMap, b: Bytes| async move {
-                    endpoint(
-                        s,
-                        "/pubkey",
-                        &h,
-                        &b,
-                        |x, r| async move { x.pubkey(r).await },
-                    )
-                    .await
-                },
-            ),
+            hook("/pubkey", |h, r| async move { h.pubkey(r).await }),
         )
         .route(
             "/authz",
-            post(
-                |State(s): State<SharedState>, h: HeaderMap, b: Bytes| async move {
-                    endpoint(s, "/authz", &h, &b, |x, r| async move { x.authz(r).await }).await
-                },
-            ),
+            hook("/authz", |h, r| async move { h.authz(r).await }),
         )
         .route(
             "/token",
-            post(
-                |State(s): State<SharedState>, h: HeaderMap, b: Bytes| async move {
-                    endpoint(s, "/token", &h, &b, |x, r| async move { x.token(r).await }).await
-                },
-            ),
+            hook("/token", |h, r| async move { h.token(r).await }),
         )
         .route(
             &config_path,
-            post(
-                |State(s): State<SharedState>, h: HeaderMap, b: Bytes| async move {
-                    endpoint(s, "config", &h, &b, |x, r| async move { x.config(r).await }).await
-                },
-            ),
+            hook("config", |h, r| async move { h.config(r).await }),
         )
         .route(
             &ended_path,
-            post(
-                |State(s): State<SharedState>, h: HeaderMap, b: Bytes| async move {
-                    endpoint(s, "session-ended", &h, &b, |x, r| async move {
-                        x.session_ended(r).await.map(|()| serde_json::json!({}))
-                    })
-                    .await
-                },
-            ),
+            hook("session-ended", |h, r| async move {
+                h.session_ended(r).await.map(|()| serde_json::json!({}))
+            }),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
+}
+
+/// `POST` on one webhook: [`endpoint`] calling the handler with `call`.
+fn hook<Req, Resp, F, Fut>(name: &'static str, call: F) -> MethodRouter<SharedState>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<dyn WebhookHandler>, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = kisara_core::Result<Resp>> + Send + 'static,
+{
+    post(
+        move |State(shared): State<SharedState>, headers: HeaderMap, body: Bytes| async move {
+            endpoint(shared, name, &headers, &body, call).await
+        },
+    )
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
