@@ -7,6 +7,7 @@ pub mod server;
 pub mod sign;
 pub use kisara_tls as tls;
 mod transport;
+pub mod users;
 pub mod wire;
 
 pub use backend::{WebhookAuthenticator, WebhookConfigProvider};
@@ -14,3 +15,4 @@ pub use client::{ClientOptions, WebhookClient};
 pub use error::WebhookError;
 pub use server::{BackendHandler, ServerOptions, WebhookHandler, WebhookServer, router};
 pub use sign::Signer;
+pub use users::{UsersFile, hash_password};

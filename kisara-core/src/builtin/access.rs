@@ -69,7 +69,11 @@ fn normalize_key(key: &str) -> String {
     key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
-fn rejected() -> Error {
+/// The one answer every built-in authenticator gives to wrong credentials,
+/// whatever was wrong (unknown user, wrong secret, wrong kind), so that a
+/// rejection tells an attacker nothing. Other authenticators answer with it
+/// too.
+pub fn rejected() -> Error {
     Error::Unauthenticated {
         message: REJECTED.to_owned(),
     }

@@ -6,4 +6,4 @@
 
 mod access;
 
-pub use access::{PrefixPolicy, StaticAuthenticator, StaticConfigProvider};
+pub use access::{PrefixPolicy, StaticAuthenticator, StaticConfigProvider, rejected};
