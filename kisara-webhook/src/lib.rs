@@ -3,6 +3,7 @@
 mod backend;
 mod client;
 mod error;
+pub mod events;
 pub mod server;
 pub mod sign;
 pub use kisara_tls as tls;
@@ -13,6 +14,7 @@ pub mod wire;
 pub use backend::{WebhookAuthenticator, WebhookConfigProvider};
 pub use client::{ClientOptions, WebhookClient};
 pub use error::WebhookError;
+pub use events::{EventOptions, EventSender};
 pub use server::{BackendHandler, ServerOptions, WebhookHandler, WebhookServer, router};
 pub use sign::Signer;
 pub use users::{UsersFile, hash_password};

@@ -93,8 +93,10 @@ pub struct Launched {
     pub exposures: Vec<Exposure>,
 }
 
-/// Something that happened in the cluster, as hooks receive it.
-#[derive(Debug, Clone, PartialEq)]
+/// Something that happened in the cluster, as hooks receive it; as JSON
+/// (for event webhooks) `{"event": "container_launched", "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
 pub enum ClusterEvent {
     /// A node connected, disconnected or sent a heartbeat.
     Node(NodeEvent),
@@ -114,6 +116,25 @@ pub enum ClusterEvent {
         /// The event.
         event: ContainerEvent,
     },
+}
+
+impl ClusterEvent {
+    /// The container the event is about, if any: events of one container
+    /// are delivered in order, those of different ones independently.
+    pub fn container(&self) -> Option<&ContainerId> {
+        match self {
+            Self::Node(_) => None,
+            Self::ContainerLaunched(launched) => Some(&launched.container.id),
+            Self::ContainerStopped { container, .. } => Some(container),
+            Self::Container { event, .. } => Some(&event.container),
+        }
+    }
+
+    /// Whether this is a node's heartbeat: frequent and routine, which
+    /// event subscribers rarely want.
+    pub fn is_heartbeat(&self) -> bool {
+        matches!(self, Self::Node(NodeEvent::Heartbeat { .. }))
+    }
 }
 
 type Hook = Box<dyn Fn(&ClusterEvent) + Send + Sync>;
