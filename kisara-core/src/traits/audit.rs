@@ -59,6 +59,11 @@ pub enum AuditEventKind {
         command: Vec<String>,
         /// The policy's answer.
         decision: PolicyDecision,
+        /// The line gate could not know the exact line (the cursor moved,
+        /// history was recalled, completion ran): `command` is the line as
+        /// typed, not necessarily what the shell ran.
+        #[serde(default)]
+        uncertain: bool,
     },
     /// The terminal was resized.
     Resize {
