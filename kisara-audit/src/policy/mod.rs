@@ -215,23 +215,39 @@ impl RulePolicy {
                 )));
             }
         };
-        let mut spec: PolicySpec = toml::Value::Table(policy)
+        let mut spec: PolicySpec = toml::Value::Table(policy.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| policy_error(format!("[policy]: {}", e.message())))?;
+            .map_err(|e: toml::de::Error| {
+                let message = e.message().trim();
+                policy_error(match failing_key::<PolicySpec>(&policy, None) {
+                    Some((field, value)) => {
+                        format!("[policy]: field `{field}`: {message} (value: {value})")
+                    }
+                    None => format!("[policy]: {message}"),
+                })
+            })?;
         for (index, rule) in rules.into_iter().enumerate() {
             let name = rule
                 .get("name")
                 .and_then(toml::Value::as_str)
                 .map(str::to_owned);
-            let rule: RuleSpec =
-                rule.try_into()
-                    .map_err(|e: toml::de::Error| AuditError::PolicyRule {
-                        origin: origin.to_owned(),
-                        index,
-                        name,
-                        field: field_of(e.message()),
-                        message: e.message().trim().to_owned(),
-                    })?;
+            let rule: RuleSpec = rule.clone().try_into().map_err(|e: toml::de::Error| {
+                let message = e.message().trim();
+                let failing = rule.as_table().and_then(|table| {
+                    failing_key::<RuleSpec>(table, Some(("decision", "deny".into())))
+                });
+                let (field, message) = match failing {
+                    Some((field, value)) => (field, format!("{message} (value: {value})")),
+                    None => (field_of(message), message.to_owned()),
+                };
+                AuditError::PolicyRule {
+                    origin: origin.to_owned(),
+                    index,
+                    name,
+                    field,
+                    message,
+                }
+            })?;
             spec.rules.push(rule);
         }
         Self::compile(spec, origin)
@@ -539,6 +555,28 @@ impl RulePolicy {
             },
         }
     }
+}
+
+/// The first key of `table` that `T` refuses on its own (beside `required`,
+/// a key `T` cannot do without), with its value: which field a
+/// deserialisation error is about, since the error itself does not say.
+fn failing_key<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+    required: Option<(&str, toml::Value)>,
+) -> Option<(String, toml::Value)> {
+    table
+        .iter()
+        .find(|(key, value)| {
+            let mut alone = toml::Table::new();
+            if let Some((required, default)) = &required
+                && key.as_str() != *required
+            {
+                alone.insert((*required).to_owned(), default.clone());
+            }
+            alone.insert((*key).clone(), (*value).clone());
+            toml::Value::Table(alone).try_into::<T>().is_err()
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
 }
 
 /// The field a deserialisation error is about, from its message.
