@@ -28,7 +28,10 @@ fn typed_streams_give_their_lines() {
         (b"ls -la\r", vec![certain("ls -la")]),
         (b"ls\n", vec![certain("ls")]),
         (b"\r\r\n", vec![]),
-        ("echo h\u{e9}llo \u{1f600}\r".as_bytes(), vec![certain("echo h\u{e9}llo \u{1f600}")]),
+        (
+            "echo h\u{e9}llo \u{1f600}\r".as_bytes(),
+            vec![certain("echo h\u{e9}llo \u{1f600}")],
+        ),
         (b"rm -rf /tmpx\x7f\r", vec![certain("rm -rf /tmp")]),
         (b"lss\x08 -l\r", vec![certain("ls -l")]),
         ("caf\u{e9}\x7f\r".as_bytes(), vec![certain("caf")]),
@@ -38,23 +41,59 @@ fn typed_streams_give_their_lines() {
         (b"rm -rf /\x03ls\r", vec![certain("ls")]),
         (b"\x04", vec![]),
         (b"rm -rf /\x04", vec![certain("rm -rf /")]),
-        (b"\x1b[200~ls\necho x\x1b[201~\r", vec![certain("ls"), certain("echo x")]),
+        (
+            b"\x1b[200~ls\necho x\x1b[201~\r",
+            vec![certain("ls"), certain("echo x")],
+        ),
         (b"\x1b[200~a\tb\x1b[201~\r", vec![certain("a\tb")]),
         (b"\x1b[I\x1b[Ols\r", vec![certain("ls")]),
-        (b"echo ab\x1b[DX\r", vec![("echo abX".into(), Some("cursor movement"))]),
-        (b"echo ab\x1bOD\r", vec![("echo ab".into(), Some("cursor movement"))]),
+        (
+            b"echo ab\x1b[DX\r",
+            vec![("echo abX".into(), Some("cursor movement"))],
+        ),
+        (
+            b"echo ab\x1bOD\r",
+            vec![("echo ab".into(), Some("cursor movement"))],
+        ),
         (b"\x1b[A\r", vec![("".into(), Some("history recall"))]),
         (b"\x1bOB\r", vec![("".into(), Some("history recall"))]),
-        (b"ca\t /etc\r", vec![("ca /etc".into(), Some("tab completion"))]),
-        (b"\x12rm\r", vec![("rm".into(), Some("history search (Ctrl-R)"))]),
-        (b"\x01rm x\r", vec![("rm x".into(), Some("an editing key (Ctrl-A, Ctrl-E, Ctrl-K, ...)"))]),
-        (b"echo \x1bb\x1bfx\r", vec![("echo x".into(), Some("an Alt key or escape sequence"))]),
-        (b"echo \x1b[3~x\r", vec![("echo x".into(), Some("cursor movement"))]),
+        (
+            b"ca\t /etc\r",
+            vec![("ca /etc".into(), Some("tab completion"))],
+        ),
+        (
+            b"\x12rm\r",
+            vec![("rm".into(), Some("history search (Ctrl-R)"))],
+        ),
+        (
+            b"\x01rm x\r",
+            vec![(
+                "rm x".into(),
+                Some("an editing key (Ctrl-A, Ctrl-E, Ctrl-K, ...)"),
+            )],
+        ),
+        (
+            b"echo \x1bb\x1bfx\r",
+            vec![("echo x".into(), Some("an Alt key or escape sequence"))],
+        ),
+        (
+            b"echo \x1b[3~x\r",
+            vec![("echo x".into(), Some("cursor movement"))],
+        ),
         // Uncertainty ends with the line; Ctrl-C ends it too.
-        (b"\x1b[Dls\rid\r", vec![("ls".into(), Some("cursor movement")), certain("id")]),
+        (
+            b"\x1b[Dls\rid\r",
+            vec![("ls".into(), Some("cursor movement")), certain("id")],
+        ),
         (b"\x1b[Dls\x03id\r", vec![certain("id")]),
         // After Ctrl-D on a non-empty line the line goes on, uncertain.
-        (b"rm /x\x04y\r", vec![certain("rm /x"), ("rm /xy".into(), Some("Ctrl-D on a non-empty line"))]),
+        (
+            b"rm /x\x04y\r",
+            vec![
+                certain("rm /x"),
+                ("rm /xy".into(), Some("Ctrl-D on a non-empty line")),
+            ],
+        ),
         (b"\x0cls\r", vec![certain("ls")]),
     ];
     for (input, expected) in cases {
@@ -115,8 +154,14 @@ async fn judge_line_asks_the_policy_and_gives_the_audit_event() {
     let policy = RulePolicy::new(PolicySpec {
         default: kisara_audit::policy::Decision::Allow,
         rules: vec![
-            RuleSpec::deny().named("no-rm-root").program(["rm"]).any_arg(["/", "/*"]),
-            RuleSpec::deny().named("no-dotfiles").program(["cat"]).any_arg(["/root/.*"]),
+            RuleSpec::deny()
+                .named("no-rm-root")
+                .program(["rm"])
+                .any_arg(["/", "/*"]),
+            RuleSpec::deny()
+                .named("no-dotfiles")
+                .program(["cat"])
+                .any_arg(["/root/.*"]),
         ],
         ..PolicySpec::default()
     })
@@ -133,39 +178,74 @@ async fn judge_line_asks_the_policy_and_gives_the_audit_event() {
     assert_eq!(
         event,
         AuditEventKind::Command {
-            command: ["ls", "|", "env", "rm", "-rf", "/*"].map(str::to_owned).to_vec(),
+            command: ["ls", "|", "env", "rm", "-rf", "/*"]
+                .map(str::to_owned)
+                .to_vec(),
             decision,
             uncertain: false,
         }
     );
     // A pattern goes to the policy unquoted: `.*` could be `..`.
-    let (decision, _) = judge_line(&policy, &who, &completed("cat /root/.*/x", None, UncertainMode::Audit))
-        .await
-        .unwrap();
-    assert!(matches!(&decision, PolicyDecision::Deny { reason } if reason.contains("may expand")), "{decision:?}");
+    let (decision, _) = judge_line(
+        &policy,
+        &who,
+        &completed("cat /root/.*/x", None, UncertainMode::Audit),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&decision, PolicyDecision::Deny { reason } if reason.contains("may expand")),
+        "{decision:?}"
+    );
     // Unparsable: judged as `sh -c <line>` by the policy's own mode.
-    let (decision, event) = judge_line(&policy, &who, &completed("echo $(id)", None, UncertainMode::Audit))
-        .await
-        .unwrap();
+    let (decision, event) = judge_line(
+        &policy,
+        &who,
+        &completed("echo $(id)", None, UncertainMode::Audit),
+    )
+    .await
+    .unwrap();
     assert!(!decision.is_allowed());
-    assert!(matches!(&event, AuditEventKind::Command { command, .. } if command[..2] == ["sh", "-c"]));
+    assert!(
+        matches!(&event, AuditEventKind::Command { command, .. } if command[..2] == ["sh", "-c"])
+    );
     // Uncertain lines: audited as typed, or denied unasked.
-    let (decision, event) = judge_line(&policy, &who, &completed("ls", Some("history recall"), UncertainMode::Audit))
-        .await
-        .unwrap();
+    let (decision, event) = judge_line(
+        &policy,
+        &who,
+        &completed("ls", Some("history recall"), UncertainMode::Audit),
+    )
+    .await
+    .unwrap();
     assert!(decision.is_allowed());
-    assert!(matches!(event, AuditEventKind::Command { uncertain: true, .. }));
-    let (decision, _) = judge_line(&policy, &who, &completed("ls", Some("history recall"), UncertainMode::Deny))
-        .await
-        .unwrap();
-    assert!(matches!(&decision, PolicyDecision::Deny { reason } if reason.contains("history recall")));
+    assert!(matches!(
+        event,
+        AuditEventKind::Command {
+            uncertain: true,
+            ..
+        }
+    ));
+    let (decision, _) = judge_line(
+        &policy,
+        &who,
+        &completed("ls", Some("history recall"), UncertainMode::Deny),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&decision, PolicyDecision::Deny { reason } if reason.contains("history recall"))
+    );
 }
 
 #[tokio::test]
 async fn judge_line_works_with_any_command_policy() {
     let policy = PrefixPolicy::allow_by_default().deny(["rm", "-rf"]);
     let who = context(&[]);
-    for (line, allowed) in [("ls; \\rm -rf /", false), ("ls && echo rm -rf", true), ("busybox rm -rf /", true)] {
+    for (line, allowed) in [
+        ("ls; \\rm -rf /", false),
+        ("ls && echo rm -rf", true),
+        ("busybox rm -rf /", true),
+    ] {
         let (decision, _) = judge_line(&policy, &who, &completed(line, None, UncertainMode::Audit))
             .await
             .unwrap();

@@ -45,10 +45,12 @@ impl Terminal {
                     }
                     GateAction::Show(_) => {}
                     GateAction::Decide(line) => {
-                        let (decision, _event) =
-                            judge_line(&self.policy, &self.context, &line).await.unwrap();
+                        let (decision, _event) = judge_line(&self.policy, &self.context, &line)
+                            .await
+                            .unwrap();
                         let allowed = decision.is_allowed();
-                        self.decided.push((line.line.clone(), line.uncertain, allowed));
+                        self.decided
+                            .push((line.line.clone(), line.uncertain, allowed));
                         next = match decision {
                             kisara_core::PolicyDecision::Allow => self.gate.allow(),
                             kisara_core::PolicyDecision::Deny { reason } => self.gate.deny(&reason),
@@ -94,7 +96,10 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
         .await
         .unwrap();
     let spec = ExecSpec::new(["sh"])
-        .with_tty(TtySize { rows: 24, cols: 200 })
+        .with_tty(TtySize {
+            rows: 24,
+            cols: 200,
+        })
         .with_stdin();
     let mut session = runtime.exec(&launched.id, &spec).await.unwrap();
     let policy = RulePolicy::new(PolicySpec {
@@ -123,7 +128,12 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
     let typed: &[&[&[u8]]] = &[
         &[b"echo k1 hellp\x7fo wor\x17world\r"],
         &[b"echo never\x15echo k2 yes\r"],
-        &["echo k3 h".as_bytes(), b"\xc3", "\u{a9}".as_bytes()[1..].as_ref(), b"llo\r"],
+        &[
+            "echo k3 h".as_bytes(),
+            b"\xc3",
+            "\u{a9}".as_bytes()[1..].as_ref(),
+            b"llo\r",
+        ],
         &[b"echo k4 bad\x03", b"echo k4 good\r"],
         &[b"echo k5 a\x08\x08\x085 b\r"],
     ];
@@ -138,17 +148,36 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
         terminal.read_until(&format!("\n{printed}\r")).await;
     }
     assert_eq!(
-        terminal.decided.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
-        ["echo k1 hello world", "echo k2 yes", "echo k3 h\u{e9}llo", "echo k4 good", "echo k5 b"]
+        terminal
+            .decided
+            .iter()
+            .map(|d| d.0.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "echo k1 hello world",
+            "echo k2 yes",
+            "echo k3 h\u{e9}llo",
+            "echo k4 good",
+            "echo k5 b"
+        ]
     );
-    assert!(!terminal.shown().contains("\nk4 bad"), "Ctrl-C discarded the line");
+    assert!(
+        !terminal.shown().contains("\nk4 bad"),
+        "Ctrl-C discarded the line"
+    );
 
     // A denied line never runs: its Enter is replaced by Ctrl-C.
     terminal.type_keys(b"touch /tmp/keep\r").await;
     terminal.type_keys(b"rm /tmp/keep\r").await;
-    terminal.type_keys(b"ls /tmp/keep && echo k6 still-there\r").await;
+    terminal
+        .type_keys(b"ls /tmp/keep && echo k6 still-there\r")
+        .await;
     terminal.read_until("\nk6 still-there\r").await;
-    let rm = terminal.decided.iter().find(|d| d.0 == "rm /tmp/keep").unwrap();
+    let rm = terminal
+        .decided
+        .iter()
+        .find(|d| d.0 == "rm /tmp/keep")
+        .unwrap();
     assert!(!rm.2, "rm was denied");
 
     // Cursor movement: the gate cannot follow it, says so, and is right to:
@@ -156,7 +185,10 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
     terminal.type_keys(b"echo k7 ab\x1b[DX\r").await;
     terminal.read_until("\nk7 aXb\r").await;
     let moved = terminal.decided.last().unwrap().clone();
-    assert_eq!((moved.0.as_str(), moved.1), ("echo k7 abX", Some("cursor movement")));
+    assert_eq!(
+        (moved.0.as_str(), moved.1),
+        ("echo k7 abX", Some("cursor movement"))
+    );
 
     terminal.type_keys(b"exit 3\r").await;
     session.stdin = Some(terminal.stdin);

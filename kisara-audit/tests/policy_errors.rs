@@ -19,19 +19,36 @@ fn bad_rules_are_named_with_field_and_value() {
     for (rule, expected) in [
         (
             "name = \"bad-regex\"\ndecision = \"deny\"\nargs = [{ any = [\"re:(\"] }]",
-            &["rule #1 (\"bad-regex\")", "field `args[0].any[0]`", "bad regex \"(\""][..],
+            &[
+                "rule #1 (\"bad-regex\")",
+                "field `args[0].any[0]`",
+                "bad regex \"(\"",
+            ][..],
         ),
         (
             "name = \"bad-glob\"\ndecision = \"deny\"\nprogram = [\"rm\", \"[ab\"]",
-            &["rule #1 (\"bad-glob\")", "field `program[1]`", "unclosed `[` in glob \"[ab\""],
+            &[
+                "rule #1 (\"bad-glob\")",
+                "field `program[1]`",
+                "unclosed `[` in glob \"[ab\"",
+            ],
         ),
         (
             "name = \"typo\"\ndecision = \"deny\"\nprogrm = \"rm\"",
-            &["rule #1 (\"typo\")", "field `progrm`", "unknown field `progrm`"],
+            &[
+                "rule #1 (\"typo\")",
+                "field `progrm`",
+                "unknown field `progrm`",
+            ],
         ),
         (
             "name = \"maybe\"\ndecision = \"perhaps\"",
-            &["rule #1 (\"maybe\")", "field `decision`", "unknown variant `perhaps`", "(value: \"perhaps\")"],
+            &[
+                "rule #1 (\"maybe\")",
+                "field `decision`",
+                "unknown variant `perhaps`",
+                "(value: \"perhaps\")",
+            ],
         ),
         (
             "decision = \"deny\"\nowners = [\"re:[\"]",
@@ -39,11 +56,19 @@ fn bad_rules_are_named_with_field_and_value() {
         ),
         (
             "name = \"no-decision\"\nprogram = \"rm\"",
-            &["rule #1 (\"no-decision\")", "field `decision`", "missing field `decision`"],
+            &[
+                "rule #1 (\"no-decision\")",
+                "field `decision`",
+                "missing field `decision`",
+            ],
         ),
         (
             "name = \"two-kinds\"\ndecision = \"deny\"\nargs = [{ any = [\"-r\"], all = [\"/\"] }]",
-            &["rule #1 (\"two-kinds\")", "field `args[0]`", "exactly one of"],
+            &[
+                "rule #1 (\"two-kinds\")",
+                "field `args[0]`",
+                "exactly one of",
+            ],
         ),
         (
             "name = \"position-0\"\ndecision = \"deny\"\nargs = [{ at = 0, is = \"rm\" }]",
@@ -51,11 +76,19 @@ fn bad_rules_are_named_with_field_and_value() {
         ),
         (
             "name = \"arg-typo\"\ndecision = \"deny\"\nargs = [{ anny = [\"-r\"] }]",
-            &["rule #1 (\"arg-typo\")", "field `args`", "unknown field `anny`"],
+            &[
+                "rule #1 (\"arg-typo\")",
+                "field `args`",
+                "unknown field `anny`",
+            ],
         ),
         (
             "name = \"wrong-type\"\ndecision = \"deny\"\nprogram = 3",
-            &["field `program`", "a pattern or a list of patterns", "(value: 3)"],
+            &[
+                "field `program`",
+                "a pattern or a list of patterns",
+                "(value: 3)",
+            ],
         ),
         (
             "name = \"empty\"\ndecision = \"deny\"\nargs = [{ any = [] }]",
@@ -77,11 +110,23 @@ fn bad_rules_are_named_with_field_and_value() {
 #[test]
 fn bad_policy_tables_are_named() {
     for (policy, expected) in [
-        ("[policy]\ndefault = \"maybe\"\n", &["[policy]: field `default`", "(value: \"maybe\")"][..]),
-        ("[policy]\nunparsable = \"shrug\"\n", &["field `unparsable`", "shrug"]),
+        (
+            "[policy]\ndefault = \"maybe\"\n",
+            &["[policy]: field `default`", "(value: \"maybe\")"][..],
+        ),
+        (
+            "[policy]\nunparsable = \"shrug\"\n",
+            &["field `unparsable`", "shrug"],
+        ),
         ("[policy]\ndefalt = \"deny\"\n", &["unknown field `defalt`"]),
-        ("[policy.role_defaults]\nplayer = \"perhaps\"\n", &["perhaps"]),
-        ("[policy]\nrules = 3\n", &["`policy.rules` must be an array of tables, not 3"]),
+        (
+            "[policy.role_defaults]\nplayer = \"perhaps\"\n",
+            &["perhaps"],
+        ),
+        (
+            "[policy]\nrules = 3\n",
+            &["`policy.rules` must be an array of tables, not 3"],
+        ),
         ("policy = 3\n", &["`policy` must be a table, not 3"]),
         ("[other]\n", &["there is no [policy] table"]),
         ("[policy\n", &["policy bad.toml: "]),
@@ -97,7 +142,10 @@ fn bad_policy_tables_are_named() {
 fn a_missing_file_names_its_path() {
     let err = RulePolicy::from_file("/nonexistent/kisara-policy.toml").unwrap_err();
     assert!(matches!(err, AuditError::PolicyRead { .. }), "{err}");
-    assert!(err.to_string().contains("/nonexistent/kisara-policy.toml"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/kisara-policy.toml"),
+        "{err}"
+    );
     let core: kisara_core::Error = err.into();
     assert_eq!(core.kind(), kisara_core::ErrorKind::Unavailable);
 }

@@ -13,11 +13,58 @@ use kisara_core::{CommandContext, Identity};
 use proptest::prelude::*;
 
 const TOKENS: &[&str] = &[
-    "rm", "/bin/rm", "r''m", "\\rm", "ls", "cat", "sh", "-c", "bash", "env", "X=1", "busybox",
-    "nice", "-n", "5", "timeout", "-rf", "-r", "/", "/*", "/srv/challenge/flag",
-    "/srv/challenge/../../etc/passwd", "'ls; rm -rf /'", "\"a b\"", ";", "&&", "||", "|", "&",
-    "\n", "$(id)", "`id`", "$HOME", "#", "if", "then", "fi", "*.txt", "2>&1", ">", "<", "(",
-    "xargs", "eval", "'", "\"", "\\", "{a,b}", "!!", "python3", "reboot", "echo",
+    "rm",
+    "/bin/rm",
+    "r''m",
+    "\\rm",
+    "ls",
+    "cat",
+    "sh",
+    "-c",
+    "bash",
+    "env",
+    "X=1",
+    "busybox",
+    "nice",
+    "-n",
+    "5",
+    "timeout",
+    "-rf",
+    "-r",
+    "/",
+    "/*",
+    "/srv/challenge/flag",
+    "/srv/challenge/../../etc/passwd",
+    "'ls; rm -rf /'",
+    "\"a b\"",
+    ";",
+    "&&",
+    "||",
+    "|",
+    "&",
+    "\n",
+    "$(id)",
+    "`id`",
+    "$HOME",
+    "#",
+    "if",
+    "then",
+    "fi",
+    "*.txt",
+    "2>&1",
+    ">",
+    "<",
+    "(",
+    "xargs",
+    "eval",
+    "'",
+    "\"",
+    "\\",
+    "{a,b}",
+    "!!",
+    "python3",
+    "reboot",
+    "echo",
 ];
 
 fn line() -> impl Strategy<Value = String> {
@@ -44,8 +91,19 @@ fn context() -> impl Strategy<Value = CommandContext> {
 fn pattern() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "rm", "ls", "cat", "/bin/rm", "python*", "-[rR]*", "/srv/challenge/**", "/", "/*",
-            "re:-[a-z]*r[a-z]*", "re:.*", "*", "web-*",
+            "rm",
+            "ls",
+            "cat",
+            "/bin/rm",
+            "python*",
+            "-[rR]*",
+            "/srv/challenge/**",
+            "/",
+            "/*",
+            "re:-[a-z]*r[a-z]*",
+            "re:.*",
+            "*",
+            "web-*",
         ])
         .prop_map(str::to_owned),
         "[a-z/*?\\[\\]!.-]{0,6}",
@@ -61,10 +119,14 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
         prop::collection::vec((0..3usize, prop::collection::vec(pattern(), 1..3)), 0..3),
     )
         .prop_map(|(allow, roles, programs, modules, args)| {
-            let mut rule = if allow { RuleSpec::allow() } else { RuleSpec::deny() }
-                .roles(roles)
-                .program(programs)
-                .modules(modules);
+            let mut rule = if allow {
+                RuleSpec::allow()
+            } else {
+                RuleSpec::deny()
+            }
+            .roles(roles)
+            .program(programs)
+            .modules(modules);
             for (kind, patterns) in args {
                 rule = match kind {
                     0 => rule.any_arg(patterns),

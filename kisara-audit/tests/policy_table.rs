@@ -38,13 +38,20 @@ fn context(user: &str, roles: &[&str], module: &str) -> CommandContext {
 fn assert_expected(policy: &RulePolicy, who: &CommandContext, input: &str, expected: &str) {
     let explanation = policy.explain_line(who, input);
     let decision = policy.check_line(who, input).unwrap();
-    assert_eq!(decision, explanation.decision, "{input:?}: check and explain agree");
+    assert_eq!(
+        decision, explanation.decision,
+        "{input:?}: check and explain agree"
+    );
     let (kind, rule) = expected.split_once(':').unwrap();
     let matched: Vec<&str> = explanation
         .steps
         .iter()
         .filter_map(|step| match step {
-            TraceStep::Rule { name, matched: true, .. } => name.as_deref(),
+            TraceStep::Rule {
+                name,
+                matched: true,
+                ..
+            } => name.as_deref(),
             _ => None,
         })
         .collect();
@@ -53,7 +60,10 @@ fn assert_expected(policy: &RulePolicy, who: &CommandContext, input: &str, expec
             assert!(matched.is_empty(), "{input:?}: {explanation}");
         }
         ("allow", PolicyDecision::Allow) => {
-            assert!(matched.contains(&rule), "{input:?} not by {rule}:\n{explanation}");
+            assert!(
+                matched.contains(&rule),
+                "{input:?} not by {rule}:\n{explanation}"
+            );
         }
         ("deny", PolicyDecision::Deny { reason }) => {
             let needle = match rule {
@@ -61,7 +71,10 @@ fn assert_expected(policy: &RulePolicy, who: &CommandContext, input: &str, expec
                 "unparsable" => "cannot judge".to_owned(),
                 rule => format!("{rule:?} denies"),
             };
-            assert!(reason.contains(&needle), "{input:?}: {reason}\n{explanation}");
+            assert!(
+                reason.contains(&needle),
+                "{input:?}: {reason}\n{explanation}"
+            );
         }
         _ => panic!(
             "{input:?} as {}: expected {expected}, got {decision:?}\n{explanation}",
@@ -81,15 +94,43 @@ fn the_ctf_policy_decides_the_table() {
     let both = context("carol", &["player", "author"], "crypto-1");
     let table: &[(&CommandContext, &str, &str)] = &[
         (&player, "ls -la /srv/challenge", "allow:player-tools"),
-        (&player, "cat /srv/challenge/flag.txt", "allow:read-the-challenge"),
-        (&player, "cat -n /srv/challenge/a /srv/challenge/b", "allow:read-the-challenge"),
-        (&player, "cat /srv/challenge/../../etc/passwd", "deny:read-only-the-challenge"),
+        (
+            &player,
+            "cat /srv/challenge/flag.txt",
+            "allow:read-the-challenge",
+        ),
+        (
+            &player,
+            "cat -n /srv/challenge/a /srv/challenge/b",
+            "allow:read-the-challenge",
+        ),
+        (
+            &player,
+            "cat /srv/challenge/../../etc/passwd",
+            "deny:read-only-the-challenge",
+        ),
         (&player, "cat /etc/passwd", "deny:read-only-the-challenge"),
         (&player, "cat flag.txt", "deny:read-only-the-challenge"),
-        (&player, "cat //srv//challenge/./flag", "allow:read-the-challenge"),
-        (&player, "/bin/cat /srv/challenge/x", "allow:read-the-challenge"),
-        (&player, "head -n 5 /srv/challenge/x", "deny:read-only-the-challenge"),
-        (&player, "head -n5 /srv/challenge/x", "allow:read-the-challenge"),
+        (
+            &player,
+            "cat //srv//challenge/./flag",
+            "allow:read-the-challenge",
+        ),
+        (
+            &player,
+            "/bin/cat /srv/challenge/x",
+            "allow:read-the-challenge",
+        ),
+        (
+            &player,
+            "head -n 5 /srv/challenge/x",
+            "deny:read-only-the-challenge",
+        ),
+        (
+            &player,
+            "head -n5 /srv/challenge/x",
+            "allow:read-the-challenge",
+        ),
         (&player, "rm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "rm -fr /", "deny:no-recursive-rm-of-root"),
         (&player, "rm -r -f /", "deny:no-recursive-rm-of-root"),
@@ -100,21 +141,53 @@ fn the_ctf_policy_decides_the_table() {
         (&player, "\\rm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "\"rm\" -Rf /.", "deny:no-recursive-rm-of-root"),
         (&player, "env rm -rf /", "deny:no-recursive-rm-of-root"),
-        (&player, "env -i PATH=/bin rm -rf /", "deny:no-recursive-rm-of-root"),
+        (
+            &player,
+            "env -i PATH=/bin rm -rf /",
+            "deny:no-recursive-rm-of-root",
+        ),
         (&player, "busybox rm -rf /", "deny:no-recursive-rm-of-root"),
-        (&player, "sh -c 'ls; rm -rf /'", "deny:no-recursive-rm-of-root"),
-        (&player, "bash -c \"busybox rm -rf /\"", "deny:no-recursive-rm-of-root"),
-        (&player, "nice -n 10 nohup timeout 5 rm -rf /", "deny:no-recursive-rm-of-root"),
+        (
+            &player,
+            "sh -c 'ls; rm -rf /'",
+            "deny:no-recursive-rm-of-root",
+        ),
+        (
+            &player,
+            "bash -c \"busybox rm -rf /\"",
+            "deny:no-recursive-rm-of-root",
+        ),
+        (
+            &player,
+            "nice -n 10 nohup timeout 5 rm -rf /",
+            "deny:no-recursive-rm-of-root",
+        ),
         (&player, "ls && rm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "ls | rm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "ls\nrm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "ls & rm -rf /", "deny:no-recursive-rm-of-root"),
-        (&player, "if true; then rm -rf /; fi", "deny:no-recursive-rm-of-root"),
-        (&player, "sh -c 'sh -c \"rm -rf /\"'", "deny:no-recursive-rm-of-root"),
+        (
+            &player,
+            "if true; then rm -rf /; fi",
+            "deny:no-recursive-rm-of-root",
+        ),
+        (
+            &player,
+            "sh -c 'sh -c \"rm -rf /\"'",
+            "deny:no-recursive-rm-of-root",
+        ),
         (&player, "exec rm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "command rm -rf /", "deny:no-recursive-rm-of-root"),
-        (&player, "stdbuf -oL rm -rf /", "deny:no-recursive-rm-of-root"),
-        (&player, "timeout -s KILL 5 rm -rf /", "deny:no-recursive-rm-of-root"),
+        (
+            &player,
+            "stdbuf -oL rm -rf /",
+            "deny:no-recursive-rm-of-root",
+        ),
+        (
+            &player,
+            "timeout -s KILL 5 rm -rf /",
+            "deny:no-recursive-rm-of-root",
+        ),
         (&player, "FOO=bar rm -rf /", "deny:no-recursive-rm-of-root"),
         (&player, "$(echo rm) -rf /", "deny:unparsable"),
         (&player, "`echo rm` -rf /", "deny:unparsable"),
@@ -134,21 +207,49 @@ fn the_ctf_policy_decides_the_table() {
         (&player, "/tmp/solve", "deny:default"),
         (&player, "/srv/challenge/../../tmp/solve", "deny:default"),
         (&player, "/srv/challenge/solve --fast", "allow:solve-script"),
-        (&player, "python3 -c 'import os'", "deny:no-network-or-interpreters"),
-        (&player, "/usr/bin/python3.11", "deny:no-network-or-interpreters"),
-        (&player, "curl http://127.0.0.1/", "deny:no-network-or-interpreters"),
-        (&player, "env X=1 nc -l 4444", "deny:no-network-or-interpreters"),
+        (
+            &player,
+            "python3 -c 'import os'",
+            "deny:no-network-or-interpreters",
+        ),
+        (
+            &player,
+            "/usr/bin/python3.11",
+            "deny:no-network-or-interpreters",
+        ),
+        (
+            &player,
+            "curl http://127.0.0.1/",
+            "deny:no-network-or-interpreters",
+        ),
+        (
+            &player,
+            "env X=1 nc -l 4444",
+            "deny:no-network-or-interpreters",
+        ),
         (&player, "reboot", "deny:no-power"),
         (&player, "/sbin/shutdown -h now", "deny:no-power"),
         (&player, "echo hello world", "allow:player-tools"),
-        (&player, "grep -r flag /srv/challenge | wc -l", "allow:player-tools"),
+        (
+            &player,
+            "grep -r flag /srv/challenge | wc -l",
+            "allow:player-tools",
+        ),
         (&player, "id; whoami; pwd", "allow:player-tools"),
         (&player, "echo 'rm -rf /'", "allow:player-tools"),
         (&player, "ls *.txt 2>&1", "allow:player-tools"),
         (&player, "# rm -rf /", "allow:none"),
-        (&author_home, "rm -rf /var/www/cache", "allow:authors-in-their-modules"),
+        (
+            &author_home,
+            "rm -rf /var/www/cache",
+            "allow:authors-in-their-modules",
+        ),
         (&author_home, "rm -rf /", "deny:no-recursive-rm-of-root"),
-        (&author_home, "python3 manage.py migrate", "allow:authors-in-their-modules"),
+        (
+            &author_home,
+            "python3 manage.py migrate",
+            "allow:authors-in-their-modules",
+        ),
         (&author_away, "ls /srv", "allow:authors-look-around"),
         (&author_away, "cat /etc/passwd", "allow:authors-look-around"),
         (&author_away, "rm x", "deny:default"),
@@ -176,7 +277,10 @@ fn defaults_name_whose_they_are() {
     let reason = deny(&context("guest", &[], "web-easy"), "ls");
     assert!(reason.contains("the overall default is deny"), "{reason}");
     let reason = deny(&context("alice", &["player"], "web-easy"), "rm x");
-    assert!(reason.contains("the default for role \"player\" is deny"), "{reason}");
+    assert!(
+        reason.contains("the default for role \"player\" is deny"),
+        "{reason}"
+    );
     // Roles grant: an admin default allows whatever else the identity holds.
     let decision = policy
         .check_line(&context("dave", &["player", "admin"], "web-easy"), "sudo x")

@@ -215,17 +215,18 @@ impl RulePolicy {
                 )));
             }
         };
-        let mut spec: PolicySpec = toml::Value::Table(policy.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                let message = e.message().trim();
-                policy_error(match failing_key::<PolicySpec>(&policy, None) {
-                    Some((field, value)) => {
-                        format!("[policy]: field `{field}`: {message} (value: {value})")
-                    }
-                    None => format!("[policy]: {message}"),
-                })
-            })?;
+        let mut spec: PolicySpec =
+            toml::Value::Table(policy.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let message = e.message().trim();
+                    policy_error(match failing_key::<PolicySpec>(&policy, None) {
+                        Some((field, value)) => {
+                            format!("[policy]: field `{field}`: {message} (value: {value})")
+                        }
+                        None => format!("[policy]: {message}"),
+                    })
+                })?;
         for (index, rule) in rules.into_iter().enumerate() {
             let name = rule
                 .get("name")
