@@ -7,8 +7,11 @@ use kisara_core::builtin::PrefixPolicy;
 use kisara_core::model::ContainerId;
 use kisara_core::{AuditEventKind, CommandContext, Identity, PolicyDecision};
 
+/// A completed line and why it is uncertain, if it is.
+type Line = (String, Option<&'static str>);
+
 /// Feeds `input` byte by byte (the worst split), allowing every line.
-fn lines_of(input: &[u8]) -> Vec<(String, Option<&'static str>)> {
+fn lines_of(input: &[u8]) -> Vec<Line> {
     let mut gate = LineGate::new(UncertainMode::Audit);
     let mut lines = Vec::new();
     for byte in input {
@@ -24,7 +27,7 @@ fn lines_of(input: &[u8]) -> Vec<(String, Option<&'static str>)> {
 #[test]
 fn typed_streams_give_their_lines() {
     let certain = |line: &str| (line.to_owned(), None);
-    let cases: &[(&[u8], Vec<(String, Option<&str>)>)] = &[
+    let cases: &[(&[u8], Vec<Line>)] = &[
         (b"ls -la\r", vec![certain("ls -la")]),
         (b"ls\n", vec![certain("ls")]),
         (b"\r\r\n", vec![]),
@@ -98,8 +101,7 @@ fn typed_streams_give_their_lines() {
     ];
     for (input, expected) in cases {
         let got = lines_of(input);
-        let expected: Vec<(String, Option<&str>)> = expected.clone();
-        assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(&got, expected, "{:?}", String::from_utf8_lossy(input));
     }
 }
 

@@ -348,7 +348,7 @@ async fn rule_policy_passes_the_policy_suite() {
             ],
             denied: vec![
                 (player.clone(), words("rm -rf /")),
-                (player.clone(), words("cat /etc/passwd")),
+                (player, words("cat /etc/passwd")),
                 (admin, words("/sbin/reboot now")),
             ],
         }

@@ -15,7 +15,7 @@ use kisara_core::{CommandContext, CommandPolicy, PolicyDecision};
 
 use crate::AuditError;
 use pattern::Pattern;
-use shell::{Unparsable, Word, split_commands};
+use shell::{Unparsable, Word, split_list};
 pub use spec::{ArgSpec, Decision, PolicySpec, RuleSpec, UnparsableMode};
 use unwrap::{Unwrapped, basename, unwrap};
 
@@ -235,7 +235,7 @@ impl RulePolicy {
             let rule: RuleSpec = rule.clone().try_into().map_err(|e: toml::de::Error| {
                 let message = e.message().trim();
                 let failing = rule.as_table().and_then(|table| {
-                    failing_key::<RuleSpec>(table, Some(("decision", "deny".into())))
+                    failing_key::<RuleSpec>(table, Some(("decision", &toml::Value::from("deny"))))
                 });
                 let (field, message) = match failing {
                     Some((field, value)) => (field, format!("{message} (value: {value})")),
@@ -371,14 +371,14 @@ impl RulePolicy {
                 script: script.to_owned(),
             });
         }
-        let commands = match split_commands(script) {
+        let commands = match split_list(script) {
             Ok(commands) => commands,
             Err(unparsable) => return self.unparsable(script, &unparsable, depth, trace),
         };
         // Every command is judged (and traced) even after a denial, so the
         // trace shows the whole line; the first denial is the answer.
         let mut decision = PolicyDecision::Allow;
-        for words in &commands {
+        for (words, _) in &commands {
             let judged = self.judge_words(context, words, depth, trace);
             if decision.is_allowed() && !judged.is_allowed() {
                 decision = judged;
@@ -482,17 +482,21 @@ impl RulePolicy {
                 }
             };
         }
-        let (decision, why) = self.default_for(context);
+        let (decision, role) = self.default_for(context);
+        let why = || match role {
+            Some(role) => format!("the default for role {role:?}"),
+            None => "the overall default".to_owned(),
+        };
         if let Some(steps) = trace {
             steps.push(TraceStep::Default {
                 decision,
-                why: why.clone(),
+                why: why(),
             });
         }
         match decision {
             Decision::Allow => PolicyDecision::Allow,
             Decision::Deny => PolicyDecision::Deny {
-                reason: format!("no rule allows {:?}; {why} is deny", command()),
+                reason: format!("no rule allows {:?}; {} is deny", command(), why()),
             },
         }
     }
@@ -515,20 +519,21 @@ impl RulePolicy {
         })
     }
 
-    fn default_for(&self, context: &CommandContext) -> (Decision, String) {
-        let held: Vec<&(String, Decision)> = self
+    /// The default decision for `context`, with the role whose default it
+    /// is (none: the overall default). Roles grant: an allowing role wins.
+    fn default_for(&self, context: &CommandContext) -> (Decision, Option<&str>) {
+        let mut held = self
             .role_defaults
             .iter()
-            .filter(|(role, _)| context.identity.has_role(role))
-            .collect();
-        if let Some((role, decision)) = held
-            .iter()
+            .filter(|(role, _)| context.identity.has_role(role));
+        let Some(first) = held.next() else {
+            return (self.default, None);
+        };
+        let (role, decision) = std::iter::once(first)
+            .chain(held)
             .find(|(_, d)| *d == Decision::Allow)
-            .or(held.first())
-        {
-            return (*decision, format!("the default for role {role:?}"));
-        }
-        (self.default, "the overall default".to_owned())
+            .unwrap_or(first);
+        (*decision, Some(role))
     }
 
     fn unparsable(
@@ -563,16 +568,16 @@ impl RulePolicy {
 /// deserialisation error is about, since the error itself does not say.
 fn failing_key<T: serde::de::DeserializeOwned>(
     table: &toml::Table,
-    required: Option<(&str, toml::Value)>,
+    required: Option<(&str, &toml::Value)>,
 ) -> Option<(String, toml::Value)> {
     table
         .iter()
         .find(|(key, value)| {
             let mut alone = toml::Table::new();
-            if let Some((required, default)) = &required
-                && key.as_str() != *required
+            if let Some((required, default)) = required
+                && key.as_str() != required
             {
-                alone.insert((*required).to_owned(), default.clone());
+                alone.insert(required.to_owned(), default.clone());
             }
             alone.insert((*key).clone(), (*value).clone());
             toml::Value::Table(alone).try_into::<T>().is_err()
