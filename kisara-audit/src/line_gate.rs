@@ -283,11 +283,12 @@ impl LineGate {
                 self.line.clear();
                 false
             }
-            // Ctrl-W erases the word left of the cursor.
+            // Ctrl-W erases the word left of the cursor; words end at
+            // spaces and tabs, as for the shell.
             0x17 => {
-                let kept = self.line.trim_end().len();
+                let kept = self.line.trim_end_matches([' ', '\t']).len();
                 self.line.truncate(kept);
-                let start = self.line.rfind(char::is_whitespace).map_or(0, |at| at + 1);
+                let start = self.line.rfind([' ', '\t']).map_or(0, |at| at + 1);
                 self.line.truncate(start);
                 false
             }

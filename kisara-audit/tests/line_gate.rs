@@ -41,6 +41,8 @@ fn typed_streams_give_their_lines() {
         (b"rm -rf /\x15echo hi\r", vec![certain("echo hi")]),
         (b"echo rm -rf\x17\x17ok\r", vec![certain("echo ok")]),
         (b"echo a  \x17b\r", vec![certain("echo b")]),
+        // Words end at spaces and tabs only (U+0085 is two bytes, no end).
+        ("echo a\u{85}b\x17c\r".as_bytes(), vec![certain("echo c")]),
         (b"rm -rf /\x03ls\r", vec![certain("ls")]),
         (b"\x04", vec![]),
         (b"rm -rf /\x04", vec![certain("rm -rf /")]),
