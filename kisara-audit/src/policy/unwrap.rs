@@ -170,7 +170,9 @@ fn skip_options(args: &[Word], value_options: &[&str]) -> usize {
         if text == "--" {
             return at + 1;
         }
-        if !text.starts_with('-') || text == "-" && at > 0 {
+        // A lone `-` is an option too (`env -` empties the environment):
+        // taking it for the program would let the real one pass unjudged.
+        if !text.starts_with('-') {
             return at;
         }
         // A value option given apart (`-n 5`) takes the next word; joined

@@ -137,3 +137,25 @@ pub trait CommandPolicy: Send + Sync + fmt::Debug {
     /// Judges `command` (program and arguments) in `context`.
     async fn check(&self, context: &CommandContext, command: &[String]) -> Result<PolicyDecision>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_events_without_uncertain_read_as_certain() {
+        // Events recorded before the line gate existed have no `uncertain`.
+        let kind: AuditEventKind = serde_json::from_str(
+            r#"{"type":"command","command":["ls"],"decision":{"decision":"allow"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            kind,
+            AuditEventKind::Command {
+                command: vec!["ls".into()],
+                decision: PolicyDecision::Allow,
+                uncertain: false,
+            }
+        );
+    }
+}
