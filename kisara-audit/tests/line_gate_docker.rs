@@ -18,6 +18,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// busybox `sh`'s prompt for root in `/`.
+const PROMPT: &str = "/ # ";
+
 struct Terminal {
     gate: LineGate,
     policy: RulePolicy,
@@ -26,6 +29,8 @@ struct Terminal {
     output: BoxStream<ExecOutput>,
     /// Everything the container sent back (echo, prompts, command output).
     seen: Vec<u8>,
+    /// Prompts seen so far.
+    prompts: usize,
     /// Every line the gate completed, with its uncertainty, and whether it
     /// was allowed.
     decided: Vec<(String, Option<&'static str>, bool)>,
@@ -81,6 +86,30 @@ impl Terminal {
         }
     }
 
+    /// Waits for the shell's next prompt, as a person would before typing
+    /// on: keys sent while the shell is between its line editor's reads
+    /// meet the kernel's cooked mode instead.
+    async fn next_prompt(&mut self) {
+        let wanted = self.prompts + 1;
+        let fut = async {
+            while String::from_utf8_lossy(&self.seen).matches(PROMPT).count() < wanted {
+                match self.output.next().await {
+                    Some(Ok(ExecOutput::Stdout(b) | ExecOutput::Stderr(b))) => {
+                        self.seen.extend_from_slice(&b);
+                    }
+                    other => panic!("output ended before a prompt: {other:?}"),
+                }
+            }
+        };
+        if tokio::time::timeout(WAIT, fut).await.is_err() {
+            panic!(
+                "no prompt within {WAIT:?}; the terminal showed:\n{}",
+                String::from_utf8_lossy(&self.seen)
+            );
+        }
+        self.prompts = wanted;
+    }
+
     fn shown(&self) -> String {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
@@ -120,9 +149,10 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
         stdin: session.stdin.take().unwrap(),
         output: std::mem::replace(&mut session.output, Box::pin(futures::stream::empty())),
         seen: Vec::new(),
+        prompts: 0,
         decided: Vec::new(),
     };
-    terminal.read_until("# ").await;
+    terminal.next_prompt().await;
 
     // Editing keys the gate follows: what it rebuilds is what ran.
     let typed: &[&[&[u8]]] = &[
@@ -141,6 +171,9 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
         let before = terminal.decided.len();
         for chunk in *keys {
             terminal.type_keys(chunk).await;
+            if chunk.ends_with(b"\r") || chunk.ends_with(b"\x03") {
+                terminal.next_prompt().await;
+            }
         }
         let (line, uncertain, allowed) = terminal.decided[before].clone();
         assert!(allowed && uncertain.is_none(), "{line:?} {uncertain:?}");
@@ -183,6 +216,7 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
     // Cursor movement: the gate cannot follow it, says so, and is right to:
     // the shell inserted the X before the b.
     terminal.type_keys(b"echo k7 ab\x1b[DX\r").await;
+    terminal.next_prompt().await;
     terminal.read_until("\nk7 aXb\r").await;
     let moved = terminal.decided.last().unwrap().clone();
     assert_eq!(

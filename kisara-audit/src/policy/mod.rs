@@ -60,7 +60,8 @@ enum ArgCondition {
 /// One step of an [`Explanation`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceStep {
-    /// A simple command, after its runners came off.
+    /// A simple command, after its runners came off (for a shell's `-c`,
+    /// the whole command; its script follows).
     Command {
         /// How deep in `sh -c` scripts (0 for the input itself).
         depth: usize,
@@ -397,19 +398,13 @@ impl RulePolicy {
         depth: usize,
         trace: &mut Option<&mut Vec<TraceStep>>,
     ) -> PolicyDecision {
-        let quoted = || {
-            words
-                .iter()
-                .map(|w| w.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let all_words = words;
         if let Some(word) = words.iter().find(|w| w.may_expand_to_parent()) {
             let unparsable = Unparsable::new(format!(
                 "file name pattern {:?} may expand to \"..\"",
                 word.text
             ));
-            return self.unparsable(&quoted(), &unparsable, depth, trace);
+            return self.unparsable(&joined(all_words), &unparsable, depth, trace);
         }
         let (runners, words) = match unwrap(words) {
             Ok(Unwrapped::Command { runners, words }) => (runners, words),
@@ -418,7 +413,7 @@ impl RulePolicy {
                     steps.push(TraceStep::Command {
                         depth,
                         runners: runners.iter().map(|r| (*r).to_owned()).collect(),
-                        words: vec![],
+                        words: all_words.iter().map(|w| w.text.clone()).collect(),
                     });
                 }
                 if depth + 1 >= MAX_SCRIPT_DEPTH {
@@ -429,7 +424,9 @@ impl RulePolicy {
                 }
                 return self.judge_script(context, script, depth + 1, trace);
             }
-            Err(unparsable) => return self.unparsable(&quoted(), &unparsable, depth, trace),
+            Err(unparsable) => {
+                return self.unparsable(&joined(all_words), &unparsable, depth, trace);
+            }
         };
         if let Some(steps) = trace {
             steps.push(TraceStep::Command {
@@ -459,13 +456,7 @@ impl RulePolicy {
                 .map(|index| &self.rules[index])
                 .find(|rule| rule.matches(context, &program.text, args, None)),
         };
-        let command = || {
-            words
-                .iter()
-                .map(|w| w.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let command = || joined(words);
         if let Some(rule) = rule {
             return match rule.decision {
                 Decision::Allow => PolicyDecision::Allow,
@@ -561,6 +552,15 @@ impl RulePolicy {
             },
         }
     }
+}
+
+/// Words as one line, for messages.
+fn joined(words: &[Word]) -> String {
+    words
+        .iter()
+        .map(|w| w.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The first key of `table` that `T` refuses on its own (beside `required`,
