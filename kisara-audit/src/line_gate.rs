@@ -324,6 +324,11 @@ impl LineGate {
             (b"201", b'~') => self.paste = false,
             // Focus reports change nothing.
             (b"", b'I' | b'O') => {}
+            // The terminal's replies to the shell's queries (busybox asks
+            // for the cursor position at each prompt): no keys. Modified F3
+            // (`ESC[1;2R`) reads the same; line editors bind nothing to it.
+            (_, b'R' | b'n') => {}
+            ([b'?' | b'>', ..], b'c') => {}
             (_, b'A' | b'B') => self.unsure("history recall"),
             _ => self.unsure("cursor movement"),
         }

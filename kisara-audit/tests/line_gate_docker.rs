@@ -18,8 +18,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// busybox `sh`'s prompt for root in `/`.
-const PROMPT: &str = "/ # ";
+/// busybox `sh`'s prompt for root in `/`, on a line of its own (Ctrl-U
+/// redraws it after a carriage return, which is no new prompt).
+const PROMPT: &str = "\n/ # ";
 
 struct Terminal {
     gate: LineGate,
