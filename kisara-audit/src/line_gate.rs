@@ -325,10 +325,15 @@ impl LineGate {
             // Focus reports change nothing.
             (b"", b'I' | b'O') => {}
             // The terminal's replies to the shell's queries (busybox asks
-            // for the cursor position at each prompt): no keys. Modified F3
-            // (`ESC[1;2R`) reads the same; line editors bind nothing to it.
-            (_, b'R' | b'n') => {}
-            ([b'?' | b'>', ..], b'c') => {}
+            // for the cursor position at each prompt) are no keys, but
+            // busybox drops the keys that reach it in the same read as a
+            // reply, which the gate cannot see.
+            (_, b'R' | b'n') => {
+                self.unsure("a terminal reply (the shell may drop keys sent with it)")
+            }
+            ([b'?' | b'>', ..], b'c') => {
+                self.unsure("a terminal reply (the shell may drop keys sent with it)");
+            }
             (_, b'A' | b'B') => self.unsure("history recall"),
             _ => self.unsure("cursor movement"),
         }
