@@ -328,10 +328,7 @@ impl LineGate {
             // for the cursor position at each prompt) are no keys, but
             // busybox drops the keys that reach it in the same read as a
             // reply, which the gate cannot see.
-            (_, b'R' | b'n') => {
-                self.unsure("a terminal reply (the shell may drop keys sent with it)")
-            }
-            ([b'?' | b'>', ..], b'c') => {
+            (_, b'R' | b'n') | ([b'?' | b'>', ..], b'c') => {
                 self.unsure("a terminal reply (the shell may drop keys sent with it)");
             }
             (_, b'A' | b'B') => self.unsure("history recall"),
