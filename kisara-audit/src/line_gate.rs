@@ -397,8 +397,8 @@ pub async fn judge_line(
     let uncertain = line.uncertain.is_some();
     let shell = |script: String| vec!["sh".to_owned(), "-c".to_owned(), script];
     let (command, decision) = match (line.uncertain, line.mode, split_list(&line.line)) {
-        (Some(cause), UncertainMode::Deny, _) => {
-            let words = match split_list(&line.line) {
+        (Some(cause), UncertainMode::Deny, parsed) => {
+            let words = match parsed {
                 Ok(list) => audit_words(&list),
                 Err(_) => shell(line.line.clone()),
             };
