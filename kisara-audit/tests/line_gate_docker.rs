@@ -1,7 +1,8 @@
 //! The line gate in front of a real busybox `sh` on a TTY exec in a
 //! container: the line the gate rebuilds is the line the shell runs (seen
 //! from its `echo` output), a denied line never runs, and where the gate
-//! says it is uncertain the shell indeed ran something else.
+//! says it is uncertain (cursor movement, a terminal reply with keys) the
+//! shell indeed ran something else.
 //!
 //! Needs a Docker engine (fails loudly without one) and a static busybox
 //! for the locally built test image.
@@ -223,6 +224,28 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
     assert_eq!(
         (moved.0.as_str(), moved.1),
         ("echo k7 abX", Some("cursor movement"))
+    );
+
+    // A cursor position reply (busybox asked at the prompt) with keys in
+    // the same read: busybox may drop those keys, so the line is uncertain.
+    terminal
+        .type_keys(b"\x1b[1;5Recho k8 x; echo k8 seen\r")
+        .await;
+    terminal.next_prompt().await;
+    terminal.read_until("\nk8 seen\r").await;
+    let replied = terminal.decided.last().unwrap().clone();
+    assert_eq!(
+        (replied.0.as_str(), replied.1),
+        (
+            "echo k8 x; echo k8 seen",
+            Some("a terminal reply (the shell may drop keys sent with it)")
+        )
+    );
+    // And rightly so: busybox dropped the keys read with the reply.
+    assert!(
+        !terminal.shown().contains("\nk8 x\r"),
+        "busybox ran every key sent with the reply; the gate may trust replies again:\n{}",
+        terminal.shown()
     );
 
     terminal.type_keys(b"exit 3\r").await;
