@@ -84,7 +84,7 @@ const ARGVS: &[&[&str]] = &[
     &["rm", "-rf", "/"],
     &["/usr/bin/tool042", "--mode-42", "/srv/data/42/x"],
     &["tool077", "-v"],
-    &["x3-helper", "--force"],
+    &["x3-tool", "--force"],
     &[
         "env",
         "X=1",

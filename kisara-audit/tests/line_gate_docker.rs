@@ -202,11 +202,14 @@ async fn the_gate_rebuilds_what_busybox_sh_runs() {
     );
 
     // A denied line never runs: its Enter is replaced by Ctrl-C.
-    terminal.type_keys(b"touch /tmp/keep\r").await;
-    terminal.type_keys(b"rm /tmp/keep\r").await;
-    terminal
-        .type_keys(b"ls /tmp/keep && echo k6 still-there\r")
-        .await;
+    for keys in [
+        &b"touch /tmp/keep\r"[..],
+        b"rm /tmp/keep\r",
+        b"ls /tmp/keep && echo k6 still-there\r",
+    ] {
+        terminal.type_keys(keys).await;
+        terminal.next_prompt().await;
+    }
     terminal.read_until("\nk6 still-there\r").await;
     let rm = terminal
         .decided
