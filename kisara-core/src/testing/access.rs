@@ -183,6 +183,7 @@ fn command_event(session: &SessionId, n: usize) -> AuditEvent {
         kind: AuditEventKind::Command {
             command: vec!["echo".into(), n.to_string()],
             decision: PolicyDecision::Allow,
+            uncertain: false,
         },
     }
 }

@@ -59,6 +59,11 @@ pub enum AuditEventKind {
         command: Vec<String>,
         /// The policy's answer.
         decision: PolicyDecision,
+        /// The line gate could not know the exact line (the cursor moved,
+        /// history was recalled, completion ran): `command` is the line as
+        /// typed, not necessarily what the shell ran.
+        #[serde(default)]
+        uncertain: bool,
     },
     /// The terminal was resized.
     Resize {
@@ -131,4 +136,26 @@ pub struct CommandContext {
 pub trait CommandPolicy: Send + Sync + fmt::Debug {
     /// Judges `command` (program and arguments) in `context`.
     async fn check(&self, context: &CommandContext, command: &[String]) -> Result<PolicyDecision>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_events_without_uncertain_read_as_certain() {
+        // Events recorded before the line gate existed have no `uncertain`.
+        let kind: AuditEventKind = serde_json::from_str(
+            r#"{"type":"command","command":["ls"],"decision":{"decision":"allow"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            kind,
+            AuditEventKind::Command {
+                command: vec!["ls".into()],
+                decision: PolicyDecision::Allow,
+                uncertain: false,
+            }
+        );
+    }
 }
