@@ -140,7 +140,9 @@ impl Service for Relay {
             () = ctx.stop_requested() => {}
             () = self.shared.cancel.cancelled() => {}
         }
-        self.shutdown();
+        // Returning means shut down: every listener and connection closed,
+        // not only told to close.
+        self.stop().await;
         Ok(())
     }
 }
