@@ -32,6 +32,7 @@ use futures::FutureExt;
 pub mod access;
 pub mod placement;
 pub mod runtime;
+pub mod service;
 pub mod subnet;
 pub mod tunnel;
 
