@@ -35,7 +35,10 @@ async fn jsonl_fixture(durability: Durability) -> (Arc<JsonlSink>, AuditReader) 
         let dir = dir.clone();
         Box::pin(async move {
             let report = tokio::task::spawn_blocking(move || {
-                JsonlReader::new(dir.path(), "audit").unwrap().read_all().unwrap()
+                JsonlReader::new(dir.path(), "audit")
+                    .unwrap()
+                    .read_all()
+                    .unwrap()
             })
             .await
             .unwrap();
@@ -92,9 +95,8 @@ async fn sqlite_sink_passes_the_audit_suite_in_every_durability_mode() {
 async fn webhook_sink_passes_the_audit_suite() {
     audit_sink(|| async {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let receiver = Arc::new(
-            Receiver::start("127.0.0.1:0".parse().unwrap(), Arc::default()).await,
-        );
+        let receiver =
+            Arc::new(Receiver::start("127.0.0.1:0".parse().unwrap(), Arc::default()).await);
         let mut config = WebhookConfig::new(receiver.url(), dir.path().join("outbox.db"));
         config.durability = Durability::GroupCommit {
             every: Duration::from_millis(1),
@@ -108,7 +110,10 @@ async fn webhook_sink_passes_the_audit_suite() {
             Box::pin(async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
                 while sink.undelivered().await.unwrap() > 0 {
-                    assert!(tokio::time::Instant::now() < deadline, "the outbox did not drain");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the outbox did not drain"
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 of_session(&receiver.deduped(), &session)

@@ -100,7 +100,11 @@ fn kill_child_midstream(kind: &str, path: &Path, acks: usize) -> BTreeSet<u64> {
             }
         }
     }
-    assert!(acked.len() >= acks, "the child ended after {} acks", acked.len());
+    assert!(
+        acked.len() >= acks,
+        "the child ended after {} acks",
+        acked.len()
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // What it printed before dying is acknowledged too.
@@ -124,7 +128,10 @@ async fn jsonl_keeps_every_acknowledged_event_across_a_sigkill() {
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     assert_eq!(stored.len(), report.events.len(), "ids are unique");
-    assert!(reader.files().unwrap().len() > 1, "the run crossed a rotation");
+    assert!(
+        reader.files().unwrap().len() > 1,
+        "the run crossed a rotation"
+    );
     // At most the line being written when the kill came is torn, and it is
     // reported, not fatal.
     assert!(report.problems.len() <= 1, "{:?}", report.problems);

@@ -70,7 +70,10 @@ async fn a_full_disk_fails_jsonl_writes_naming_the_file_and_keeps_what_was_acked
     let sink = JsonlSink::open(config).await.unwrap();
     let (acked, err) = fill(&sink).await;
     let message = err.to_string();
-    let files = JsonlReader::new(disk.path(), "audit").unwrap().files().unwrap();
+    let files = JsonlReader::new(disk.path(), "audit")
+        .unwrap()
+        .files()
+        .unwrap();
     let last: &PathBuf = files.last().unwrap();
     assert!(
         message.contains(&last.display().to_string()) && message.contains("No space left"),
@@ -92,7 +95,11 @@ async fn a_full_disk_fails_jsonl_writes_naming_the_file_and_keeps_what_was_acked
         .iter()
         .map(|e| sink_support::number(&e.event))
         .collect();
-    assert_eq!(numbers, (0..acked).collect::<Vec<_>>(), "acked events survive");
+    assert_eq!(
+        numbers,
+        (0..acked).collect::<Vec<_>>(),
+        "acked events survive"
+    );
     assert!(report.problems.len() <= 1, "{:?}", report.problems);
     drop(sink);
 }
@@ -125,7 +132,11 @@ async fn a_full_disk_fails_sqlite_commits_naming_the_file_and_keeps_what_was_ack
         .iter()
         .map(|e| sink_support::number(&e.event))
         .collect();
-    assert_eq!(numbers, (0..acked).collect::<Vec<_>>(), "acked events survive");
+    assert_eq!(
+        numbers,
+        (0..acked).collect::<Vec<_>>(),
+        "acked events survive"
+    );
     sink.shutdown().await;
     drop(sink);
 }

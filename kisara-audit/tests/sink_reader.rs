@@ -45,8 +45,14 @@ async fn bad_and_huge_lines_are_reported_with_file_and_line_and_reading_goes_on(
     let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
     let name = file.display().to_string();
-    assert!(problems[0].starts_with(&format!("{name}:3: not an audit event")), "{problems:?}");
-    assert_eq!(problems[1], format!("{name}:4: line longer than 1024 bytes, skipped"));
+    assert!(
+        problems[0].starts_with(&format!("{name}:3: not an audit event")),
+        "{problems:?}"
+    );
+    assert_eq!(
+        problems[1],
+        format!("{name}:4: line longer than 1024 bytes, skipped")
+    );
 }
 
 #[tokio::test]
@@ -115,7 +121,10 @@ async fn files_rotate_by_day_named_after_the_writers_clock() {
         .collect();
     assert_eq!(
         names,
-        ["audit-2026-12-07-000000.jsonl", "audit-2026-12-08-000000.jsonl"]
+        [
+            "audit-2026-12-07-000000.jsonl",
+            "audit-2026-12-08-000000.jsonl"
+        ]
     );
     assert_eq!(reader.read_all().unwrap().events.len(), 2);
 }
@@ -149,7 +158,10 @@ async fn sqlite_queries_filter_and_page_both_ways() {
     let first = sink.query(&query).await.unwrap();
     assert_eq!(numbers(&first), [28, 26, 24, 22], "newest first");
     query.cursor = first.next;
-    assert_eq!(numbers(&sink.query(&query).await.unwrap()), [20, 18, 16, 14]);
+    assert_eq!(
+        numbers(&sink.query(&query).await.unwrap()),
+        [20, 18, 16, 14]
+    );
 
     let denied = AuditQuery {
         decision: Some("deny".into()),
@@ -179,9 +191,27 @@ async fn sqlite_queries_filter_and_page_both_ways() {
     assert!(sink.query(&nobody).await.unwrap().events.is_empty());
 
     for (bad, named) in [
-        (AuditQuery { limit: 0, ..AuditQuery::default() }, "0"),
-        (AuditQuery { decision: Some("maybe".into()), ..AuditQuery::default() }, "\"maybe\""),
-        (AuditQuery { kind: Some("Drop table".into()), ..AuditQuery::default() }, "\"Drop table\""),
+        (
+            AuditQuery {
+                limit: 0,
+                ..AuditQuery::default()
+            },
+            "0",
+        ),
+        (
+            AuditQuery {
+                decision: Some("maybe".into()),
+                ..AuditQuery::default()
+            },
+            "\"maybe\"",
+        ),
+        (
+            AuditQuery {
+                kind: Some("Drop table".into()),
+                ..AuditQuery::default()
+            },
+            "\"Drop table\"",
+        ),
         (
             AuditQuery {
                 since: Some(Timestamp::from_unix_millis(2)),
@@ -221,7 +251,11 @@ async fn the_sqlite3_shell_reads_a_written_database() {
             )
         });
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         ["ok", "1", "wal", "10", "30|odd|owner-of-web-1|command|29"]

@@ -12,7 +12,10 @@ use sink_support::{Receiver, command, number};
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -56,7 +59,11 @@ async fn events_recorded_while_the_receiver_is_down_arrive_in_order_once_it_is_b
 
     let arrived = receiver.deduped();
     let numbers: Vec<usize> = arrived.iter().map(|e| number(&e.event)).collect();
-    assert_eq!(numbers, (0..50).collect::<Vec<_>>(), "all, in order, once each");
+    assert_eq!(
+        numbers,
+        (0..50).collect::<Vec<_>>(),
+        "all, in order, once each"
+    );
     let ids: Vec<u64> = arrived.iter().map(|e| e.id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
     sink.shutdown(Duration::from_secs(1)).await;

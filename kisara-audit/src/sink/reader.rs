@@ -167,19 +167,20 @@ impl JsonlReader {
                 }
             };
             reported_listing = false;
-            if first && from == Follow::FromNow {
-                if let Some((key, path)) = files.last() {
-                    // Skip to the end of the last complete line.
-                    let end = scan(
-                        path,
-                        Position::default(),
-                        self.max_line_bytes,
-                        false,
-                        &mut |_| {},
-                    )
-                    .unwrap_or_default();
-                    current = Some((*key, path.clone(), end));
-                }
+            if first
+                && from == Follow::FromNow
+                && let Some((key, path)) = files.last()
+            {
+                // Skip to the end of the last complete line.
+                let end = scan(
+                    path,
+                    Position::default(),
+                    self.max_line_bytes,
+                    false,
+                    &mut |_| {},
+                )
+                .unwrap_or_default();
+                current = Some((*key, path.clone(), end));
             }
             first = false;
             if current.is_none() {

@@ -141,33 +141,34 @@ impl AuditQuery {
                 format!("{} is not within 1..={}", self.limit, Self::MAX_LIMIT),
             ));
         }
-        if let Some(decision) = &self.decision {
-            if decision != "allow" && decision != "deny" {
-                return Err(Error::invalid(
-                    "audit query decision",
-                    format!("{decision:?} is neither \"allow\" nor \"deny\""),
-                ));
-            }
+        if let Some(decision) = &self.decision
+            && decision != "allow"
+            && decision != "deny"
+        {
+            return Err(Error::invalid(
+                "audit query decision",
+                format!("{decision:?} is neither \"allow\" nor \"deny\""),
+            ));
         }
-        if let Some(kind) = &self.kind {
-            if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-                return Err(Error::invalid(
-                    "audit query kind",
-                    format!("{kind:?} is not an event kind such as \"command\""),
-                ));
-            }
+        if let Some(kind) = &self.kind
+            && (kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        {
+            return Err(Error::invalid(
+                "audit query kind",
+                format!("{kind:?} is not an event kind such as \"command\""),
+            ));
         }
-        if let (Some(since), Some(until)) = (self.since, self.until) {
-            if since > until {
-                return Err(Error::invalid(
-                    "audit query time range",
-                    format!(
-                        "since {} ms is after until {} ms",
-                        since.unix_millis(),
-                        until.unix_millis()
-                    ),
-                ));
-            }
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && since > until
+        {
+            return Err(Error::invalid(
+                "audit query time range",
+                format!(
+                    "since {} ms is after until {} ms",
+                    since.unix_millis(),
+                    until.unix_millis()
+                ),
+            ));
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ pub fn command(session: &str, n: usize, padding: usize) -> AuditEvent {
         "container": "web-1",
         "type": "command",
         "command": ["echo", n.to_string(), "x".repeat(padding)],
-        "decision": {"decision": if n % 3 == 0 { "deny" } else { "allow" }, "reason": "rule 1"},
+        "decision": {"decision": if n.is_multiple_of(3) { "deny" } else { "allow" }, "reason": "rule 1"},
     }))
     .unwrap()
 }
