@@ -83,15 +83,17 @@ fn raw(dir: &Path, lines: &[Vec<u8>], per_sync: usize) -> f64 {
     rate
 }
 
-/// Events per second through `sink` from [`RECORDERS`] tasks.
-async fn through(sink: Arc<dyn AuditSink>, count: usize) -> f64 {
+/// Events per second of `events` through `sink` from [`RECORDERS`] tasks.
+async fn through(sink: Arc<dyn AuditSink>, events: Arc<Vec<AuditEvent>>) -> f64 {
+    let count = events.len();
     let start = Instant::now();
     let tasks: Vec<_> = (0..RECORDERS)
         .map(|task| {
             let sink = sink.clone();
+            let events = events.clone();
             tokio::spawn(async move {
                 for n in (task..count).step_by(RECORDERS) {
-                    sink.record(&event(n)).await.unwrap();
+                    sink.record(&events[n]).await.unwrap();
                 }
             })
         })
@@ -110,6 +112,8 @@ async fn main() {
     let base: std::path::PathBuf =
         std::env::var_os("KISARA_BENCH_DIR").map_or_else(|| ".".into(), Into::into);
     let lines = lines(count);
+    // Built before the clock starts: the sinks are measured, not this.
+    let events = Arc::new((0..count).map(event).collect::<Vec<_>>());
     let modes = [
         ("fsync", Durability::Fsync, 1),
         ("group commit", GROUP, RECORDERS),
@@ -126,14 +130,14 @@ async fn main() {
             let mut config = JsonlConfig::new(dir.path().join("jsonl"));
             config.durability = durability;
             let jsonl = Arc::new(JsonlSink::open(config).await.unwrap());
-            let rate = through(jsonl.clone(), count).await;
+            let rate = through(jsonl.clone(), events.clone()).await;
             jsonl.shutdown().await;
             keep_best(&mut results, "jsonl", name, rate);
 
             let mut config = SqliteConfig::new(dir.path().join("audit.db"));
             config.durability = durability;
             let sqlite = Arc::new(SqliteSink::open(config).await.unwrap());
-            let rate = through(sqlite.clone(), count).await;
+            let rate = through(sqlite.clone(), events.clone()).await;
             sqlite.shutdown().await;
             keep_best(&mut results, "sqlite", name, rate);
         }

@@ -23,7 +23,7 @@ pub(super) trait GroupStore: Send + 'static {
 
     /// Writes `events` in order, synced to disk when `sync`, and returns
     /// the id given to the first (the others follow it by one each).
-    fn commit(&mut self, events: &[AuditEvent], sync: bool) -> Result<u64>;
+    fn commit(&mut self, events: &[&AuditEvent], sync: bool) -> Result<u64>;
 
     /// Where the store keeps its events, for messages.
     fn location(&self) -> String;
@@ -128,7 +128,6 @@ fn run<S: GroupStore>(mut store: S, receiver: &mpsc::Receiver<Request>, durabili
     // written group, pages the kernel dropped after a failed fsync): every
     // later event is refused rather than acknowledged as durable.
     let mut failure: Option<String> = None;
-    let mut events = Vec::new();
     while let Ok(first) = receiver.recv() {
         let mut group = vec![first];
         match durability {
@@ -155,9 +154,10 @@ fn run<S: GroupStore>(mut store: S, receiver: &mpsc::Receiver<Request>, durabili
             }
             continue;
         }
-        events.clear();
-        events.extend(group.iter().map(|request| request.event.clone()));
-        match store.commit(&events, durability.syncs()) {
+        let events: Vec<&AuditEvent> = group.iter().map(|request| &request.event).collect();
+        let committed = store.commit(&events, durability.syncs());
+        drop(events);
+        match committed {
             Ok(first_id) => {
                 for (request, id) in group.into_iter().zip(first_id..) {
                     let _ = request.ack.send(Ok(id));

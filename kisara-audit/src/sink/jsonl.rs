@@ -300,7 +300,7 @@ impl JsonlStore {
 impl GroupStore for JsonlStore {
     const BACKEND: &'static str = BACKEND;
 
-    fn commit(&mut self, events: &[AuditEvent], sync: bool) -> Result<u64> {
+    fn commit(&mut self, events: &[&AuditEvent], sync: bool) -> Result<u64> {
         let first_id = self.next_id;
         let mut pending = Vec::new();
         for (event, id) in events.iter().zip(first_id..) {

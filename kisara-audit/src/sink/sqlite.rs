@@ -488,7 +488,7 @@ fn migrate(connection: &Connection, path: &Path) -> Result<()> {
 impl GroupStore for SqliteStore {
     const BACKEND: &'static str = BACKEND;
 
-    fn commit(&mut self, events: &[AuditEvent], _sync: bool) -> Result<u64> {
+    fn commit(&mut self, events: &[&AuditEvent], _sync: bool) -> Result<u64> {
         // How far a commit is synced is the connection's `synchronous`.
         let path = self.path.clone();
         let fail = |doing: &'static str| {
