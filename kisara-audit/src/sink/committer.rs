@@ -21,30 +21,37 @@ pub(super) trait GroupStore: Send + 'static {
     /// The backend name used in errors.
     const BACKEND: &'static str;
 
+    /// An event made ready for the store (encoded) by the recording task,
+    /// so that this work overlaps the writer's syncs instead of adding to
+    /// them.
+    type Prepared: Send + 'static;
+
+    /// Encodes `event` for [`GroupStore::commit`].
+    fn prepare(event: &AuditEvent) -> Result<Self::Prepared>;
+
     /// Writes `events` in order, synced to disk when `sync`, and returns
     /// the id given to the first (the others follow it by one each).
-    fn commit(&mut self, events: &[&AuditEvent], sync: bool) -> Result<u64>;
+    fn commit(&mut self, events: &[&Self::Prepared], sync: bool) -> Result<u64>;
 
     /// Where the store keeps its events, for messages.
     fn location(&self) -> String;
 }
 
-struct Request {
-    event: AuditEvent,
+struct Request<P> {
+    event: P,
     ack: oneshot::Sender<Result<u64>>,
 }
 
 /// The handle of a writer thread.
-pub(super) struct Committer {
-    backend: &'static str,
+pub(super) struct Committer<S: GroupStore> {
     location: String,
-    sender: RwLock<Option<mpsc::Sender<Request>>>,
+    sender: RwLock<Option<mpsc::Sender<Request<S::Prepared>>>>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Committer {
+impl<S: GroupStore> Committer<S> {
     /// Starts the writer thread owning `store`.
-    pub(super) fn start<S: GroupStore>(store: S, durability: Durability) -> Result<Self> {
+    pub(super) fn start(store: S, durability: Durability) -> Result<Self> {
         let location = store.location();
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -52,7 +59,6 @@ impl Committer {
             .spawn(move || run(store, &receiver, durability))
             .map_err(|e| super::storage_error(S::BACKEND, "starting the writer thread", e))?;
         Ok(Self {
-            backend: S::BACKEND,
             location,
             sender: RwLock::new(Some(sender)),
             thread: std::sync::Mutex::new(Some(thread)),
@@ -62,6 +68,7 @@ impl Committer {
     /// Hands `event` to the writer and waits until its group is committed;
     /// returns the event's id.
     pub(super) async fn record(&self, event: &AuditEvent) -> Result<u64> {
+        let prepared = S::prepare(event)?;
         let (ack, acked) = oneshot::channel();
         let sent = self
             .sender
@@ -71,7 +78,7 @@ impl Committer {
             .is_some_and(|sender| {
                 sender
                     .send(Request {
-                        event: event.clone(),
+                        event: prepared,
                         ack,
                     })
                     .is_ok()
@@ -105,12 +112,13 @@ impl Committer {
     fn closed(&self) -> Error {
         Error::unavailable(format!(
             "audit {} sink {} is shut down",
-            self.backend, self.location
+            S::BACKEND,
+            self.location
         ))
     }
 }
 
-impl Drop for Committer {
+impl<S: GroupStore> Drop for Committer<S> {
     fn drop(&mut self) {
         // Closing the channel ends the thread once it committed what it
         // holds; nobody waits for it here.
@@ -123,7 +131,11 @@ impl Drop for Committer {
     }
 }
 
-fn run<S: GroupStore>(mut store: S, receiver: &mpsc::Receiver<Request>, durability: Durability) {
+fn run<S: GroupStore>(
+    mut store: S,
+    receiver: &mpsc::Receiver<Request<S::Prepared>>,
+    durability: Durability,
+) {
     // Once a commit failed the store's state on disk is unknown (a partly
     // written group, pages the kernel dropped after a failed fsync): every
     // later event is refused rather than acknowledged as durable.
@@ -154,7 +166,7 @@ fn run<S: GroupStore>(mut store: S, receiver: &mpsc::Receiver<Request>, durabili
             }
             continue;
         }
-        let events: Vec<&AuditEvent> = group.iter().map(|request| &request.event).collect();
+        let events: Vec<&S::Prepared> = group.iter().map(|request| &request.event).collect();
         let committed = store.commit(&events, durability.syncs());
         drop(events);
         match committed {
@@ -183,7 +195,7 @@ fn run<S: GroupStore>(mut store: S, receiver: &mpsc::Receiver<Request>, durabili
     }
 }
 
-fn drain(receiver: &mpsc::Receiver<Request>, group: &mut Vec<Request>) {
+fn drain<P>(receiver: &mpsc::Receiver<Request<P>>, group: &mut Vec<Request<P>>) {
     while group.len() < MAX_GROUP {
         match receiver.try_recv() {
             Ok(request) => group.push(request),

@@ -61,14 +61,6 @@ pub struct StoredEvent {
     pub event: AuditEvent,
 }
 
-/// The serialized form of a [`StoredEvent`] without cloning the event.
-#[derive(Serialize)]
-struct StoredEventRef<'a> {
-    id: u64,
-    #[serde(flatten)]
-    event: &'a AuditEvent,
-}
-
 /// A failure of a sink's storage, naming what was being done to which file.
 fn storage_error(
     backend: &'static str,

@@ -199,7 +199,7 @@ pub struct Page {
 ///   events handed over are committed; later `record`s are `Unavailable`.
 pub struct SqliteSink {
     path: PathBuf,
-    committer: Committer,
+    committer: Committer<SqliteStore>,
     reader: Arc<Mutex<Connection>>,
 }
 
@@ -488,7 +488,23 @@ fn migrate(connection: &Connection, path: &Path) -> Result<()> {
 impl GroupStore for SqliteStore {
     const BACKEND: &'static str = BACKEND;
 
-    fn commit(&mut self, events: &[&AuditEvent], _sync: bool) -> Result<u64> {
+    type Prepared = Row;
+
+    fn prepare(event: &AuditEvent) -> Result<Row> {
+        let json = serde_json::to_value(event)
+            .map_err(|e| storage_error(BACKEND, "encoding an audit event", e))?;
+        Ok(Row {
+            time_ms: sql_id(event.time.unix_millis()),
+            session: event.session.as_str().to_owned(),
+            username: event.username.clone(),
+            container: event.container.clone(),
+            kind: json["type"].as_str().unwrap_or_default().to_owned(),
+            decision: json["decision"]["decision"].as_str().map(str::to_owned),
+            event: json.to_string(),
+        })
+    }
+
+    fn commit(&mut self, rows: &[&Row], _sync: bool) -> Result<u64> {
         // How far a commit is synced is the connection's `synchronous`.
         let path = self.path.clone();
         let fail = |doing: &'static str| {
@@ -507,25 +523,21 @@ impl GroupStore for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(fail("preparing an insert into"))?;
-            for event in events {
-                let json = serde_json::to_value(event)
-                    .map_err(|e| storage_error(BACKEND, "encoding an audit event", e))?;
-                let kind = json["type"].as_str().unwrap_or_default().to_owned();
-                let decision = json["decision"]["decision"].as_str().map(str::to_owned);
-                let owner = event
+            for row in rows {
+                let owner = row
                     .container
                     .as_ref()
                     .and_then(|c| self.owner_of.as_ref().and_then(|lookup| lookup(c)));
                 insert
                     .execute(rusqlite::params![
-                        sql_id(event.time.unix_millis()),
-                        event.session.as_str(),
-                        event.username,
-                        event.container.as_ref().map(ContainerId::as_str),
+                        row.time_ms,
+                        row.session,
+                        row.username,
+                        row.container.as_ref().map(ContainerId::as_str),
                         owner,
-                        kind,
-                        decision,
-                        json.to_string(),
+                        row.kind,
+                        row.decision,
+                        row.event,
                     ])
                     .map_err(fail("inserting into"))?;
                 first.get_or_insert(transaction.last_insert_rowid());
@@ -538,4 +550,15 @@ impl GroupStore for SqliteStore {
     fn location(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// An event's columns, encoded by the recording task.
+pub(super) struct Row {
+    time_ms: i64,
+    session: String,
+    username: String,
+    container: Option<ContainerId>,
+    kind: String,
+    decision: Option<String>,
+    event: String,
 }
