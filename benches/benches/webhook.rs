@@ -152,7 +152,10 @@ async fn post(sender: &mut Sender) {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(BODY.as_bytes())))
         .unwrap();
-    sender.ready().await.expect("the server keeps the connection open");
+    sender
+        .ready()
+        .await
+        .expect("the server keeps the connection open");
     let response = sender.send_request(request).await.unwrap();
     assert!(response.status().is_success(), "{}", response.status());
     let body = response.into_body().collect().await.unwrap().to_bytes();
