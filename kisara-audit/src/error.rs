@@ -38,6 +38,64 @@ pub enum AuditError {
         /// What is wrong, naming the bad value.
         message: String,
     },
+    /// A recording's file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The first line is not an asciicast v2 header (nor the file a v1
+    /// recording).
+    #[error("not an asciicast v1 or v2 recording: {message}")]
+    CastHeader {
+        /// What is wrong, naming the bad value.
+        message: String,
+    },
+    /// A line in the middle of a recording is not a valid event.
+    #[error("line {line}: {message}")]
+    CastLine {
+        /// The line's number, from 1 (the header).
+        line: u64,
+        /// What is wrong, naming the bad value.
+        message: String,
+    },
+    /// A recording's line is longer than the reader accepts.
+    #[error(
+        "line {line} is longer than the limit of {max} bytes (CastReaderOptions::max_line_bytes)"
+    )]
+    CastLineTooLong {
+        /// The line's number, from 1.
+        line: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A recording's metadata file is unreadable.
+    #[error("{}: bad recording metadata: {message}", path.display())]
+    CastMetadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The recording store's options are out of range.
+    #[error("invalid cast store option {field}: {message}")]
+    CastOptions {
+        /// The option.
+        field: &'static str,
+        /// What is wrong, naming the bad value.
+        message: String,
+    },
+}
+
+impl AuditError {
+    /// A closure turning an I/O error on `path` into [`AuditError::Io`].
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
 }
 
 impl From<AuditError> for kisara_core::Error {
@@ -47,7 +105,23 @@ impl From<AuditError> for kisara_core::Error {
                 message: format!("reading policy file {}", path.display()),
                 source: Some(Box::new(source)),
             },
-            other => kisara_core::Error::invalid("command policy", other.to_string()),
+            AuditError::Policy { .. } | AuditError::PolicyRule { .. } => {
+                kisara_core::Error::invalid("command policy", error.to_string())
+            }
+            AuditError::Io { .. } => kisara_core::Error::Backend {
+                backend: "cast store",
+                message: error.to_string(),
+                source: Some(Box::new(error)),
+            },
+            AuditError::CastHeader { .. }
+            | AuditError::CastLine { .. }
+            | AuditError::CastLineTooLong { .. }
+            | AuditError::CastMetadata { .. } => {
+                kisara_core::Error::invalid("asciicast", error.to_string())
+            }
+            AuditError::CastOptions { .. } => {
+                kisara_core::Error::invalid("cast store options", error.to_string())
+            }
         }
     }
 }

@@ -4,12 +4,14 @@
 //! built-in backends meant for production are in [`crate::builtin`].
 
 mod audit;
+mod recording;
 mod runtime;
 mod shell;
 mod subnet;
 mod tunnel;
 
 pub use audit::MemoryAuditSink;
+pub use recording::MemoryRecordingStore;
 pub use runtime::MemoryRuntime;
 pub use subnet::MemorySubnetAllocator;
 pub use tunnel::LoopbackTunnel;

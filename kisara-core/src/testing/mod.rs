@@ -31,6 +31,7 @@ use futures::FutureExt;
 
 pub mod access;
 pub mod placement;
+pub mod recording;
 pub mod runtime;
 pub mod service;
 pub mod subnet;

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod placement;
+pub mod recording;
 pub mod runtime;
 pub mod subnet;
 pub mod tunnel;
@@ -18,6 +19,10 @@ pub use auth::{
     SessionTarget,
 };
 pub use placement::Placement;
+pub use recording::{
+    EventData, Recording, RecordingCapabilities, RecordingEvent, RecordingFilter, RecordingId,
+    RecordingInfo, RecordingRequest, RecordingStore, RecordingWriter,
+};
 pub use runtime::{
     BoxStream, ByteStream, ContainerRuntime, EventStream, ExecResult, ExecSession, ProgressStream,
     RuntimeCapabilities, bytes_stream, collect_bytes, drain_progress, exec_to_end,
