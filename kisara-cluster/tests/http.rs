@@ -579,3 +579,44 @@ async fn the_metrics_router_serves_metrics_alone_without_a_token() {
     }
     assert_eq!(scrapes.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    use kisara_cluster::link::{AgentGateway, LinkOptions};
+
+    let (server, app) = setup().await;
+    let gateway = AgentGateway::new(
+        server,
+        kisara_core::Secret::new("agent-token-0123456789abcdef"),
+        LinkOptions::default(),
+    )
+    .unwrap();
+    let routers = [
+        ("API, refused", app.clone(), "/v1/nodes"),
+        ("API, unknown route", app, "/v1/nowhere"),
+        ("metrics", metrics_router(String::new), "/metrics"),
+        (
+            "agent link, refused",
+            kisara_cluster::http::agent_link(gateway),
+            "/v1/agents/link",
+        ),
+    ];
+    for (what, router, uri) in routers {
+        let request = Request::get(uri)
+            .header("x-request-id", "req-from-caller")
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.headers()["x-request-id"],
+            "req-from-caller",
+            "{what}"
+        );
+        let response = router
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let fresh = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(fresh.len(), 16, "{what}: {fresh}");
+    }
+}

@@ -20,6 +20,7 @@ use crate::link::{AGENT_LINK_PATH, AgentGateway, websocket_config};
 pub fn agent_link(gateway: AgentGateway) -> Router {
     Router::new()
         .route(AGENT_LINK_PATH, axum::routing::get(upgrade))
+        .layer(axum::middleware::from_fn(super::request_span))
         .with_state(gateway)
 }
 

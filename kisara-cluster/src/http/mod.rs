@@ -105,10 +105,12 @@ pub fn api(server: Server, authenticator: Arc<dyn Authenticator>) -> Router {
 /// [module docs](self) for the recorder.
 pub fn metrics_router(render: impl Fn() -> String + Send + Sync + 'static) -> Router {
     let render = Arc::new(render);
-    Router::new().route(
-        "/metrics",
-        get(move || std::future::ready(prometheus_text(render()))),
-    )
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus_text(render()))),
+        )
+        .layer(axum::middleware::from_fn(request_span))
 }
 
 fn prometheus_text(text: String) -> Response {
