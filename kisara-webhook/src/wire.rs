@@ -372,28 +372,38 @@ pub struct Decoded<T> {
 /// wrong is a [`WebhookError::Decode`] naming the field's path.
 pub fn decode<T: DeserializeOwned>(message: &str, body: &[u8]) -> Result<Decoded<T>, WebhookError> {
     let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
     let mut json = serde_json::Deserializer::from_slice(body);
-    let result = {
-        let tracked = serde_path_to_error::Deserializer::new(&mut json, &mut track);
-        // `Option`s show as `?` segments, which say nothing to a reader.
-        serde_ignored::deserialize(tracked, |path| {
-            unknown.push(path.to_string().replace(".?", ""));
-        })
-    };
-    let value: T = result
-        .and_then(|value| json.end().map(|()| value))
-        .map_err(|e| WebhookError::Decode {
-            message: message.to_owned(),
-            path: track.path().to_string(),
-            reason: e.to_string(),
-        })?;
+    // `Option`s show as `?` segments, which say nothing to a reader.
+    let decoded = serde_ignored::deserialize(&mut json, |path| {
+        unknown.push(path.to_string().replace(".?", ""));
+    })
+    .and_then(|value| json.end().map(|()| value));
+    // Tracking the path costs on every field, so only a body that failed
+    // is decoded again to name where.
+    let value: T = decoded.map_err(|_| failure_path::<T>(message, body))?;
     if !unknown.is_empty() {
         metrics::counter!("kisara_webhook_unknown_fields_total", "message" => message.to_owned())
             .increment(unknown.len() as u64);
         tracing::debug!(message, fields = ?unknown, "ignored unknown webhook fields");
     }
     Ok(Decoded { value, unknown })
+}
+
+/// Why `body` is no `T`, with the path of the field where decoding failed.
+fn failure_path<T: DeserializeOwned>(message: &str, body: &[u8]) -> WebhookError {
+    let mut track = serde_path_to_error::Track::new();
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let result = T::deserialize(serde_path_to_error::Deserializer::new(
+        &mut json, &mut track,
+    ))
+    .and_then(|_| json.end());
+    WebhookError::Decode {
+        message: message.to_owned(),
+        path: track.path().to_string(),
+        reason: result
+            .err()
+            .map_or_else(|| "invalid body".to_owned(), |e| e.to_string()),
+    }
 }
 
 #[cfg(test)]
