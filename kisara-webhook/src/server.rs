@@ -384,7 +384,10 @@ fn denied_reason(err: &Error) -> String {
 /// [`ServerTls`] names a client CA), with certificates reloaded when their
 /// files change.
 pub struct WebhookServer {
-    listener: TcpListener,
+    /// Taken by [`WebhookServer::serve`] and dropped when it stops
+    /// accepting, so that the port refuses connections from then on.
+    listener: std::sync::Mutex<Option<TcpListener>>,
+    addr: SocketAddr,
     app: Router,
     tls: Option<Arc<ReloadingTls<ServerTls>>>,
 }
@@ -392,7 +395,7 @@ pub struct WebhookServer {
 impl std::fmt::Debug for WebhookServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookServer")
-            .field("listener", &self.listener)
+            .field("address", &self.addr)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -413,14 +416,20 @@ impl WebhookServer {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
-        Ok(Self { listener, app, tls })
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::unavailable(format!("no address for {addr}: {e}")))?;
+        Ok(Self {
+            listener: std::sync::Mutex::new(Some(listener)),
+            addr,
+            app,
+            tls,
+        })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.addr
     }
 
     /// The TLS configuration, to [`ReloadingTls::reload`] on SIGHUP.
@@ -428,15 +437,21 @@ impl WebhookServer {
         self.tls.clone()
     }
 
-    /// Serves until `stop` completes, then lets open requests finish.
+    /// Serves until `stop` completes, then closes the port and lets open
+    /// requests finish. A server serves once: a second call returns at
+    /// once.
     pub async fn serve(&self, stop: impl Future<Output = ()>) {
+        let Some(listener) = kisara_core::sync::lock(&self.listener).take() else {
+            tracing::warn!(address = %self.addr, "this webhook server has served already");
+            return;
+        };
         let mut connections = JoinSet::new();
         let (closing, closed) = tokio::sync::watch::channel(false);
         tokio::pin!(stop);
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut stop => break,
-                accepted = self.listener.accept() => match accepted {
+                accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         // Out of descriptors and the like: pause, not crash.
@@ -485,6 +500,7 @@ impl WebhookServer {
             // Reap finished connections so the set does not grow.
             while connections.try_join_next().is_some() {}
         }
+        drop(listener);
         let _ = closing.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while connections.join_next().await.is_some() {}

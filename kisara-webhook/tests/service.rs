@@ -42,3 +42,35 @@ async fn the_webhook_server_passes_the_service_suite() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stopped_server_refuses_connections_and_serves_once() {
+    let app = router(Arc::new(backends()), ServerOptions::default());
+    let server = Arc::new(
+        WebhookServer::bind("127.0.0.1:0".parse().unwrap(), app, None)
+            .await
+            .unwrap(),
+    );
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(async { stopped.await.unwrap_or(()) }).await }
+    });
+    tokio::net::TcpStream::connect(addr).await.unwrap();
+    stop.send(()).unwrap();
+    serving.await.unwrap();
+    let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    // A second serve has no port to serve on and returns at once.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        server.serve(std::future::pending()),
+    )
+    .await
+    .expect("a second serve returns at once");
+}
