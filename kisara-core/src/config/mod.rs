@@ -131,6 +131,10 @@ pub struct Config {
     pub relay: RelayConfig,
     /// `[containers]`: defaults and limits for every container.
     pub containers: ContainerDefaults,
+    /// `[policy]`: the command policy, kept as written. Its owner checks it:
+    /// `kisara-audit`'s `RulePolicy::from_file` reads this table from the
+    /// same file and refuses a bad rule naming it; here it only has to load.
+    pub policy: toml::Table,
 }
 
 /// How strict [`Config::validate`] is about secrets.
