@@ -240,20 +240,7 @@ impl RecordingStore for CastStore {
 
     async fn create(&self, request: RecordingRequest) -> Result<Box<dyn RecordingWriter>, Error> {
         let id = RecordingId::generate();
-        let info = RecordingInfo {
-            id: id.clone(),
-            session: request.session,
-            container: request.container,
-            username: request.username,
-            size: request.size,
-            title: request.title,
-            env: request.env,
-            started: Timestamp::now(),
-            ended: None,
-            end_reason: None,
-            size_bytes: 0,
-            truncated: false,
-        };
+        let info = RecordingInfo::starting(id.clone(), request);
         let cast_path = self.cast_path(&id);
         let file = OpenOptions::new()
             .write(true)

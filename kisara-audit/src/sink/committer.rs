@@ -7,6 +7,7 @@ use std::sync::{PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use kisara_core::sync::lock;
 use kisara_core::{AuditEvent, Error, Result};
 use tokio::sync::oneshot;
 
@@ -98,11 +99,7 @@ impl<S: GroupStore> Committer<S> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             // Joining blocks until the last group is synced.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use kisara_core::model::{ContainerId, SessionId, Timestamp};
+use kisara_core::sync::lock;
 use kisara_core::{AuditEvent, AuditSink, Error, Result};
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
@@ -250,7 +251,7 @@ impl SqliteSink {
         let reader = self.reader.clone();
         let path = self.path.clone();
         blocking(move || {
-            let connection = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let connection = lock(&reader);
             run_query(&connection, &path, &query)
         })
         .await
@@ -263,7 +264,7 @@ impl SqliteSink {
         let reader = self.reader.clone();
         let path = self.path.clone();
         blocking(move || {
-            let connection = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let connection = lock(&reader);
             run_count(&connection, &path, &query)
         })
         .await

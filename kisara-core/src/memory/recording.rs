@@ -65,20 +65,7 @@ impl RecordingStore for MemoryRecordingStore {
 
     async fn create(&self, request: RecordingRequest) -> Result<Box<dyn RecordingWriter>> {
         let id = RecordingId::generate();
-        let info = RecordingInfo {
-            id: id.clone(),
-            session: request.session,
-            container: request.container,
-            username: request.username,
-            size: request.size,
-            title: request.title,
-            env: request.env,
-            started: Timestamp::now(),
-            ended: None,
-            end_reason: None,
-            size_bytes: 0,
-            truncated: false,
-        };
+        let info = RecordingInfo::starting(id.clone(), request);
         lock(&self.recordings).push(Entry {
             info,
             events: Vec::new(),

@@ -153,6 +153,27 @@ pub struct RecordingInfo {
     pub truncated: bool,
 }
 
+impl RecordingInfo {
+    /// The metadata of a recording of `request` starting now under `id`:
+    /// what every store's [`RecordingStore::create`] begins with.
+    pub fn starting(id: RecordingId, request: RecordingRequest) -> Self {
+        Self {
+            id,
+            session: request.session,
+            container: request.container,
+            username: request.username,
+            size: request.size,
+            title: request.title,
+            env: request.env,
+            started: Timestamp::now(),
+            ended: None,
+            end_reason: None,
+            size_bytes: 0,
+            truncated: false,
+        }
+    }
+}
+
 /// Which recordings to list; every field set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
