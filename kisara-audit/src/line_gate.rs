@@ -6,8 +6,13 @@
 //! in order. [`judge_line`] is the async step between a
 //! [`GateAction::Decide`] and [`LineGate::allow`] / [`LineGate::deny`].
 
-use kisara_core::{AuditEventKind, CommandContext, CommandPolicy, PolicyDecision};
-use serde::{Deserialize, Serialize};
+pub use kisara_core::{CompletedLine, GateAction, UncertainMode};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kisara_core::{
+    AuditEventKind, CommandContext, CommandPolicy, InputGate, PolicyDecision, TerminalPolicy,
+};
 
 use crate::policy::shell::{Word, quote_command, split_list};
 
@@ -16,42 +21,6 @@ use crate::policy::shell::{Word, quote_command, split_list};
 /// kernel's cooked mode alike, and the shell prints a fresh prompt; Ctrl-U
 /// would only erase what is left of the cursor.
 pub const CLEAR_LINE: &[u8] = b"\x03";
-
-/// What to do with a line the gate could not follow exactly.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UncertainMode {
-    /// Judge and audit the line as typed, marked `uncertain`.
-    #[default]
-    Audit,
-    /// Deny it without asking the policy.
-    Deny,
-}
-
-/// A line whose Enter the gate holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompletedLine {
-    /// The line as the gate rebuilt it.
-    pub line: String,
-    /// Why the line may differ from the shell's (the first cause seen:
-    /// `cursor movement`, `history recall`, `tab completion`, ...).
-    pub uncertain: Option<&'static str>,
-    /// The gate's mode for uncertain lines.
-    pub mode: UncertainMode,
-}
-
-/// What the caller must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GateAction {
-    /// Send these bytes to the container now.
-    Forward(Vec<u8>),
-    /// A line is complete and its Enter held: judge it (see
-    /// [`judge_line`]), then call [`LineGate::allow`] or [`LineGate::deny`].
-    /// Input fed meanwhile is kept until then.
-    Decide(CompletedLine),
-    /// Write these bytes to the user's terminal (a denial's message).
-    Show(Vec<u8>),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Escape {
@@ -434,6 +403,53 @@ pub async fn judge_line(
         uncertain,
     };
     Ok((decision, event))
+}
+
+impl InputGate for LineGate {
+    fn feed(&mut self, input: &[u8]) -> Vec<GateAction> {
+        LineGate::feed(self, input)
+    }
+
+    fn allow(&mut self) -> Vec<GateAction> {
+        LineGate::allow(self)
+    }
+
+    fn deny(&mut self, reason: &str) -> Vec<GateAction> {
+        LineGate::deny(self, reason)
+    }
+}
+
+/// The [`TerminalPolicy`] made of a [`LineGate`] per terminal and any
+/// [`CommandPolicy`] judging each line through [`judge_line`]: what the
+/// session engine is given to check terminals with the same rules as
+/// one-shot execs.
+#[derive(Debug, Clone)]
+pub struct LineGatePolicy {
+    policy: Arc<dyn CommandPolicy>,
+    mode: UncertainMode,
+}
+
+impl LineGatePolicy {
+    /// Lines judged by `policy`; lines the gate cannot follow handled as
+    /// `mode` says.
+    pub fn new(policy: Arc<dyn CommandPolicy>, mode: UncertainMode) -> Self {
+        Self { policy, mode }
+    }
+}
+
+#[async_trait]
+impl TerminalPolicy for LineGatePolicy {
+    fn gate(&self) -> Box<dyn InputGate> {
+        Box::new(LineGate::new(self.mode))
+    }
+
+    async fn judge(
+        &self,
+        context: &CommandContext,
+        line: &CompletedLine,
+    ) -> kisara_core::Result<(PolicyDecision, AuditEventKind)> {
+        judge_line(&*self.policy, context, line).await
+    }
 }
 
 fn audit_words(list: &[(Vec<Word>, &'static str)]) -> Vec<String> {

@@ -2,13 +2,14 @@
 
 // Inside the crate, each layer is built on the ones before it and never on
 // a later one: request ids, the engine, the agent link on the engine, the
-// HTTP API on both.
+// session engine on the engine, the HTTP API on all of them.
 pub mod http;
 mod keyed;
 pub mod link;
 mod node_id;
 mod request_id;
 mod server;
+pub mod session;
 
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
 

@@ -22,7 +22,7 @@ use crate::WebhookError;
 
 /// The metadata key under which Kisara carries a user's team in
 /// [`kisara_core::Identity::metadata`].
-pub const TEAM_KEY: &str = "team";
+pub use kisara_core::TEAM_KEY;
 
 /// A metadata or environment entry: `{"value": "...", "sensitive": false}`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,12 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+use tokio::io::{AsyncBufRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::Result;
 use crate::model::{ExecOutput, TtySize};
 use crate::sync::lock;
+
+/// The interrupt character of a terminal.
+const CTRL_C: u8 = 0x03;
 
 /// A container's file system: files by absolute path, and directories.
 #[derive(Debug, Default)]
@@ -77,12 +80,23 @@ impl ShellIo {
         let _ = self.output.send(Ok(chunk)).await;
     }
 
+    /// One line of input. With a terminal a carriage return ends a line
+    /// too, as the kernel's `icrnl` makes Enter do on a real TTY, and
+    /// Ctrl-C discards the line typed so far, as its `isig` does.
     async fn read_line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        match self.stdin.read_line(&mut line).await {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim_end_matches(['\n', '\r']).to_owned()),
+        let mut line = Vec::new();
+        loop {
+            let mut byte = [0u8; 1];
+            match self.stdin.read(&mut byte).await {
+                Ok(0) | Err(_) if line.is_empty() => return None,
+                Ok(0) | Err(_) => break,
+                Ok(_) if byte[0] == b'\n' || (byte[0] == b'\r' && self.tty.is_some()) => break,
+                Ok(_) if byte[0] == CTRL_C && self.tty.is_some() => line.clear(),
+                Ok(_) => line.push(byte[0]),
+            }
         }
+        let line = String::from_utf8_lossy(&line);
+        Some(line.trim_end_matches('\r').to_owned())
     }
 }
 

@@ -53,6 +53,10 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The [`Identity::metadata`] key of a user's team: the owner label of the
+/// containers a player may reach.
+pub const TEAM_KEY: &str = "team";
+
 /// Who a client is, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -79,6 +83,24 @@ impl Identity {
     /// Whether it has `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// Adds `role`.
+    pub fn with_role(mut self, role: impl Into<String>) -> Self {
+        self.roles.push(role.into());
+        self
+    }
+
+    /// Sets the team ([`TEAM_KEY`] in the metadata).
+    pub fn with_team(mut self, team: impl Into<String>) -> Self {
+        self.metadata.insert(TEAM_KEY.to_owned(), team.into());
+        self
+    }
+
+    /// The team ([`TEAM_KEY`] in the metadata), if the authenticator gave
+    /// one.
+    pub fn team(&self) -> Option<&str> {
+        self.metadata.get(TEAM_KEY).map(String::as_str)
     }
 }
 

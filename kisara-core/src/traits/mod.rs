@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod gate;
 pub mod placement;
 pub mod recording;
 pub mod runtime;
@@ -16,8 +17,9 @@ pub use audit::{
 };
 pub use auth::{
     Authenticator, ConfigProvider, ConfigRequest, Credentials, Identity, SessionConfig,
-    SessionTarget,
+    SessionTarget, TEAM_KEY,
 };
+pub use gate::{CompletedLine, GateAction, InputGate, TerminalPolicy, UncertainMode};
 pub use placement::Placement;
 pub use recording::{
     EventData, Recording, RecordingCapabilities, RecordingEvent, RecordingFilter, RecordingId,
