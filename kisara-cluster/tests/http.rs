@@ -20,7 +20,9 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 const REGISTRY_IMAGE: &str = "registry.example.com:5000/ctf/pwn-2:v1";
 
 fn authenticator() -> Arc<StaticAuthenticator> {
-    Arc::new(StaticAuthenticator::new().with_token(Identity::new("platform"), TOKEN))
+    Arc::new(
+        StaticAuthenticator::new().with_token(Identity::new("platform").with_role("admin"), TOKEN),
+    )
 }
 
 async fn setup() -> (Server, Router) {

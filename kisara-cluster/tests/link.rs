@@ -696,10 +696,10 @@ async fn launch_through_the_api(server: &Server, request_id: Option<&str>) -> St
     let token = "api-token-0123456789abcdef";
     let app = kisara_cluster::http::api(
         server.clone(),
-        Arc::new(
-            kisara_core::builtin::StaticAuthenticator::new()
-                .with_token(kisara_core::Identity::new("platform"), token),
-        ),
+        Arc::new(kisara_core::builtin::StaticAuthenticator::new().with_token(
+            kisara_core::Identity::new("platform").with_role("admin"),
+            token,
+        )),
     );
     let mut request = Request::post("/v1/containers")
         .header(header::AUTHORIZATION, format!("Bearer {token}"))

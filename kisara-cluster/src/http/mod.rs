@@ -47,8 +47,11 @@
 //! [`metrics_router`] instead, on an address of its own.
 
 mod agents;
+mod terminal;
+mod upgrade;
 
 pub use agents::agent_link;
+pub use terminal::{MAX_CLIENT_FRAME, PING_EVERY, close_code};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,10 +68,11 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::session::{SessionEngine, SessionRequest, TicketBook};
 use crate::{
     ContainerQuery, NetworkRequest, PullEvent, REQUEST_ID_HEADER, RequestId, Server, drain_pull,
 };
-use kisara_core::model::{ContainerId, ExecSpec, ImageRef, LaunchRequest, NodeId, Progress};
+use kisara_core::model::{ContainerId, ImageRef, LaunchRequest, NodeId, Progress};
 use kisara_core::{Authenticator, Credentials, Error, ErrorKind, Identity};
 use tracing::Instrument;
 
@@ -91,6 +95,8 @@ struct ApiState {
     server: Server,
     authenticator: Arc<dyn Authenticator>,
     metrics: Option<RenderMetrics>,
+    sessions: SessionEngine,
+    tickets: Arc<TicketBook>,
 }
 
 /// The API as an axum router (a tower service): serve it, or `nest` it into
@@ -128,11 +134,28 @@ impl ApiBuilder {
     pub fn new(server: Server, authenticator: Arc<dyn Authenticator>) -> Self {
         Self {
             state: ApiState {
+                sessions: SessionEngine::builder(server.clone()).build(),
                 server,
                 authenticator,
                 metrics: None,
+                tickets: Arc::new(TicketBook::default()),
             },
         }
+    }
+
+    /// Execs and terminals go through `sessions` (default: an engine over
+    /// the same server with its in-memory defaults, for tests and demos; a
+    /// server gives it its policy, audit sink and recording store). The
+    /// engine must be over the same [`Server`].
+    pub fn with_sessions(mut self, sessions: SessionEngine) -> Self {
+        self.state.sessions = sessions;
+        self
+    }
+
+    /// Terminal tickets are valid for `ttl` (default 60 s).
+    pub fn with_ticket_ttl(mut self, ttl: Duration) -> Self {
+        self.state.tickets = Arc::new(TicketBook::new(ttl));
+        self
     }
 
     /// Serves `GET /metrics` with what `render` returns on each scrape: the
@@ -160,6 +183,7 @@ impl ApiBuilder {
             .route("/v1/images/pull", post(pull_image))
             // A catch-all, so that a reference's `/` may come raw or as %2F.
             .route("/v1/images/{*image}", delete(remove_image))
+            .merge(terminal::routes())
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(request_span))
@@ -298,8 +322,21 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> ApiResult<Self> {
-        let token = parts
-            .headers
+        let remote = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0);
+        Self::authenticate(state, &parts.headers, remote).await
+    }
+}
+
+impl Caller {
+    async fn authenticate(
+        state: &ApiState,
+        headers: &HeaderMap,
+        remote: Option<std::net::SocketAddr>,
+    ) -> ApiResult<Self> {
+        let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
@@ -310,10 +347,6 @@ impl FromRequestParts<ApiState> for Caller {
                     "missing bearer token: send Authorization: Bearer <token>",
                 )
             })?;
-        let remote = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0);
         let identity = state
             .authenticator
             .authenticate(
@@ -345,18 +378,24 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
                 };
                 ApiError::new(rejection.status(), ErrorKind::Invalid.code(), message)
             })?;
-        serde_json::from_slice(&body).map(Self).map_err(|error| {
-            let what = match error.classify() {
-                serde_json::error::Category::Data => "request body does not match the schema",
-                _ => "request body is not valid JSON",
-            };
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::Invalid.code(),
-                format!("{what}: {error}"),
-            )
-        })
+        decode_json(&body).map(Self)
     }
+}
+
+/// Decodes a JSON request body strictly, failures answered as an
+/// [`ApiError`].
+fn decode_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|error| {
+        let what = match error.classify() {
+            serde_json::error::Category::Data => "request body does not match the schema",
+            _ => "request body is not valid JSON",
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Invalid.code(),
+            format!("{what}: {error}"),
+        )
+    })
 }
 
 /// One path parameter, percent-decoded; failures answered as an
@@ -550,22 +589,18 @@ struct ExecResponse {
 
 async fn exec(
     State(state): State<ApiState>,
-    caller: Caller,
+    Caller(caller): Caller,
     PathParam(id): PathParam,
     JsonBody(request): JsonBody<ExecRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut spec = ExecSpec::new(request.command);
-    spec.env = request.env;
     let limit = request
         .timeout_secs
         .map_or(MAX_EXEC_TIME, |s| Duration::from_secs(s).min(MAX_EXEC_TIME));
-    tracing::info!(user = %caller.0.username, container = %id, command = ?spec.command, "exec through the API");
-    let (runtime, session) = state
-        .server
-        .exec(&ContainerId::new(id.clone()), &spec)
-        .await?;
+    tracing::info!(user = %caller.username, container = %id, "exec through the API");
+    let mut session = SessionRequest::exec(caller, ContainerId::new(id.clone()), request.command);
+    session.env = request.env;
     // Dropping the session on timeout ends the process.
-    let result = tokio::time::timeout(limit, session.collect(&*runtime, Duration::from_secs(5)))
+    let result = tokio::time::timeout(limit, state.sessions.exec(session))
         .await
         .map_err(|_| Error::Timeout {
             operation: format!("exec in container {id}"),

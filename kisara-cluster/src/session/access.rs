@@ -1,17 +1,17 @@
 //! Who may do what: the roles every route and session is checked against.
 
 use kisara_core::model::ContainerInfo;
-use kisara_core::{Error, Identity, Result};
+use kisara_core::{Error, Identity, Result, roles};
 
 /// May do everything.
-pub const ADMIN_ROLE: &str = "admin";
+pub const ADMIN_ROLE: &str = roles::ADMIN;
 /// A platform (a CTF front end, a lab portal): launches and manages
 /// containers and opens sessions on any of them.
-pub const PLATFORM_ROLE: &str = "platform";
+pub const PLATFORM_ROLE: &str = roles::PLATFORM;
 /// A player: opens sessions on the containers of its own team (the owner
 /// label equals [`Identity::team`], or the user name when it has no team),
 /// and nothing else.
-pub const PLAYER_ROLE: &str = "player";
+pub const PLAYER_ROLE: &str = roles::PLAYER;
 
 /// What a caller asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@
 //! listen = "0.0.0.0:7474"
 //! token = "a-long-random-shared-token"   # agents present it
 //! heartbeat_timeout_secs = 15            # an agent link this quiet is dead
-//! api_tokens = [{ name = "platform", token = "a-long-random-api-token" }]
+//! api_tokens = [{ name = "platform", token = "a-long-random-api-token", roles = ["platform"] }]
 //! tls_cert = "/etc/kisara/server.pem"     # TLS; both or neither
 //! tls_key = "/etc/kisara/server-key.pem"
 //! tls_client_ca = "/etc/kisara/agents-ca.pem"  # optional: mutual TLS
@@ -260,7 +260,12 @@ impl ServerConfig {
         self.api_tokens
             .iter()
             .fold(StaticAuthenticator::new(), |auth, api| {
-                auth.with_token(Identity::new(&api.name), api.token.expose())
+                let mut identity = Identity::new(&api.name);
+                identity.roles = api.roles.clone();
+                if let Some(team) = &api.team {
+                    identity = identity.with_team(team);
+                }
+                auth.with_token(identity, api.token.expose())
             })
     }
 }
@@ -274,14 +279,29 @@ pub struct ApiToken {
     pub name: String,
     /// The token.
     pub token: Secret,
+    /// What its holder may do: `admin` (everything, the default),
+    /// `platform` (launch and manage, sessions anywhere) or `player`
+    /// (sessions on its team's containers only).
+    #[serde(default = "admin_only")]
+    pub roles: Vec<String>,
+    /// The team of a `player` token: the owner label of the containers it
+    /// reaches (default: its `name`).
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+fn admin_only() -> Vec<String> {
+    vec![crate::roles::ADMIN.to_owned()]
 }
 
 impl ApiToken {
-    /// `token`, presented by `name`.
+    /// `token`, presented by `name`, an admin.
     pub fn new(name: impl Into<String>, token: impl Into<Secret>) -> Self {
         Self {
             name: name.into(),
             token: token.into(),
+            roles: admin_only(),
+            team: None,
         }
     }
 }

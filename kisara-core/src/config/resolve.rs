@@ -494,6 +494,20 @@ impl Checker {
         self.unique_names("server.api_tokens", &names);
         for (i, api) in server.api_tokens.iter().enumerate() {
             self.token(&format!("server.api_tokens[{i}].token"), &api.token, true);
+            if api.roles.is_empty() {
+                self.problem(
+                    format!("server.api_tokens[{i}].roles"),
+                    "must name at least one role: admin, platform or player",
+                );
+            }
+            for role in &api.roles {
+                if !crate::roles::ALL.contains(&role.as_str()) {
+                    self.problem(
+                        format!("server.api_tokens[{i}].roles"),
+                        format!("unknown role {role:?}: expected admin, platform or player"),
+                    );
+                }
+            }
         }
         self.cert_and_key("server", server.tls_cert.as_ref(), server.tls_key.as_ref());
         if server.tls_client_ca.is_some() && server.tls_cert.is_none() {

@@ -53,6 +53,20 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The roles Kisara's authorisation knows (see `kisara-cluster`'s session
+/// engine for what each may do).
+pub mod roles {
+    /// May do everything.
+    pub const ADMIN: &str = "admin";
+    /// A platform (a CTF front end, a lab portal): launches and manages
+    /// containers and opens sessions on any of them.
+    pub const PLATFORM: &str = "platform";
+    /// A player: opens sessions on its own team's containers only.
+    pub const PLAYER: &str = "player";
+    /// Every role, for validation.
+    pub const ALL: [&str; 3] = [ADMIN, PLATFORM, PLAYER];
+}
+
 /// The [`Identity::metadata`] key of a user's team: the owner label of the
 /// containers a player may reach.
 pub const TEAM_KEY: &str = "team";

@@ -17,7 +17,7 @@ pub use audit::{
 };
 pub use auth::{
     Authenticator, ConfigProvider, ConfigRequest, Credentials, Identity, SessionConfig,
-    SessionTarget, TEAM_KEY,
+    SessionTarget, TEAM_KEY, roles,
 };
 pub use gate::{CompletedLine, GateAction, InputGate, TerminalPolicy, UncertainMode};
 pub use placement::Placement;
