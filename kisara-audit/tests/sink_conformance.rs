@@ -165,3 +165,24 @@ async fn tee_fails_when_a_required_sink_fails_and_counts_best_effort_failures() 
     let err = Tee::new().record(&command("s", 4, 0)).await.unwrap_err();
     assert!(err.to_string().contains("no sinks"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sink_passes_the_audit_log_suite() {
+    // One directory for every case's database, removed when the test ends.
+    let root = Arc::new(tempfile::tempdir().unwrap());
+    let cases = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    kisara_core::testing::access::audit_log(|| {
+        let (root, cases) = (root.clone(), cases.clone());
+        async move {
+            let n = cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut config = SqliteConfig::new(root.path().join(format!("audit-{n}.db")));
+            config.durability = Durability::None;
+            let sink = Arc::new(SqliteSink::open(config).await.unwrap());
+            kisara_core::testing::access::AuditLogFixture {
+                sink: sink.clone(),
+                log: sink,
+            }
+        }
+    })
+    .await;
+}

@@ -146,7 +146,7 @@ async fn filled_database(dir: &std::path::Path) -> SqliteSink {
 async fn sqlite_queries_filter_and_page_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let sink = filled_database(dir.path()).await;
-    let numbers = |page: &kisara_audit::sink::Page| -> Vec<usize> {
+    let numbers = |page: &kisara_audit::sink::AuditPage| -> Vec<usize> {
         page.events.iter().map(|e| number(&e.event)).collect()
     };
 

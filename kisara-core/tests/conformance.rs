@@ -155,6 +155,18 @@ async fn memory_audit_sink_passes_the_audit_suite() {
 }
 
 #[tokio::test]
+async fn memory_audit_sink_passes_the_audit_log_suite() {
+    access::audit_log(|| async {
+        let sink = Arc::new(MemoryAuditSink::new());
+        access::AuditLogFixture {
+            sink: sink.clone(),
+            log: sink,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn prefix_policy_passes_the_policy_suite() {
     access::command_policy(|| async {
         let policy = PrefixPolicy::allow_by_default()

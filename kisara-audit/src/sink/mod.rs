@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use kisara_core::{AuditEvent, Error};
-use serde::{Deserialize, Serialize};
+use kisara_core::Error;
 
 mod committer;
 mod jsonl;
@@ -20,8 +19,9 @@ mod tee;
 mod webhook;
 
 pub use jsonl::{Clock, JsonlConfig, JsonlSink};
+pub use kisara_core::{AuditPage, AuditQuery, QueryOrder, StoredEvent};
 pub use reader::{Follow, JsonlReader, LineProblem, ReadReport};
-pub use sqlite::{AuditQuery, OwnerLookup, Page, QueryOrder, SqliteConfig, SqliteSink};
+pub use sqlite::{OwnerLookup, SqliteConfig, SqliteSink};
 pub use tee::{Tee, TeePolicy};
 pub use webhook::{WebhookConfig, WebhookSink};
 
@@ -49,16 +49,6 @@ impl Durability {
     fn syncs(self) -> bool {
         !matches!(self, Self::None)
     }
-}
-
-/// An event as a sink stored it: the [`AuditEvent`] serde form plus its `id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    /// The store's sequence number of the event.
-    pub id: u64,
-    /// The event.
-    #[serde(flatten)]
-    pub event: AuditEvent,
 }
 
 /// A failure of a sink's storage, naming what was being done to which file.

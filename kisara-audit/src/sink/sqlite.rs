@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use kisara_core::model::{ContainerId, SessionId, Timestamp};
+use kisara_core::model::ContainerId;
 use kisara_core::sync::lock;
-use kisara_core::{AuditEvent, AuditSink, Error, Result};
+use kisara_core::{
+    AuditEvent, AuditLog, AuditPage, AuditQuery, AuditSink, Error, QueryOrder, Result,
+};
 use rusqlite::{Connection, OpenFlags, ToSql, params_from_iter};
 
 use super::committer::{Committer, GroupStore};
@@ -76,114 +78,6 @@ impl SqliteConfig {
     }
 }
 
-/// Which end of the results comes first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum QueryOrder {
-    /// Highest id first.
-    #[default]
-    NewestFirst,
-    /// Lowest id first.
-    OldestFirst,
-}
-
-/// A filter over the stored events; every field set must match.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditQuery {
-    /// Events of this session.
-    pub session: Option<SessionId>,
-    /// Events of this user.
-    pub username: Option<String>,
-    /// Events in this container.
-    pub container: Option<ContainerId>,
-    /// Events in containers of this owner (see [`SqliteConfig::owner_of`]).
-    pub owner: Option<String>,
-    /// Events of this kind: the serde tag, e.g. `command`, `session_started`.
-    pub kind: Option<String>,
-    /// Command events with this decision: `allow` or `deny`.
-    pub decision: Option<String>,
-    /// Events at or after this time.
-    pub since: Option<Timestamp>,
-    /// Events before this time.
-    pub until: Option<Timestamp>,
-    /// The order of the page.
-    pub order: QueryOrder,
-    /// At most this many events per page, 1 to [`AuditQuery::MAX_LIMIT`].
-    pub limit: usize,
-    /// Continue after this id: a previous [`Page::next`].
-    pub cursor: Option<u64>,
-}
-
-impl Default for AuditQuery {
-    fn default() -> Self {
-        Self {
-            session: None,
-            username: None,
-            container: None,
-            owner: None,
-            kind: None,
-            decision: None,
-            since: None,
-            until: None,
-            order: QueryOrder::default(),
-            limit: 100,
-            cursor: None,
-        }
-    }
-}
-
-impl AuditQuery {
-    /// The largest page.
-    pub const MAX_LIMIT: usize = 10_000;
-
-    fn validate(&self) -> Result<()> {
-        if self.limit == 0 || self.limit > Self::MAX_LIMIT {
-            return Err(Error::invalid(
-                "audit query limit",
-                format!("{} is not within 1..={}", self.limit, Self::MAX_LIMIT),
-            ));
-        }
-        if let Some(decision) = &self.decision
-            && decision != "allow"
-            && decision != "deny"
-        {
-            return Err(Error::invalid(
-                "audit query decision",
-                format!("{decision:?} is neither \"allow\" nor \"deny\""),
-            ));
-        }
-        if let Some(kind) = &self.kind
-            && (kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-        {
-            return Err(Error::invalid(
-                "audit query kind",
-                format!("{kind:?} is not an event kind such as \"command\""),
-            ));
-        }
-        if let (Some(since), Some(until)) = (self.since, self.until)
-            && since > until
-        {
-            return Err(Error::invalid(
-                "audit query time range",
-                format!(
-                    "since {} ms is after until {} ms",
-                    since.unix_millis(),
-                    until.unix_millis()
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// One page of results.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    /// The events, in the query's order.
-    pub events: Vec<StoredEvent>,
-    /// The cursor of the next page, when the page was full.
-    pub next: Option<u64>,
-}
-
 /// An [`AuditSink`] keeping events in an SQLite database (WAL mode), with
 /// one indexed row per event; see the crate README for the schema.
 ///
@@ -245,7 +139,7 @@ impl SqliteSink {
     }
 
     /// One page of the events matching `query`.
-    pub async fn query(&self, query: &AuditQuery) -> Result<Page> {
+    pub async fn query(&self, query: &AuditQuery) -> Result<AuditPage> {
         query.validate()?;
         let query = query.clone();
         let reader = self.reader.clone();
@@ -296,6 +190,13 @@ impl SqliteSink {
 }
 
 #[async_trait]
+impl AuditLog for SqliteSink {
+    async fn query(&self, query: &AuditQuery) -> Result<AuditPage> {
+        SqliteSink::query(self, query).await
+    }
+}
+
+#[async_trait]
 impl AuditSink for SqliteSink {
     async fn record(&self, event: &AuditEvent) -> Result<()> {
         self.committer.record(event).await.map(drop)
@@ -322,33 +223,44 @@ fn sql_id(id: u64) -> i64 {
 fn filters(query: &AuditQuery) -> (String, Vec<Box<dyn ToSql>>) {
     let mut sql = String::from(" WHERE 1 = 1");
     let mut values: Vec<Box<dyn ToSql>> = Vec::new();
-    let mut filter = |column: &str, op: &str, value: Box<dyn ToSql>| {
+    // `condition` holds one `?`, the value's place.
+    let mut filter = |condition: &str, value: Box<dyn ToSql>| {
         values.push(value);
-        sql.push_str(&format!(" AND {column} {op} ?{}", values.len()));
+        let place = format!("?{}", values.len());
+        sql.push_str(" AND ");
+        sql.push_str(&condition.replacen('?', &place, 1));
     };
     if let Some(session) = &query.session {
-        filter("session", "=", Box::new(session.as_str().to_owned()));
+        filter("session = ?", Box::new(session.as_str().to_owned()));
     }
     if let Some(username) = &query.username {
-        filter("username", "=", Box::new(username.clone()));
+        filter("username = ?", Box::new(username.clone()));
     }
     if let Some(container) = &query.container {
-        filter("container", "=", Box::new(container.as_str().to_owned()));
+        filter("container = ?", Box::new(container.as_str().to_owned()));
     }
     if let Some(owner) = &query.owner {
-        filter("owner", "=", Box::new(owner.clone()));
+        filter("owner = ?", Box::new(owner.clone()));
     }
     if let Some(kind) = &query.kind {
-        filter("kind", "=", Box::new(kind.clone()));
+        filter("kind = ?", Box::new(kind.clone()));
     }
     if let Some(decision) = &query.decision {
-        filter("decision", "=", Box::new(decision.clone()));
+        filter("decision = ?", Box::new(decision.clone()));
+    }
+    if let Some(text) = &query.command {
+        // The command's words joined as `AuditQuery::matches` joins them.
+        filter(
+            "kind = 'command' AND instr((SELECT group_concat(value, ' ') \
+             FROM json_each(event, '$.command')), ?) > 0",
+            Box::new(text.clone()),
+        );
     }
     if let Some(since) = query.since {
-        filter("time_ms", ">=", Box::new(sql_id(since.unix_millis())));
+        filter("time_ms >= ?", Box::new(sql_id(since.unix_millis())));
     }
     if let Some(until) = query.until {
-        filter("time_ms", "<", Box::new(sql_id(until.unix_millis())));
+        filter("time_ms < ?", Box::new(sql_id(until.unix_millis())));
     }
     (sql, values)
 }
@@ -365,7 +277,7 @@ fn run_count(connection: &Connection, path: &Path, query: &AuditQuery) -> Result
     Ok(u64::try_from(count).unwrap_or_default())
 }
 
-fn run_query(connection: &Connection, path: &Path, query: &AuditQuery) -> Result<Page> {
+fn run_query(connection: &Connection, path: &Path, query: &AuditQuery) -> Result<AuditPage> {
     let (filter, mut values) = filters(query);
     let mut sql = format!("SELECT id, event FROM events{filter}");
     let (after, order) = match query.order {
@@ -403,7 +315,7 @@ fn run_query(connection: &Connection, path: &Path, query: &AuditQuery) -> Result
     let next = (events.len() == query.limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    Ok(Page { events, next })
+    Ok(AuditPage { events, next })
 }
 
 /// The writer thread's connection.

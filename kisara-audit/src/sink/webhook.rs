@@ -18,8 +18,9 @@ use kisara_core::{AuditEvent, AuditSink, Error, Result};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::sqlite::{AuditQuery, QueryOrder, SqliteConfig, SqliteSink};
+use super::sqlite::{SqliteConfig, SqliteSink};
 use super::{Durability, StoredEvent};
+use kisara_core::{AuditQuery, QueryOrder};
 
 /// Where and how a [`WebhookSink`] delivers.
 #[derive(Debug, Clone)]

@@ -10,10 +10,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{Fixture, Outcome, suite, unique_name};
+use crate::model::ContainerId;
 use crate::model::{SessionId, Timestamp};
 use crate::{
-    AuditEvent, AuditEventKind, AuditSink, Authenticator, CommandContext, CommandPolicy,
-    ConfigProvider, ConfigRequest, Credentials, ErrorKind, PolicyDecision, SessionKind,
+    AuditEvent, AuditEventKind, AuditLog, AuditQuery, AuditSink, Authenticator, CommandContext,
+    CommandPolicy, ConfigProvider, ConfigRequest, Credentials, ErrorKind, PolicyDecision,
+    QueryOrder, SessionKind,
 };
 
 /// An authenticator and credentials it accepts, with the user each proves.
@@ -248,6 +250,212 @@ pub async fn concurrent_sessions_keep_their_own_order(fx: AuditFixture) -> Outco
             .map(|e| e.kind)
             .collect();
         assert_eq!(kinds, expected);
+    }
+    Outcome::Passed
+}
+
+/// A sink and the log reading it back (often one object).
+#[derive(Clone)]
+pub struct AuditLogFixture {
+    /// Where events go.
+    pub sink: Arc<dyn AuditSink>,
+    /// Where they are read back.
+    pub log: Arc<dyn AuditLog>,
+}
+
+impl std::fmt::Debug for AuditLogFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLogFixture")
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fixture for AuditLogFixture {}
+
+suite!(audit_log, "AuditLog", AUDIT_LOG_CASES: AuditLogFixture:
+    queries_filter_and_page_without_gaps,
+    commands_are_found_by_their_text,
+    bad_queries_name_the_field,
+);
+
+/// Records `n` command events of a fresh session in `container`, the odd
+/// ones denied.
+async fn record_commands(fx: &AuditLogFixture, container: &ContainerId, n: usize) -> SessionId {
+    let session = SessionId::new(unique_name("session"));
+    for i in 0..n {
+        let mut event = command_event(&session, i);
+        event.container = Some(container.clone());
+        if i % 2 == 1 {
+            event.kind = AuditEventKind::Command {
+                command: vec!["rm".into(), format!("/tmp/{i}")],
+                decision: PolicyDecision::Deny {
+                    reason: "rule #1".into(),
+                },
+                uncertain: false,
+            };
+        }
+        fx.sink.record(&event).await.unwrap();
+    }
+    session
+}
+
+/// Filters select, pages follow each other from their cursor in both
+/// orders, and events recorded later are found from the last cursor.
+pub async fn queries_filter_and_page_without_gaps(fx: AuditLogFixture) -> Outcome {
+    let container = ContainerId::new(unique_name("container"));
+    let session = record_commands(&fx, &container, 25).await;
+    let _other = record_commands(&fx, &ContainerId::new(unique_name("container")), 5).await;
+    for order in [QueryOrder::OldestFirst, QueryOrder::NewestFirst] {
+        let mut query = AuditQuery {
+            session: Some(session.clone()),
+            order,
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = fx.log.query(&query).await.unwrap();
+            assert!(page.events.len() <= 10);
+            seen.extend(page.events.iter().map(|e| e.id));
+            match page.next {
+                Some(next) => query.cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 25, "{order:?}: {seen:?}");
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 25, "no event twice");
+        if order == QueryOrder::NewestFirst {
+            sorted.reverse();
+        }
+        assert_eq!(seen, sorted, "{order:?} holds");
+    }
+    let denied = fx
+        .log
+        .query(&AuditQuery {
+            container: Some(container.clone()),
+            decision: Some("deny".into()),
+            limit: AuditQuery::MAX_LIMIT,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(denied.events.len(), 12);
+    assert!(
+        denied
+            .events
+            .iter()
+            .all(|e| e.event.container.as_ref() == Some(&container))
+    );
+    // Following: what comes after the newest id seen.
+    let newest = fx
+        .log
+        .query(&AuditQuery {
+            session: Some(session.clone()),
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let cursor = newest.events[0].id;
+    let mut late = command_event(&session, 99);
+    late.container = Some(container.clone());
+    fx.sink.record(&late).await.unwrap();
+    let after = fx
+        .log
+        .query(&AuditQuery {
+            session: Some(session),
+            order: QueryOrder::OldestFirst,
+            cursor: Some(cursor),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.events.len(), 1);
+    assert_eq!(after.events[0].event.kind, late.kind);
+    Outcome::Passed
+}
+
+/// `command` finds command events by a part of their words.
+pub async fn commands_are_found_by_their_text(fx: AuditLogFixture) -> Outcome {
+    let container = ContainerId::new(unique_name("container"));
+    record_commands(&fx, &container, 6).await;
+    let found = |text: &str| {
+        let query = AuditQuery {
+            container: Some(container.clone()),
+            command: Some(text.to_owned()),
+            limit: AuditQuery::MAX_LIMIT,
+            ..AuditQuery::default()
+        };
+        let log = fx.log.clone();
+        async move { log.query(&query).await.unwrap().events.len() }
+    };
+    assert_eq!(found("rm /tmp/").await, 3);
+    assert_eq!(found("rm /tmp/3").await, 1);
+    assert_eq!(found("echo").await, 3);
+    assert_eq!(found("echo 4").await, 1);
+    assert_eq!(found("no such command").await, 0);
+    Outcome::Passed
+}
+
+/// Bad limits, decisions, kinds, empty texts and backwards ranges are
+/// refused by name.
+pub async fn bad_queries_name_the_field(fx: AuditLogFixture) -> Outcome {
+    let now = Timestamp::now();
+    let cases = [
+        (
+            AuditQuery {
+                limit: 0,
+                ..AuditQuery::default()
+            },
+            "limit",
+        ),
+        (
+            AuditQuery {
+                limit: AuditQuery::MAX_LIMIT + 1,
+                ..AuditQuery::default()
+            },
+            "limit",
+        ),
+        (
+            AuditQuery {
+                decision: Some("maybe".into()),
+                ..AuditQuery::default()
+            },
+            "decision",
+        ),
+        (
+            AuditQuery {
+                kind: Some("DROP TABLE".into()),
+                ..AuditQuery::default()
+            },
+            "kind",
+        ),
+        (
+            AuditQuery {
+                command: Some(String::new()),
+                ..AuditQuery::default()
+            },
+            "command",
+        ),
+        (
+            AuditQuery {
+                since: Some(now),
+                until: Some(Timestamp::from_unix_millis(
+                    now.unix_millis().saturating_sub(1000),
+                )),
+                ..AuditQuery::default()
+            },
+            "time range",
+        ),
+    ];
+    for (query, field) in cases {
+        let error = fx.log.query(&query).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Invalid, "{query:?}");
+        assert!(error.to_string().contains(field), "{error} names {field}");
     }
     Outcome::Passed
 }

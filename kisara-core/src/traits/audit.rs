@@ -110,6 +110,189 @@ pub trait AuditSink: Send + Sync + fmt::Debug {
     async fn record(&self, event: &AuditEvent) -> Result<()>;
 }
 
+/// An event as a log keeps it: the [`AuditEvent`] serde form plus its `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The log's sequence number of the event: increasing in the order
+    /// events were recorded.
+    pub id: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// Which end of the results comes first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryOrder {
+    /// Highest id first.
+    #[default]
+    NewestFirst,
+    /// Lowest id first.
+    OldestFirst,
+}
+
+/// A filter over the stored events; every field set must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Events of this session.
+    pub session: Option<SessionId>,
+    /// Events of this user.
+    pub username: Option<String>,
+    /// Events in this container.
+    pub container: Option<ContainerId>,
+    /// Events in containers of this owner, for logs that know owners.
+    pub owner: Option<String>,
+    /// Events of this kind: the serde tag, e.g. `command`, `session_started`.
+    pub kind: Option<String>,
+    /// Command events with this decision: `allow` or `deny`.
+    pub decision: Option<String>,
+    /// Command events whose words, joined by spaces, contain this text.
+    pub command: Option<String>,
+    /// Events at or after this time.
+    pub since: Option<Timestamp>,
+    /// Events before this time.
+    pub until: Option<Timestamp>,
+    /// The order of the page.
+    pub order: QueryOrder,
+    /// At most this many events per page, 1 to [`AuditQuery::MAX_LIMIT`].
+    pub limit: usize,
+    /// Continue after this id: a previous [`AuditPage::next`].
+    pub cursor: Option<u64>,
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        Self {
+            session: None,
+            username: None,
+            container: None,
+            owner: None,
+            kind: None,
+            decision: None,
+            command: None,
+            since: None,
+            until: None,
+            order: QueryOrder::default(),
+            limit: 100,
+            cursor: None,
+        }
+    }
+}
+
+impl AuditQuery {
+    /// The largest page.
+    pub const MAX_LIMIT: usize = 10_000;
+
+    /// Checks the query, naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.limit == 0 || self.limit > Self::MAX_LIMIT {
+            return Err(crate::Error::invalid(
+                "audit query limit",
+                format!("{} is not within 1..={}", self.limit, Self::MAX_LIMIT),
+            ));
+        }
+        if let Some(decision) = &self.decision
+            && decision != "allow"
+            && decision != "deny"
+        {
+            return Err(crate::Error::invalid(
+                "audit query decision",
+                format!("{decision:?} is neither \"allow\" nor \"deny\""),
+            ));
+        }
+        if let Some(kind) = &self.kind
+            && (kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        {
+            return Err(crate::Error::invalid(
+                "audit query kind",
+                format!("{kind:?} is not an event kind such as \"command\""),
+            ));
+        }
+        if self.command.as_ref().is_some_and(String::is_empty) {
+            return Err(crate::Error::invalid(
+                "audit query command",
+                "the text to search commands for is empty",
+            ));
+        }
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && since > until
+        {
+            return Err(crate::Error::invalid(
+                "audit query time range",
+                format!(
+                    "since {} ms is after until {} ms",
+                    since.unix_millis(),
+                    until.unix_millis()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `event` passes the filters other than `owner` (order,
+    /// limit and cursor aside): the reference for every log.
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        let (kind, decision, command) = match &event.kind {
+            AuditEventKind::SessionStarted { .. } => ("session_started", None, None),
+            AuditEventKind::Command {
+                command, decision, ..
+            } => (
+                "command",
+                Some(if decision.is_allowed() {
+                    "allow"
+                } else {
+                    "deny"
+                }),
+                Some(command.join(" ")),
+            ),
+            AuditEventKind::Resize { .. } => ("resize", None, None),
+            AuditEventKind::SessionEnded { .. } => ("session_ended", None, None),
+        };
+        self.session.as_ref().is_none_or(|s| *s == event.session)
+            && self.username.as_ref().is_none_or(|u| *u == event.username)
+            && self
+                .container
+                .as_ref()
+                .is_none_or(|c| event.container.as_ref() == Some(c))
+            && self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.decision.as_deref().is_none_or(|d| Some(d) == decision)
+            && self
+                .command
+                .as_deref()
+                .is_none_or(|text| command.is_some_and(|words| words.contains(text)))
+            && self.since.is_none_or(|since| event.time >= since)
+            && self.until.is_none_or(|until| event.time < until)
+    }
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The events, in the query's order.
+    pub events: Vec<StoredEvent>,
+    /// The cursor of the next page, when the page was full.
+    pub next: Option<u64>,
+}
+
+/// Reads back what an [`AuditSink`] kept.
+///
+/// # Contract
+///
+/// - `query` returns the events matching every filter set, in the order
+///   asked, at most `limit`; `next` is the last event's id when the page is
+///   full, and continuing from it neither repeats nor skips an event.
+/// - Ids increase in the order events were recorded; an event recorded
+///   after a query is found by querying again from its `next`.
+/// - A bad query is [`crate::Error::Invalid`] naming the field
+///   ([`AuditQuery::validate`]); a filter the log cannot apply (`owner`
+///   without owner data) is [`crate::Error::NotSupported`], never ignored.
+#[async_trait]
+pub trait AuditLog: Send + Sync + fmt::Debug {
+    /// One page of the events matching `query`.
+    async fn query(&self, query: &AuditQuery) -> Result<AuditPage>;
+}
+
 /// The context a command is judged in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandContext {

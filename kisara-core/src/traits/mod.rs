@@ -12,8 +12,8 @@ pub mod subnet;
 pub mod tunnel;
 
 pub use audit::{
-    AuditEvent, AuditEventKind, AuditSink, CommandContext, CommandPolicy, PolicyDecision,
-    SessionKind,
+    AuditEvent, AuditEventKind, AuditLog, AuditPage, AuditQuery, AuditSink, CommandContext,
+    CommandPolicy, PolicyDecision, QueryOrder, SessionKind, StoredEvent,
 };
 pub use auth::{
     Authenticator, ConfigProvider, ConfigRequest, Credentials, Identity, SessionConfig,
