@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// A free port on 127.0.0.1 (bound, then released for a child to take).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,7 +23,7 @@ pub fn free_port() -> u16 {
 
 /// An example binary reading `config`, logging at info (debug for
 /// kisara_core) so failures can be explained.
-pub fn kisara(binary: &str, config: &Path) -> Command {
+pub(crate) fn kisara(binary: &str, config: &Path) -> Command {
     let mut command = Command::new(binary);
     command
         .arg(config)
@@ -33,15 +33,15 @@ pub fn kisara(binary: &str, config: &Path) -> Command {
 
 /// One child process, killed when dropped; its stderr is kept in a log
 /// file for failure messages.
-pub struct Process {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
+pub(crate) struct Process {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
 }
 
 impl Process {
     /// Starts `command` as `name`, its stderr appended to `<dir>/<name>.log`.
-    pub fn start(dir: &Path, name: &str, mut command: Command) -> Self {
+    pub(crate) fn start(dir: &Path, name: &str, mut command: Command) -> Self {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -62,17 +62,17 @@ impl Process {
     }
 
     /// SIGKILL, as a crash would.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.child.kill().await.unwrap();
     }
 
     /// Everything it logged so far.
-    pub fn logged(&self) -> String {
+    pub(crate) fn logged(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Its last 30 log lines, headed by its name.
-    pub fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let log = self.logged();
         let lines: Vec<&str> = log.lines().collect();
         let start = lines.len().saturating_sub(30);
@@ -81,13 +81,13 @@ impl Process {
 }
 
 /// A raw HTTP/1.1 exchange with `address` (the answer is read to the end).
-pub async fn http(address: &str, request: &str) -> std::io::Result<(u16, String)> {
+pub(crate) async fn http(address: &str, request: &str) -> std::io::Result<(u16, String)> {
     exchange(TcpStream::connect(address).await?, request).await
 }
 
 /// A raw HTTP/1.1 exchange over `stream` (plain or TLS), the answer read to
 /// the end: its status and body.
-pub async fn exchange(
+pub(crate) async fn exchange(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     request: &str,
 ) -> std::io::Result<(u16, String)> {
