@@ -64,13 +64,11 @@ impl LogOptions {
             // Colours only for a person at a terminal: logs piped to a
             // file, a journal or CI stay plain text.
             LogFormat::Text => builder
-                .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                )
                 .init(),
-            LogFormat::Json => builder
-                .with_ansi(false)
-                .json()
-                .flatten_event(true)
-                .init(),
+            LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).init(),
         }
     }
 }

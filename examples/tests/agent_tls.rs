@@ -196,7 +196,12 @@ pools = ["10.[210-211].[0-255].0/24"]
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    for needle in ["no usable root", "SSL_CERT_FILE", "empty-bundle.pem", "CA file"] {
+    for needle in [
+        "no usable root",
+        "SSL_CERT_FILE",
+        "empty-bundle.pem",
+        "CA file",
+    ] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
 }

@@ -41,7 +41,10 @@ fn help_and_version_name_the_binary() {
         let help = run(name, &["--help"]);
         let stdout = text(&help.stdout);
         assert_eq!(help.status.code(), Some(0), "{name} --help: {stdout}");
-        assert!(stdout.contains(&format!("Usage: {name} ")), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("Usage: {name} ")),
+            "{name}: {stdout}"
+        );
         assert!(stdout.contains("--log-format"), "{name}: {stdout}");
 
         let version = run(name, &["--version"]);
@@ -98,7 +101,10 @@ fn piped_logs_are_plain_text() {
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(missing), "{name}: {stderr}");
-        assert!(!stderr.contains('\u{1b}'), "{name}: ANSI escapes in {stderr:?}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{name}: ANSI escapes in {stderr:?}"
+        );
     }
 }
 
@@ -122,7 +128,9 @@ fn log_format_json_gives_json_lines() {
             .find(|record| record["level"] == "ERROR")
             .unwrap_or_else(|| panic!("{name}: no ERROR record in {stderr}"));
         assert!(
-            error["message"].as_str().is_some_and(|m| m.contains(missing)),
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(missing)),
             "{name}: {error}"
         );
         assert!(error["timestamp"].is_string(), "{name}: {error}");

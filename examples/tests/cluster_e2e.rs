@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Process, free_port, http, kisara};
+use common::{Process, free_port, http, kisara, remove_node_leftovers};
 use kisara_core::model::LabelFilter;
 use kisara_core::{ContainerRuntime, model::labels};
 use serde_json::{Value, json};
@@ -37,20 +37,7 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.processes.clear();
         for node in &self.nodes {
-            let label = format!("label={}={node}", labels::NODE);
-            let docker = |args: &[&str]| {
-                std::process::Command::new("docker")
-                    .args(args)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            };
-            for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
-                docker(&["rm", "-f", id]);
-            }
-            for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
-                docker(&["network", "rm", id]);
-            }
+            remove_node_leftovers(node);
         }
     }
 }

@@ -80,7 +80,10 @@ fn help_names_the_default_file_and_exit_codes() {
         .expect("run config-check");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("Usage: config-check [OPTIONS] [CONFIG]"), "{text}");
+    assert!(
+        text.contains("Usage: config-check [OPTIONS] [CONFIG]"),
+        "{text}"
+    );
     assert!(
         text.contains("conf/kisara.toml") && text.contains("Exit status"),
         "{text}"

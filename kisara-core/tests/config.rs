@@ -432,7 +432,9 @@ tls = true
         let config = Config::from_toml_str(text, "kisara.toml").unwrap();
         let found = problem_lines(&config, Role::Agent);
         assert!(
-            !found.iter().any(|line| line.contains("server_ca") || line.contains("relays[0]")),
+            !found
+                .iter()
+                .any(|line| line.contains("server_ca") || line.contains("relays[0]")),
             "{found:#?}"
         );
         let relay = &config.agent.relays[0];

@@ -113,7 +113,10 @@ fn system_roots(found: rustls_native_certs::CertificateResult) -> Result<RootCer
         tracing::warn!(%problem, "a system trust root could not be loaded");
     }
     if ignored > 0 {
-        tracing::warn!(ignored, "system trust roots that are no valid trust anchor were skipped");
+        tracing::warn!(
+            ignored,
+            "system trust roots that are no valid trust anchor were skipped"
+        );
     }
     Ok(roots)
 }
@@ -448,7 +451,10 @@ mod tests {
     fn system_roots_are_the_usable_certificates_found() {
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let mut found = rustls_native_certs::CertificateResult::default();
-        found.certs = vec![ca.cert.der().clone(), CertificateDer::from(vec![0x30, 0x00])];
+        found.certs = vec![
+            ca.cert.der().clone(),
+            CertificateDer::from(vec![0x30, 0x00]),
+        ];
         let roots = system_roots(found).unwrap();
         assert_eq!(roots.len(), 1, "the malformed one is skipped");
     }

@@ -79,14 +79,20 @@ async fn run(file: &ConfigFile) -> Result<(), Failure> {
         config: file.path.display().to_string(),
         node: node.to_string(),
         api: config.server.listen.to_string(),
-        token: config.server.api_tokens.first().map(|t| t.token.expose().to_owned()),
+        token: config
+            .server
+            .api_tokens
+            .first()
+            .map(|t| t.token.expose().to_owned()),
         relay: relay.local_addr().to_string(),
         image: image.to_string(),
         demo,
     };
     tracing::info!(%node, "dev deployment up; how to use it is printed on stdout");
     // Ignored: a closed stdout (`dev | head`) must not stop the deployment.
-    let _ = std::io::stdout().lock().write_all(banner.to_string().as_bytes());
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(banner.to_string().as_bytes());
     serve_http(&config.server, router).await?;
     relay.stop().await;
     Ok(())
@@ -160,18 +166,32 @@ impl std::fmt::Display for Banner {
             demo,
             ..
         } = self;
-        let token = self.token.as_deref().unwrap_or("<a token from [server] api_tokens>");
+        let token = self
+            .token
+            .as_deref()
+            .unwrap_or("<a token from [server] api_tokens>");
         let public = format!("{}:{}", demo.public.host, demo.public.port);
-        let auth = format!("-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json'");
+        let auth =
+            format!("-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json'");
         writeln!(f, "Kisara dev deployment up ({config}, node {node})")?;
         writeln!(f, "API:        http://{api}")?;
         writeln!(f, "API token:  {token}  (send it as Authorization: Bearer)")?;
         writeln!(f, "OpenAPI:    curl {auth} http://{api}/v1/openapi.json")?;
         writeln!(f, "Relay:      {relay}")?;
-        writeln!(f, "Demo:       {DEMO} serves HTTP at http://{public}/hostname (through the relay)")?;
-        writeln!(f, "Demo inside: {} ({}, container side)", demo.target, demo.protocol)?;
+        writeln!(
+            f,
+            "Demo:       {DEMO} serves HTTP at http://{public}/hostname (through the relay)"
+        )?;
+        writeln!(
+            f,
+            "Demo inside: {} ({}, container side)",
+            demo.target, demo.protocol
+        )?;
         writeln!(f, "Launch your own:")?;
-        writeln!(f, "  curl {auth} -d '{{\"name\": \"team-1\"}}' http://{api}/v1/networks")?;
+        writeln!(
+            f,
+            "  curl {auth} -d '{{\"name\": \"team-1\"}}' http://{api}/v1/networks"
+        )?;
         writeln!(
             f,
             "  curl {auth} -d '{{\"container\": {{\"image\": \"{image}\", \"owner\": \"team-1\", \

@@ -80,6 +80,25 @@ impl Process {
     }
 }
 
+/// Removes every container and network node `node` left on the local
+/// engine (by its label), so a failed run leaks nothing.
+pub(crate) fn remove_node_leftovers(node: &str) {
+    let label = format!("label={}={node}", kisara_core::model::labels::NODE);
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+        docker(&["rm", "-f", id]);
+    }
+    for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
+        docker(&["network", "rm", id]);
+    }
+}
+
 /// A raw HTTP/1.1 exchange with `address` (the answer is read to the end).
 pub(crate) async fn http(address: &str, request: &str) -> std::io::Result<(u16, String)> {
     exchange(TcpStream::connect(address).await?, request).await
