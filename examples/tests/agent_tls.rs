@@ -1,9 +1,9 @@
 //! A `wss://` agent (the `agent` binary) trusts the system's roots, as
-//! `SSL_CERT_FILE` names them, when no `server_ca` is configured; a
-//! configured `server_ca` is a pin that replaces them; an agent with
-//! neither refuses to start, saying how to fix it. The server is the
-//! `server` binary serving TLS with a certificate signed by a test CA made
-//! here.
+//! `SSL_CERT_FILE` names them, when no `server_ca` is configured, for the
+//! server and for a relay with `tls = true`; a configured `server_ca` is a
+//! pin that replaces them; an agent with neither refuses to start, saying
+//! how to fix it. The server and the relay are the `server` and `relay`
+//! binaries serving TLS with a certificate signed by a test CA made here.
 
 mod common;
 
@@ -19,6 +19,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 const API_TOKEN: &str = "tls-api-token-0123456789abcdef";
 const AGENT_TOKEN: &str = "tls-agent-token-0123456789abcdef";
+const RELAY_TOKEN: &str = "tls-relay-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A test certificate authority.
@@ -96,8 +97,10 @@ async fn a_wss_agent_trusts_the_system_roots_unless_a_ca_is_pinned() {
     let ca_bundle = write(dir, "system-bundle.pem", &ca.pem);
     let other_bundle = write(dir, "other-bundle.pem", &other.pem);
     let empty_bundle = write(dir, "empty-bundle.pem", "");
-    let port = free_port();
+    let (port, relay_port) = (free_port(), free_port());
     let api = format!("127.0.0.1:{port}");
+    let relay = format!("127.0.0.1:{relay_port}");
+    let first = 31000 + (kisara_core::testing::random_u64() % 100) as u16 * 100;
     let server_toml = format!(
         r#"
 [server]
@@ -109,24 +112,39 @@ tls_key = "{key}"
 
 [network]
 pools = ["10.[210-211].[0-255].0/24"]
+
+[relay]
+listen = "{relay}"
+public_host = "127.0.0.1"
+port_range = "{first}-{last}"
+token = "{RELAY_TOKEN}"
+tls_cert = "{cert}"
+tls_key = "{key}"
 "#,
+        last = first + 99,
         cert = write(dir, "server.pem", &cert).display(),
         key = write(dir, "server-key.pem", &key).display(),
     );
     let server_config = write(dir, "server.toml", &server_toml);
     // Fresh node ids: nothing from an earlier run is adopted.
     let run = kisara_core::testing::random_u64() % 1_000_000;
-    let agent = |name: &str, bundle: &Path, server_ca: Option<&Path>| {
+    let agent = |name: &str, bundle: &Path, server_ca: Option<&Path>, with_relay: bool| {
         let node = format!("tls-{run}-{name}");
-        let pin = server_ca
+        let mut extra = server_ca
             .map(|ca| format!("server_ca = \"{}\"\n", ca.display()))
             .unwrap_or_default();
+        if with_relay {
+            extra += &format!(
+                "relays = [{{ name = \"relay-1\", address = \"{relay}\", \
+                 token = \"{RELAY_TOKEN}\", tls = true }}]\n"
+            );
+        }
         let config = write(
             dir,
             &format!("{name}.toml"),
             &format!(
                 "[agent]\nserver_url = \"wss://{api}\"\ntoken = \"{AGENT_TOKEN}\"\n\
-                 state_dir = \"{state}\"\nnode_id = \"{node}\"\n{pin}",
+                 state_dir = \"{state}\"\nnode_id = \"{node}\"\n{extra}",
                 state = dir.join(name).display(),
             ),
         );
@@ -147,12 +165,21 @@ pools = ["10.[210-211].[0-255].0/24"]
             kisara(env!("CARGO_BIN_EXE_server"), &server_config),
         ),
     );
-    let (trusting, command) = agent("trusting", &ca_bundle, None);
+    processes.insert(
+        "relay",
+        Process::start(
+            dir,
+            "relay",
+            kisara(env!("CARGO_BIN_EXE_relay"), &server_config),
+        ),
+    );
+    // Linked to the relay over TLS too: it starts only with a relay linked.
+    let (trusting, command) = agent("trusting", &ca_bundle, None, true);
     processes.insert("trusting", Process::start(dir, "trusting", command));
-    let (untrusting, command) = agent("untrusting", &other_bundle, None);
+    let (untrusting, command) = agent("untrusting", &other_bundle, None, false);
     processes.insert("untrusting", Process::start(dir, "untrusting", command));
     // The right CA in the system bundle, but a pin on another one.
-    let (pinned, command) = agent("pinned", &ca_bundle, Some(&other_bundle));
+    let (pinned, command) = agent("pinned", &ca_bundle, Some(&other_bundle), false);
     processes.insert("pinned", Process::start(dir, "pinned", command));
     let logs = |processes: &BTreeMap<&str, Process>| {
         processes
@@ -189,7 +216,7 @@ pools = ["10.[210-211].[0-255].0/24"]
     }
 
     // No roots at all and no pin: the agent stops at once, saying why.
-    let (_, mut command) = agent("rootless", &empty_bundle, None);
+    let (_, mut command) = agent("rootless", &empty_bundle, None, false);
     let output = tokio::time::timeout(WAIT, command.output())
         .await
         .expect("the rootless agent exits")
