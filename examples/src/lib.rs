@@ -25,35 +25,89 @@ use kisara_tunnel::{ClientTls, RelayTls, TunnelClient, rustls};
 /// What a binary reports when it cannot go on.
 pub type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// Logs to stderr; `KISARA_LOG` sets the filter (default `default_filter`).
-pub fn init_logging(default_filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KISARA_LOG")
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: logs piped to a file, a
-        // journal or CI stay plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+/// How a binary logs to stderr: the option every binary shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogOptions {
+    /// The log format on stderr; KISARA_LOG sets the filter (e.g. `debug`,
+    /// `info,kisara_cluster=debug`).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "KISARA_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: LogFormat,
 }
 
-/// The config file named by the first argument (default
-/// `conf/kisara.toml`), with `KISARA_*` overrides, checked for `role`.
-///
-/// # Errors
-///
-/// Every problem at once, prefixed with the file.
-pub fn load_config(role: Role) -> Result<(PathBuf, ResolvedConfig), Failure> {
-    let path: PathBuf = std::env::args_os()
-        .nth(1)
-        .unwrap_or_else(|| "conf/kisara.toml".into())
-        .into();
-    let config = Config::load_with_process_env(&path)
-        .and_then(|config| config.resolve_for(role))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((path, config))
+/// The formats [`LogOptions`] offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people, coloured only at a terminal without NO_COLOR.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl LogOptions {
+    /// Logs to stderr in the chosen format; `KISARA_LOG` sets the filter
+    /// (default `default_filter`).
+    pub fn init(&self, default_filter: &str) {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KISARA_LOG")
+                    .unwrap_or_else(|_| default_filter.into()),
+            )
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            // Colours only for a person at a terminal: logs piped to a
+            // file, a journal or CI stay plain text.
+            LogFormat::Text => builder
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                )
+                .init(),
+            LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).init(),
+        }
+    }
+}
+
+/// The config file a Kisara program reads: the positional argument of the
+/// server, agent, relay, dev and config-check binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigFile {
+    /// The Kisara config file (TOML; the Go original's kisara-conf.toml
+    /// loads too); KISARA_<SECTION>__<KEY> environment variables override
+    /// its values.
+    #[arg(value_name = "CONFIG", default_value = "conf/kisara.toml")]
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    /// The file with `KISARA_*` overrides, checked for `role`.
+    ///
+    /// # Errors
+    ///
+    /// Every problem at once, prefixed with the file.
+    pub fn load(&self, role: Role) -> Result<ResolvedConfig, Failure> {
+        Config::load_with_process_env(&self.path)
+            .and_then(|config| config.resolve_for(role))
+            .map_err(|e| format!("{}: {e}", self.path.display()).into())
+    }
+}
+
+/// The command line of the server, agent, relay and dev binaries: a config
+/// file and the log options. Each binary flattens it into its own parser,
+/// which carries its name, version and description.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// The config file.
+    #[command(flatten)]
+    pub config: ConfigFile,
+    /// How it logs.
+    #[command(flatten)]
+    pub log: LogOptions,
 }
 
 /// The subnet pool from `[network] pools`, logging what its patterns warn
@@ -71,10 +125,12 @@ pub fn subnet_allocator(network: &NetworkConfig) -> Result<Arc<dyn SubnetAllocat
 }
 
 /// A relay client for `node` linked to `relays`, or `None` without relays.
+/// A relay with TLS is verified against its pinned `tls_ca`, else the
+/// system's roots.
 ///
 /// # Errors
 ///
-/// An unreadable CA file, or no relay reachable.
+/// An unreadable CA file, no usable system root, or no relay reachable.
 pub async fn relay_client(
     node: &NodeId,
     relays: &[AgentRelay],
@@ -84,21 +140,16 @@ pub async fn relay_client(
     }
     let mut builder = TunnelClient::builder(node.as_str());
     for relay in relays {
-        builder = match &relay.tls_ca {
-            Some(ca) => {
-                let server_name = relay.tls_server_name().unwrap_or("localhost");
-                let tls = client_tls(ca, server_name)?;
+        builder = match relay.tls_server_name() {
+            Some(server_name) => {
+                let config = client_config(relay.tls_ca.as_deref(), None)?;
+                let tls = ClientTls::new(config, server_name)?;
                 builder.relay_with_tls(&relay.name, &relay.address, relay.token.clone(), tls)
             }
             None => builder.relay(&relay.name, &relay.address, relay.token.clone()),
         };
     }
     Ok(Some(Arc::new(builder.connect().await?)))
-}
-
-/// TLS to a relay whose certificate a CA in the PEM file `ca` signed.
-fn client_tls(ca: &Path, server_name: &str) -> Result<ClientTls, Failure> {
-    Ok(ClientTls::new(client_config(ca, None)?, server_name)?)
 }
 
 /// The relay's TLS from `[relay] tls_cert` / `tls_key` (PEM files).
@@ -110,19 +161,24 @@ pub fn relay_tls(cert: &Path, key: &Path) -> Result<RelayTls, Failure> {
     Ok(RelayTls::new(server_config(cert, key, None)?))
 }
 
-/// The agent's TLS for a `wss://` server (`[agent] server_ca`, and
-/// `tls_cert` / `tls_key` for mutual TLS), or `None` without a CA.
+/// The agent's TLS for a `wss://` server, or `None` for `ws://`: the
+/// server verified against the pinned `[agent] server_ca`, else the
+/// system's roots; `tls_cert` / `tls_key` answer a server demanding a
+/// client certificate (mutual TLS).
 ///
 /// # Errors
 ///
-/// An unreadable or malformed file.
+/// An unreadable or malformed file, or no `server_ca` and no usable system
+/// root.
 pub fn agent_tls(agent: &AgentConfig) -> Result<Option<Arc<rustls::ClientConfig>>, Failure> {
-    agent
-        .server_ca
-        .as_deref()
-        .map(|ca| client_config(ca, agent.client_cert()))
-        .transpose()
-        .map_err(Into::into)
+    // The resolved config's server_url is ws:// or wss://.
+    if !agent.server_url.starts_with("wss://") {
+        return Ok(None);
+    }
+    Ok(Some(client_config(
+        agent.server_ca.as_deref(),
+        agent.client_cert(),
+    )?))
 }
 
 /// The HTTP API (bearer tokens from `[server] api_tokens`, Prometheus

@@ -6,75 +6,20 @@
 //! SIGKILL and restarted, then the server is; after each, everything is
 //! still there and reachable. Teardown leaves nothing behind.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{Process, free_port, http, kisara, remove_node_leftovers};
 use kisara_core::model::LabelFilter;
 use kisara_core::{ContainerRuntime, model::labels};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 const API_TOKEN: &str = "e2e-api-token-0123456789abcdef";
 const AGENT_TOKEN: &str = "e2e-agent-token-0123456789abcdef";
 const RELAY_TOKEN: &str = "e2e-relay-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A free port on 127.0.0.1 (bound, then released for a child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One child process of the rig, killed when dropped; its log is kept for
-/// failure messages.
-struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(dir: &Path, name: &str, binary: &str, config: &Path) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(binary)
-            .arg(config)
-            .env("KISARA_LOG", "info,kisara_core=debug")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({binary}): {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    /// SIGKILL, as a crash would.
-    async fn kill(&mut self) {
-        self.child.kill().await.unwrap();
-    }
-
-    fn tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(30);
-        format!("--- {} ---\n{}", self.name, lines[start..].join("\n"))
-    }
-}
 
 /// The rig: config files and processes. Dropping it kills the processes
 /// and removes whatever its nodes left on the engine, so a failed run
@@ -92,20 +37,7 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.processes.clear();
         for node in &self.nodes {
-            let label = format!("label={}={node}", labels::NODE);
-            let docker = |args: &[&str]| {
-                std::process::Command::new("docker")
-                    .args(args)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            };
-            for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
-                docker(&["rm", "-f", id]);
-            }
-            for id in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
-                docker(&["network", "rm", id]);
-            }
+            remove_node_leftovers(node);
         }
     }
 }
@@ -176,7 +108,7 @@ relays = [{{ name = "relay-1", address = "127.0.0.1:{relay}", token = "{RELAY_TO
             }
         };
         let config = self.dir.path().join(config);
-        let process = Process::start(self.dir.path(), name, binary, &config);
+        let process = Process::start(self.dir.path(), name, kisara(binary, &config));
         self.processes.insert(name.to_owned(), process);
     }
 
@@ -244,26 +176,6 @@ relays = [{{ name = "relay-1", address = "127.0.0.1:{relay}", token = "{RELAY_TO
         online.sort();
         online
     }
-}
-
-/// A raw HTTP/1.1 exchange (the answer is read to the end).
-async fn http(address: &str, request: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(address).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-        .await
-        .map_err(|_| std::io::Error::other("no answer within 30 s"))??;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {answer:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((status, body.to_owned()))
 }
 
 /// `GET /metrics` at `address`, with a bearer token when one is given.

@@ -59,7 +59,11 @@ fn check_accepts_the_sample_and_names_what_is_wrong_in_a_bad_file() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--listen \"nowhere\""));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("'nowhere'") && stderr.contains("--listen"),
+        "{stderr}"
+    );
 }
 
 fn password(username: &str, password: &str) -> Credentials {

@@ -393,26 +393,53 @@ mod config {
             "server.api_tokens[2].token: is 5 bytes, shorter than 16",
             "agent.relays[0].address: \"relay.example.com\" must be host:port",
             "agent.relays[0].token: must not be empty",
-            "agent.relays[0].server_name: needs agent.relays[0].tls_ca",
+            "agent.relays[0].server_name: needs agent.relays[0].tls = true",
             "agent.relays[1].name: \"relay-1\" is also the name of agent.relays[0]",
             "relay.tls_key: must be set when relay.tls_cert is",
             "server.tls_cert: must be set when server.tls_key is",
             "server.tls_client_ca: needs server.tls_cert and server.tls_key",
             "agent.tls_key: must be set when agent.tls_cert is",
-            "agent.server_ca: must name the CA of the server's certificate",
         ] {
             assert!(
                 found.iter().any(|line| line.starts_with(expected)),
                 "{expected:?} missing from {found:#?}"
             );
         }
-        assert_eq!(found.len(), 13, "{found:#?}");
+        assert_eq!(found.len(), 12, "{found:#?}");
         assert!(
             !format!("{found:?}").contains("0123456789abcdef"),
             "no secret printed"
         );
         // An IPv6 relay verifies under its address without brackets.
         assert_eq!(config.agent.relays[1].tls_server_name(), Some("::1"));
+    }
+
+    #[test]
+    fn tls_without_a_ca_trusts_the_system_roots() {
+        // A wss:// server and a TLS relay need no CA file: unset, the
+        // system's roots verify them; a CA file is only a pin.
+        let text = r#"
+[agent]
+server_url = "wss://kisara.example.com:7474"
+token = "0123456789abcdef-server"
+
+[[agent.relays]]
+name = "relay-1"
+address = "relay.example.com:7000"
+token = "0123456789abcdef-relay"
+tls = true
+"#;
+        let config = Config::from_toml_str(text, "kisara.toml").unwrap();
+        let found = problem_lines(&config, Role::Agent);
+        assert!(
+            !found
+                .iter()
+                .any(|line| line.contains("server_ca") || line.contains("relays[0]")),
+            "{found:#?}"
+        );
+        let relay = &config.agent.relays[0];
+        assert!(relay.uses_tls() && relay.tls_ca.is_none());
+        assert_eq!(relay.tls_server_name(), Some("relay.example.com"));
     }
 
     #[test]

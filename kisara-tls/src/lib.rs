@@ -59,6 +59,68 @@ pub fn pem_roots(path: &Path) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
+/// The roots a client verifies servers against: only the CAs in `pin` when
+/// it is given, else the system's trust store, as `rustls-native-certs`
+/// finds it (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the
+/// platform's bundle).
+///
+/// There is deliberately no fallback to a bundled root list: a client
+/// trusts what the host's operator manages (a CA added to or removed from
+/// the system store counts), and a host without a store is a setup error
+/// to report, not to paper over with a different set of roots.
+///
+/// # Errors
+///
+/// A pin that cannot be read or holds no valid CA (named), or no usable
+/// system root, saying where the roots were looked for and how to fix it.
+pub fn trust_roots(pin: Option<&Path>) -> Result<Arc<RootCertStore>> {
+    match pin {
+        Some(ca) => pem_roots(ca),
+        None => system_roots(rustls_native_certs::load_native_certs()).map(Arc::new),
+    }
+}
+
+/// The usable roots among what the system store gave. Unreadable entries
+/// beside usable ones are logged, not fatal: one broken file in a
+/// certificate directory should not stop every client.
+fn system_roots(found: rustls_native_certs::CertificateResult) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    let problems: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    if added == 0 {
+        let looked_in = match (
+            std::env::var_os("SSL_CERT_FILE"),
+            std::env::var_os("SSL_CERT_DIR"),
+        ) {
+            (None, None) => "the system's certificate store".to_owned(),
+            (file, dir) => format!(
+                "SSL_CERT_FILE={} SSL_CERT_DIR={}",
+                file.unwrap_or_default().to_string_lossy(),
+                dir.unwrap_or_default().to_string_lossy()
+            ),
+        };
+        return Err(Error::invalid(
+            "TLS trust roots",
+            format!(
+                "no CA file is configured and {looked_in} holds no usable root \
+                 ({ignored} unparsable; problems: {problems:?}); install the system's \
+                 CA bundle (e.g. ca-certificates), point SSL_CERT_FILE at a PEM bundle, \
+                 or configure the server's CA file"
+            ),
+        ));
+    }
+    for problem in &problems {
+        tracing::warn!(%problem, "a system trust root could not be loaded");
+    }
+    if ignored > 0 {
+        tracing::warn!(
+            ignored,
+            "system trust roots that are no valid trust anchor were skipped"
+        );
+    }
+    Ok(roots)
+}
+
 /// The lowest TLS version a side accepts; lower ones are refused in the
 /// handshake.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +151,9 @@ impl TlsVersion {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientTls {
-    /// PEM file of the CA(s) that sign the server's certificate; without
-    /// it, the bundled Mozilla roots (webpki-roots) are trusted.
+    /// PEM file of the CA(s) that sign the server's certificate: a pin,
+    /// only they are trusted. Without it, the system's roots are (see
+    /// [`trust_roots`]).
     pub ca: Option<PathBuf>,
     /// PEM file of the client certificate chain (mutual TLS).
     pub cert: Option<PathBuf>,
@@ -128,14 +191,10 @@ impl ClientTls {
     /// # Errors
     ///
     /// A file that cannot be read or parsed (named), a key that does not
-    /// fit its certificate, or `cert` without `key` (or the other way).
+    /// fit its certificate, `cert` without `key` (or the other way), or no
+    /// `ca` and no usable system root.
     pub fn build(&self) -> Result<ClientConfig> {
-        let roots = match &self.ca {
-            Some(ca) => pem_roots(ca)?,
-            None => Arc::new(RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            }),
-        };
+        let roots = trust_roots(self.ca.as_deref())?;
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(self.min_version.versions())
             .map_err(|e| versions_error(&e))?
@@ -181,16 +240,22 @@ impl ServerTls {
     }
 }
 
-/// A client config trusting the CAs in `ca`, presenting `client_cert`
-/// (certificate chain, key) when given, for servers that demand one.
+/// A client config trusting only the CAs in `ca` when given, else the
+/// system's roots ([`trust_roots`]), presenting `client_cert` (certificate
+/// chain, key) when given, for servers that demand one. Every Kisara client
+/// (the agent's `wss://` link, the relay client, webhooks) builds its
+/// config here, so they all trust the same way.
 ///
 /// # Errors
 ///
 /// As [`ClientTls::build`].
-pub fn client_config(ca: &Path, client_cert: Option<(&Path, &Path)>) -> Result<Arc<ClientConfig>> {
+pub fn client_config(
+    ca: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>> {
     let (cert, key) = client_cert.unzip();
     ClientTls {
-        ca: Some(ca.to_owned()),
+        ca: ca.map(Path::to_owned),
         cert: cert.map(Path::to_owned),
         key: key.map(Path::to_owned),
         min_version: TlsVersion::default(),
@@ -354,8 +419,8 @@ mod tests {
         let key_pem = write(dir.path(), "key.pem", &cert.signing_key.serialize_pem());
         server_config(&cert_pem, &key_pem, None).unwrap();
         server_config(&cert_pem, &key_pem, Some(&cert_pem)).unwrap();
-        client_config(&cert_pem, None).unwrap();
-        client_config(&cert_pem, Some((&cert_pem, &key_pem))).unwrap();
+        client_config(Some(&cert_pem), None).unwrap();
+        client_config(Some(&cert_pem), Some((&cert_pem, &key_pem))).unwrap();
     }
 
     #[test]
@@ -364,12 +429,44 @@ mod tests {
         let empty = write(dir.path(), "empty.pem", "");
         let missing = dir.path().join("missing.pem");
         for error in [
-            client_config(&empty, None).unwrap_err(),
-            client_config(&missing, None).unwrap_err(),
+            client_config(Some(&empty), None).unwrap_err(),
+            client_config(Some(&missing), None).unwrap_err(),
             server_config(&empty, &empty, None).unwrap_err(),
         ] {
             assert_eq!(error.kind(), kisara_core::ErrorKind::Invalid, "{error}");
             assert!(error.to_string().contains(".pem"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_pin_is_the_only_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca_pem = write(dir.path(), "ca.pem", &ca.cert.pem());
+        let roots = trust_roots(Some(&ca_pem)).unwrap();
+        assert_eq!(roots.len(), 1);
+    }
+
+    #[test]
+    fn system_roots_are_the_usable_certificates_found() {
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let mut found = rustls_native_certs::CertificateResult::default();
+        found.certs = vec![
+            ca.cert.der().clone(),
+            CertificateDer::from(vec![0x30, 0x00]),
+        ];
+        let roots = system_roots(found).unwrap();
+        assert_eq!(roots.len(), 1, "the malformed one is skipped");
+    }
+
+    #[test]
+    fn no_system_root_is_a_clear_error() {
+        let mut found = rustls_native_certs::CertificateResult::default();
+        found.certs = vec![CertificateDer::from(vec![0x30, 0x00])];
+        let error = system_roots(found).unwrap_err();
+        assert_eq!(error.kind(), kisara_core::ErrorKind::Invalid, "{error}");
+        for needle in ["no usable root", "1 unparsable", "SSL_CERT_FILE", "CA file"] {
+            assert!(error.to_string().contains(needle), "{needle}: {error}");
         }
     }
 

@@ -11,28 +11,43 @@
 
 use std::sync::Arc;
 
+use clap::Parser;
 use kisara_cluster::link::Agent;
 use kisara_cluster::load_or_create_node_id;
 use kisara_core::config::Role;
 use kisara_docker::sidecar::{SidecarTunnel, sidecar_image};
 use kisara_docker::{DockerOptions, DockerRuntime, node_capacity};
 use kisara_examples::{
-    Failure, agent_tls, exit_on_failure, init_logging, load_config, relay_client, shutdown_signal,
+    ConfigFile, Failure, ServiceArgs, agent_tls, exit_on_failure, relay_client, shutdown_signal,
 };
 
 /// The bridge network sidecars join so the host reaches them.
 const SIDECAR_NETWORK: &str = "kisara-sidecars";
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    init_logging("info");
-    // Boxed: the agent's whole state would otherwise sit on the stack.
-    exit_on_failure(Box::pin(run())).await
+/// The Kisara node agent: serves the local Docker engine to the server
+/// over a link it dials ([agent]) and exposes container ports through the
+/// relays in [agent] relays. Stops on Ctrl-C or SIGTERM; no container
+/// stops with it.
+#[derive(Debug, Parser)]
+#[command(name = env!("CARGO_BIN_NAME"), version)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
-async fn run() -> Result<(), Failure> {
-    let (_, config) = load_config(Role::Agent)?;
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    args.service.log.init("info");
+    // Boxed: the agent's whole state would otherwise sit on the stack.
+    exit_on_failure(Box::pin(run(&args.service.config))).await
+}
+
+async fn run(config: &ConfigFile) -> Result<(), Failure> {
+    let config = config.load(Role::Agent)?;
     let agent_config = &config.agent;
+    // Before anything else: a TLS setup that cannot work fails at once.
+    let tls = agent_tls(agent_config)?;
     let options = DockerOptions::from_agent_config(agent_config, &config.containers);
     let runtime = DockerRuntime::connect(options).await?;
     let engine = runtime.clone();
@@ -52,7 +67,7 @@ async fn run() -> Result<(), Failure> {
         }
         agent = agent.with_tunnel(tunnel);
     }
-    if let Some(tls) = agent_tls(agent_config)? {
+    if let Some(tls) = tls {
         agent = agent.with_tls(tls);
     }
     agent

@@ -11,21 +11,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use kisara_core::config::Role;
 use kisara_core::lifecycle::Lifecycle;
 use kisara_examples::{
-    Failure, exit_on_failure, init_logging, load_config, relay_tls, serve_metrics, shutdown_signal,
+    ConfigFile, Failure, ServiceArgs, exit_on_failure, relay_tls, serve_metrics, shutdown_signal,
 };
 use kisara_tunnel::{Relay, RelayOptions};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    init_logging("info");
-    exit_on_failure(run()).await
+/// The Kisara relay: the public side of the tunnel, where node agents place
+/// exposures of container ports ([relay]). Stops on Ctrl-C or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = env!("CARGO_BIN_NAME"), version)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
-async fn run() -> Result<(), Failure> {
-    let (_, config) = load_config(Role::Relay)?;
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    args.service.log.init("info");
+    exit_on_failure(run(&args.service.config)).await
+}
+
+async fn run(config: &ConfigFile) -> Result<(), Failure> {
+    let config = config.load(Role::Relay)?;
     if let Some(listen) = config.relay.metrics_listen {
         serve_metrics(listen).await?;
     }

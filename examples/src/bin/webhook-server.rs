@@ -20,95 +20,76 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kisara_examples::{Failure, init_logging, shutdown_signal};
+use clap::{Parser, Subcommand};
+use kisara_examples::{Failure, LogOptions, shutdown_signal};
 use kisara_tls::ServerTls;
 use kisara_webhook::{
     BackendHandler, ServerOptions, UsersFile, WebhookServer, hash_password, router,
 };
 
-const USAGE: &str = "\
-usage: webhook-server [--check] [--listen ADDR] [--tls-cert PEM --tls-key PEM [--client-ca PEM]] USERS.toml
-       webhook-server hash-password    (reads the password from stdin)
-
-Answers /password, /pubkey, /authz, /config and /session-ended from USERS.toml.
---check validates the file and exits. SIGHUP reloads it.
-
-Exit status: 0 ok, 1 failure, 2 bad arguments.";
-
-/// The command line, parsed.
+/// A ContainerSSH-compatible auth and config webhook: answers /password,
+/// /pubkey, /authz, /config and /session-ended from USERS.toml. SIGHUP
+/// reloads the file; Ctrl-C or SIGTERM stops it.
+#[derive(Debug, Parser)]
+#[command(
+    name = env!("CARGO_BIN_NAME"),
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Exit status: 0 ok, 1 failure, 2 bad arguments."
+)]
 struct Args {
-    users: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The users file (argon2 password hashes, SSH keys, roles, team, each
+    /// user's session config).
+    #[arg(value_name = "USERS.toml", required = true)]
+    users: Option<PathBuf>,
+    /// Validates the users file and exits.
+    #[arg(long)]
     check: bool,
+    /// The address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
     listen: SocketAddr,
-    tls: Option<ServerTls>,
+    /// Serves TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Requires client certificates signed by a CA in this PEM file
+    /// (mutual TLS; needs --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogOptions,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let (mut users, mut check, mut listen) = (None, false, None);
-    let (mut cert, mut key, mut client_ca) = (None, None, None);
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        let mut value = |flag: &str| {
-            rest.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match arg.as_str() {
-            "--check" => check = true,
-            "--listen" => {
-                let text = value("--listen")?;
-                listen = Some(
-                    text.parse::<SocketAddr>()
-                        .map_err(|e| format!("--listen {text:?}: {e}"))?,
-                );
-            }
-            "--tls-cert" => cert = Some(PathBuf::from(value("--tls-cert")?)),
-            "--tls-key" => key = Some(PathBuf::from(value("--tls-key")?)),
-            "--client-ca" => client_ca = Some(PathBuf::from(value("--client-ca")?)),
-            flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
-            path if users.is_none() => users = Some(PathBuf::from(path)),
-            extra => return Err(format!("unexpected argument {extra:?}")),
-        }
-    }
-    let tls = match (cert, key, client_ca) {
-        (Some(cert), Some(key), client_ca) => Some(ServerTls {
-            cert,
-            key,
-            client_ca,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Reads a password from stdin and prints its hash, for a user's
+    /// `password` field.
+    HashPassword,
+}
+
+impl Args {
+    fn tls(&self) -> Option<ServerTls> {
+        Some(ServerTls {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.client_ca.clone(),
             min_version: kisara_tls::TlsVersion::default(),
-        }),
-        (None, None, None) => None,
-        _ => {
-            return Err("--tls-cert and --tls-key go together (and --client-ca needs them)".into());
-        }
-    };
-    Ok(Args {
-        users: users.ok_or("no users file given")?,
-        check,
-        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8088))),
-        tls,
-    })
+        })
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging("info");
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some("hash-password") if args.len() == 1 => return print_hash(),
-        _ => {}
+    let args = Args::parse();
+    args.log.init("info");
+    if let Some(Command::HashPassword) = args.command {
+        return print_hash();
     }
-    let args = match parse_args(&args) {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("webhook-server: {error}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -143,14 +124,16 @@ fn print_hash() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let users = UsersFile::load(&args.users)?;
+    // Set: clap requires it unless a subcommand is given.
+    let path = args.users.clone().ok_or("no users file given")?;
+    let users = UsersFile::load(&path)?;
     if args.check {
-        println!("{}: ok, {} user(s)", args.users.display(), users.len());
+        println!("{}: ok, {} user(s)", path.display(), users.len());
         return Ok(());
     }
     let handler = BackendHandler::new(Arc::new(users.clone()), Arc::new(users.clone()));
     let app = router(Arc::new(handler), ServerOptions::default());
-    let server = WebhookServer::bind(args.listen, app, args.tls).await?;
+    let server = WebhookServer::bind(args.listen, app, args.tls()).await?;
     tracing::info!(address = %server.local_addr(), users = users.len(), "webhook server listening");
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let tls = server.tls();

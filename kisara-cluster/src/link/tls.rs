@@ -1,5 +1,7 @@
 //! TLS for agent links: the agent dials `wss://` with a client config
-//! (optionally presenting a client certificate), and the server accepts
+//! (optionally presenting a client certificate; `kisara_tls::client_config`
+//! builds one trusting the system's roots, or only a pinned CA, as every
+//! Kisara client does), and the server accepts
 //! TLS with [`TlsListener`], optionally requiring client certificates
 //! signed by its CA (mutual TLS).
 

@@ -34,7 +34,7 @@
 //!
 //! [agent]
 //! server_url = "wss://kisara.example.com:7474"
-//! server_ca = "/etc/kisara/server-ca.pem"  # verifies the server (wss://)
+//! server_ca = "/etc/kisara/server-ca.pem"  # optional pin; unset, the system's roots
 //! tls_cert = "/etc/kisara/agent.pem"       # for mutual TLS; both or neither
 //! tls_key = "/etc/kisara/agent-key.pem"
 //! token = "a-long-random-shared-token"
@@ -47,7 +47,8 @@
 //! name = "relay-1"
 //! address = "relay.example.com:7000"
 //! token = "another-long-random-token"
-//! tls_ca = "/etc/kisara/relay-ca.pem"   # TLS on; verify against this CA
+//! tls = true                            # TLS, verified against the system's roots
+//! tls_ca = "/etc/kisara/relay-ca.pem"   # optional pin: only this CA
 //! server_name = "relay.example.com"     # default: the host of `address`
 //!
 //! [network]
@@ -335,8 +336,9 @@ pub struct AgentConfig {
     /// The relays this node's tunnel client links to; default none (no
     /// ports exposed).
     pub relays: Vec<AgentRelay>,
-    /// A PEM CA that signed the server's certificate: needed to dial a
-    /// `wss://` server.
+    /// A PEM CA that signed the server's certificate, pinned: set, a
+    /// `wss://` server is verified against it alone; unset, against the
+    /// system's trust roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
     pub server_ca: Option<PathBuf>,
     /// A PEM client certificate chain for a server that demands one
     /// (mutual TLS); set with `tls_key` or not at all.
@@ -362,17 +364,26 @@ pub struct AgentRelay {
     pub address: String,
     /// The token it expects (its `relay.token`).
     pub token: Secret,
-    /// A PEM file of the CA that signed the relay's certificate; set, the
-    /// link uses TLS.
+    /// The link uses TLS, the relay verified against the system's trust
+    /// roots (or `tls_ca`); default off, unless `tls_ca` is set.
+    #[serde(default)]
+    pub tls: bool,
+    /// A PEM file of the CA that signed the relay's certificate, pinned:
+    /// set, the link uses TLS verified against this CA alone.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
     /// The name the relay's certificate must carry; default the host of
-    /// `address`. Needs `tls_ca`.
+    /// `address`. Needs TLS (`tls` or `tls_ca`).
     #[serde(default)]
     pub server_name: Option<String>,
 }
 
 impl AgentRelay {
+    /// Whether the link uses TLS: `tls`, or a pinned `tls_ca`.
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.tls_ca.is_some()
+    }
+
     /// A relay at `address` expecting `token`, without TLS.
     pub fn new(
         name: impl Into<String>,
@@ -383,6 +394,7 @@ impl AgentRelay {
             name: name.into(),
             address: address.into(),
             token: token.into(),
+            tls: false,
             tls_ca: None,
             server_name: None,
         }
@@ -392,7 +404,9 @@ impl AgentRelay {
     /// uses TLS: `server_name`, else the host of `address` (without the
     /// brackets of an IPv6 address).
     pub fn tls_server_name(&self) -> Option<&str> {
-        self.tls_ca.as_ref()?;
+        if !self.uses_tls() {
+            return None;
+        }
         let host = || {
             let host = self
                 .address

@@ -145,7 +145,7 @@ impl Config {
     /// `max_containers` or `heartbeat_timeout_secs` 0; an empty `node_id`;
     /// an API token or agent relay without a name, or with a name used
     /// twice; a relay `address` that is not `host:port`; a `server_name`
-    /// without `tls_ca`; `relay.tls_cert` without `relay.tls_key` or the
+    /// without TLS (`tls` or `tls_ca`); `relay.tls_cert` without `relay.tls_key` or the
     /// reverse; a `kisara.dns` or `kisaraServer.address` that is not an IP;
     /// a reversed or zero-based `relay.port_range`; no pools, a pool that
     /// does not parse (named with its position, as
@@ -539,15 +539,6 @@ impl Checker {
         let names: Vec<&str> = agent.relays.iter().map(|r| r.name.as_str()).collect();
         self.unique_names("agent.relays", &names);
         self.cert_and_key("agent", agent.tls_cert.as_ref(), agent.tls_key.as_ref());
-        if agent.server_url.starts_with("wss://") && agent.server_ca.is_none() {
-            self.problem(
-                "agent.server_ca",
-                format!(
-                    "must name the CA of the server's certificate to dial {}",
-                    agent.server_url
-                ),
-            );
-        }
         for (i, relay) in agent.relays.iter().enumerate() {
             self.agent_relay(&format!("agent.relays[{i}]"), relay);
         }
@@ -576,9 +567,11 @@ impl Checker {
             Some(name) if name.trim().is_empty() => {
                 self.problem(format!("{key}.server_name"), "must not be empty");
             }
-            Some(_) if relay.tls_ca.is_none() => self.problem(
+            Some(_) if !relay.uses_tls() => self.problem(
                 format!("{key}.server_name"),
-                format!("needs {key}.tls_ca: TLS to a relay is verified against that CA"),
+                format!(
+                    "needs {key}.tls = true (or a pinned {key}.tls_ca): the name is checked in the TLS handshake"
+                ),
             ),
             _ => {}
         }
