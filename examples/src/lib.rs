@@ -9,15 +9,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kisara_audit::{
+    CastStore, CastStoreOptions, LineGatePolicy, RulePolicy, SqliteConfig, SqliteSink,
+    UncertainMode,
+};
 use kisara_cluster::Server;
 use kisara_cluster::http::agent_link;
 use kisara_cluster::http::{ApiBuilder, metrics_router};
 use kisara_cluster::link::{AgentGateway, LinkOptions, TlsListener};
+use kisara_cluster::session::{SessionEngine, SessionLimits};
+use kisara_core::builtin::PrefixPolicy;
 use kisara_core::config::{
     AgentConfig, AgentRelay, Config, NetworkConfig, ResolvedConfig, Role, ServerConfig,
 };
 use kisara_core::model::NodeId;
-use kisara_core::{SubnetAllocator, Tunnel};
+use kisara_core::{CommandPolicy, SubnetAllocator, Tunnel};
 use kisara_net::{PoolAllocator, SubnetPool};
 use kisara_tls::{client_config, server_config};
 use kisara_tunnel::{ClientTls, RelayTls, TunnelClient, rustls};
@@ -189,24 +195,89 @@ pub fn agent_tls(agent: &AgentConfig) -> Result<Option<Arc<rustls::ClientConfig>
 /// # Errors
 ///
 /// An empty agent token, or a metrics recorder already installed.
-pub fn api_router(
+pub async fn api_router(
     server: &Server,
-    config: &ServerConfig,
+    config: &ResolvedConfig,
+    origin: &Path,
 ) -> Result<(axum::Router, AgentGateway), Failure> {
+    let server_config = &config.server;
     // A link silent for three heartbeats is dead: fit them in the timeout.
-    let heartbeat = config.heartbeat_timeout() / 3;
+    let heartbeat = server_config.heartbeat_timeout() / 3;
     let gateway = AgentGateway::new(
         server.clone(),
-        config.token.clone(),
+        server_config.token.clone(),
         LinkOptions::default().with_heartbeat(heartbeat),
     )?;
     // The process-wide recorder the cluster's metrics go to, rendered at
     // GET /metrics.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let api = ApiBuilder::new(server.clone(), Arc::new(config.api_authenticator()))
+    let api = ApiBuilder::new(server.clone(), Arc::new(server_config.api_authenticator()))
         .with_metrics(move || metrics.render())
+        .with_sessions(session_engine(server, config, origin).await?)
+        .with_ticket_ttl(config.sessions.ticket_ttl())
         .build();
     Ok((api.merge(agent_link(gateway.clone())), gateway))
+}
+
+/// The session engine of `[sessions]` and `[policy]`: audit events in
+/// SQLite, recordings as asciicast files, the policy on execs and on every
+/// terminal line. Without a `[policy]` table every command is allowed (and
+/// still audited), which the log says.
+///
+/// # Errors
+///
+/// A bad policy rule (named), or an audit database or recording directory
+/// that cannot be opened.
+pub async fn session_engine(
+    server: &Server,
+    config: &ResolvedConfig,
+    origin: &Path,
+) -> Result<SessionEngine, Failure> {
+    let sessions = &config.sessions;
+    let policy: Arc<dyn CommandPolicy> = if config.policy.is_empty() {
+        tracing::warn!(
+            "no [policy] in {}: every command is allowed, audited and recorded",
+            origin.display()
+        );
+        Arc::new(PrefixPolicy::allow_by_default())
+    } else {
+        Arc::new(RulePolicy::from_table(
+            config.policy.clone(),
+            &origin.display().to_string(),
+        )?)
+    };
+    for dir in [
+        sessions.audit_db.parent(),
+        Some(sessions.recordings_dir.as_path()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|dir| !dir.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let audit = Arc::new(SqliteSink::open(SqliteConfig::new(&sessions.audit_db)).await?);
+    let recordings = Arc::new(CastStore::open(
+        &sessions.recordings_dir,
+        CastStoreOptions::default(),
+    )?);
+    tracing::info!(
+        audit = %sessions.audit_db.display(),
+        recordings = %sessions.recordings_dir.display(),
+        "sessions are audited and recorded"
+    );
+    Ok(SessionEngine::builder(server.clone())
+        .with_command_policy(policy.clone())
+        .with_terminal_policy(Arc::new(LineGatePolicy::new(policy, UncertainMode::Audit)))
+        .with_audit(audit)
+        .with_recordings(recordings)
+        .with_limits(SessionLimits {
+            idle_timeout: sessions.idle_timeout(),
+            max_lifetime: sessions.max_lifetime(),
+            ..SessionLimits::default()
+        })
+        .build())
 }
 
 /// Installs the process's metrics recorder and serves it at

@@ -110,6 +110,10 @@ api_tokens = [{{ name = "tls", token = "{API_TOKEN}" }}]
 tls_cert = "{cert}"
 tls_key = "{key}"
 
+[sessions]
+audit_db = "{state}/audit.db"
+recordings_dir = "{state}/recordings"
+
 [network]
 pools = ["10.[210-211].[0-255].0/24"]
 
@@ -122,6 +126,7 @@ tls_cert = "{cert}"
 tls_key = "{key}"
 "#,
         last = first + 99,
+        state = dir.display(),
         cert = write(dir, "server.pem", &cert).display(),
         key = write(dir, "server-key.pem", &key).display(),
     );

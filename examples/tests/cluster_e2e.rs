@@ -57,6 +57,10 @@ token = "{AGENT_TOKEN}"
 api_tokens = [{{ name = "e2e", token = "{API_TOKEN}" }}]
 heartbeat_timeout_secs = 3
 
+[sessions]
+audit_db = "{dir}/audit.db"
+recordings_dir = "{dir}/recordings"
+
 [network]
 pools = ["10.[200-209].[0-255].0/24"]
 
@@ -68,6 +72,7 @@ token = "{RELAY_TOKEN}"
 metrics_listen = "127.0.0.1:{relay_metrics}"
 "#,
             last = first + 99,
+            dir = dir.path().display(),
         );
         std::fs::write(dir.path().join("server.toml"), &base).unwrap();
         // Fresh node ids: nothing from an earlier run is adopted.

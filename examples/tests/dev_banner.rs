@@ -71,6 +71,10 @@ listen = "127.0.0.1:{api}"
 token = "banner-agent-token-0123456789abcdef"
 api_tokens = [{{ name = "dev", token = "{API_TOKEN}" }}]
 
+[sessions]
+audit_db = "{state}/audit.db"
+recordings_dir = "{state}/recordings"
+
 [agent]
 server_url = "ws://127.0.0.1:{api}"
 token = "banner-agent-token-0123456789abcdef"

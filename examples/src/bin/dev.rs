@@ -74,7 +74,7 @@ async fn run(file: &ConfigFile) -> Result<(), Failure> {
         .connect_node(node.clone(), capacity, Arc::new(runtime))
         .await?;
     let demo = demo_container(&server, &image).await?;
-    let (router, _) = api_router(&server, &config.server)?;
+    let (router, _) = api_router(&server, &config, &file.path).await?;
     let banner = Banner {
         config: file.path.display().to_string(),
         node: node.to_string(),

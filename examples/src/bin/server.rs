@@ -28,9 +28,9 @@ async fn main() -> std::process::ExitCode {
     exit_on_failure(run(&args.service.config)).await
 }
 
-async fn run(config: &ConfigFile) -> Result<(), Failure> {
-    let config = config.load(Role::Server)?;
+async fn run(file: &ConfigFile) -> Result<(), Failure> {
+    let config = file.load(Role::Server)?;
     let server = Server::builder(subnet_allocator(&config.network)?).build();
-    let (router, _) = api_router(&server, &config.server)?;
+    let (router, _) = api_router(&server, &config, &file.path).await?;
     serve_http(&config.server, router).await
 }

@@ -201,10 +201,21 @@ impl RulePolicy {
         let policy = table
             .remove("policy")
             .ok_or_else(|| policy_error("there is no [policy] table".to_owned()))?;
-        let toml::Value::Table(mut policy) = policy else {
+        let toml::Value::Table(policy) = policy else {
             return Err(policy_error(format!(
                 "`policy` must be a table, not {policy}"
             )));
+        };
+        Self::from_table(policy, origin)
+    }
+
+    /// Reads a `[policy]` table already parsed (a config file's
+    /// `kisara_core::config::Config::policy`); `origin` names where it came
+    /// from in errors.
+    pub fn from_table(mut policy: toml::Table, origin: &str) -> Result<Self, AuditError> {
+        let policy_error = |message: String| AuditError::Policy {
+            origin: origin.to_owned(),
+            message,
         };
         // Rules one by one, so an error names the rule it is in.
         let rules = match policy.remove("rules") {

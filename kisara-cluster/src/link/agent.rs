@@ -183,7 +183,7 @@ impl Agent {
                 return Err(Error::invalid(
                     "server_url",
                     format!(
-                        "{server_url:?} is wss:// but the agent has no TLS config (set [agent] server_ca)"
+                        "{server_url:?} is wss:// but the agent has no TLS config: give it one with Agent::with_tls (kisara_tls::ClientTls trusts the system's roots, or the CA it is pinned to)"
                     ),
                 ));
             }

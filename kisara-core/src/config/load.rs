@@ -6,7 +6,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::{
     AgentConfig, AgentRelay, ApiToken, Config, ContainerDefaults, LegacyClient, LegacyKisara,
-    LegacyServer, LegacyTakina, NetworkConfig, RelayConfig, ServerConfig,
+    LegacyServer, LegacyTakina, NetworkConfig, RelayConfig, ServerConfig, SessionsConfig,
 };
 use crate::{Error, Result};
 
@@ -236,7 +236,7 @@ pub(super) struct SectionInfo {
 
 /// Every section of [`Config`] with its keys, read from the serde derives so
 /// they cannot drift from the structs.
-pub(super) fn sections() -> [SectionInfo; 9] {
+pub(super) fn sections() -> [SectionInfo; 10] {
     fn section<T: DeserializeOwned>(name: &'static str) -> SectionInfo {
         SectionInfo {
             name,
@@ -253,6 +253,7 @@ pub(super) fn sections() -> [SectionInfo; 9] {
         section::<NetworkConfig>("network"),
         section::<RelayConfig>("relay"),
         section::<ContainerDefaults>("containers"),
+        section::<SessionsConfig>("sessions"),
     ]
 }
 

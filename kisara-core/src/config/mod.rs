@@ -132,6 +132,9 @@ pub struct Config {
     pub relay: RelayConfig,
     /// `[containers]`: defaults and limits for every container.
     pub containers: ContainerDefaults,
+    /// `[sessions]`: execs and terminals on the server: where they are
+    /// audited and recorded, their limits.
+    pub sessions: SessionsConfig,
     /// `[policy]`: the command policy, kept as written. Its owner checks it:
     /// `kisara-audit`'s `RulePolicy::from_file` reads this table from the
     /// same file and refuses a bad rule naming it; here it only has to load.
@@ -479,6 +482,55 @@ impl Default for NetworkConfig {
         Self {
             pools: vec![DEFAULT_POOL.to_owned()],
         }
+    }
+}
+
+/// `[sessions]`: how the server audits, records and limits sessions.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// The SQLite database audit events go to (searchable over the API);
+    /// default `state/audit.db`.
+    pub audit_db: PathBuf,
+    /// The directory recordings (asciicast v2 files) go to; default
+    /// `state/recordings`.
+    pub recordings_dir: PathBuf,
+    /// Seconds without input or output after which a session ends; 0 for
+    /// never; default 1800.
+    pub idle_timeout_secs: u64,
+    /// Seconds after which any session ends; default 28800 (8 hours).
+    pub max_lifetime_secs: u64,
+    /// Seconds a terminal ticket stays valid; 1 to 3600, default 60.
+    pub ticket_ttl_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            audit_db: PathBuf::from("state/audit.db"),
+            recordings_dir: PathBuf::from("state/recordings"),
+            idle_timeout_secs: 1800,
+            max_lifetime_secs: 8 * 3600,
+            ticket_ttl_secs: 60,
+        }
+    }
+}
+
+impl SessionsConfig {
+    /// [`SessionsConfig::idle_timeout_secs`] as a duration, `None` for 0.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    /// [`SessionsConfig::max_lifetime_secs`] as a duration.
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_lifetime_secs)
+    }
+
+    /// [`SessionsConfig::ticket_ttl_secs`] as a duration.
+    pub fn ticket_ttl(&self) -> Duration {
+        Duration::from_secs(self.ticket_ttl_secs)
     }
 }
 

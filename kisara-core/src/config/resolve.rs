@@ -6,7 +6,7 @@ use std::path::{Component, PathBuf};
 
 use super::{
     AgentConfig, AgentRelay, Config, ContainerDefaults, Mode, NetworkConfig, RelayConfig,
-    ServerConfig,
+    ServerConfig, SessionsConfig,
 };
 use crate::model::pool::{self, PoolPattern, SubnetPool};
 use crate::{Error, Secret};
@@ -67,6 +67,10 @@ pub struct ResolvedConfig {
     pub relay: RelayConfig,
     /// Container defaults and limits.
     pub containers: ContainerDefaults,
+    /// Sessions on the server.
+    pub sessions: SessionsConfig,
+    /// The `[policy]` table as written, for the program that enforces it.
+    pub policy: toml::Table,
 }
 
 /// One problem found by [`Config::validate`]: the key as written in the
@@ -207,6 +211,8 @@ impl Config {
             network: self.network.clone(),
             relay: self.relay.clone(),
             containers: self.containers.clone(),
+            sessions: self.sessions.clone(),
+            policy: self.policy.clone(),
         };
         let (server, agent) = (ServerConfig::default(), AgentConfig::default());
         let (network, relay) = (NetworkConfig::default(), RelayConfig::default());
@@ -461,6 +467,7 @@ impl Checker {
         let role = self.role;
         if role.runs("server") {
             self.check_server(&r.server);
+            self.check_sessions(&r.sessions);
         }
         if role.runs("agent") {
             self.check_agent(&r.agent);
@@ -473,6 +480,24 @@ impl Checker {
         }
         if role.runs("containers") {
             self.check_containers(&r.containers);
+        }
+    }
+
+    fn check_sessions(&mut self, sessions: &SessionsConfig) {
+        self.at_least_one("sessions.max_lifetime_secs", sessions.max_lifetime_secs);
+        if !(1..=3600).contains(&sessions.ticket_ttl_secs) {
+            self.problem(
+                "sessions.ticket_ttl_secs",
+                format!("{} is not within 1..=3600", sessions.ticket_ttl_secs),
+            );
+        }
+        for (key, path) in [
+            ("sessions.audit_db", &sessions.audit_db),
+            ("sessions.recordings_dir", &sessions.recordings_dir),
+        ] {
+            if path.as_os_str().is_empty() {
+                self.problem(key, "must not be empty");
+            }
         }
     }
 
