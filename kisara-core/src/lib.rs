@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod asciicast;
 pub mod builtin;
 pub mod config;
 mod error;

@@ -4,7 +4,6 @@
 
 mod read;
 mod store;
-mod text;
 
 pub use read::{CastHeader, CastReader, CastReaderOptions, TornLine};
 pub use store::{CastStore, CastStoreOptions};

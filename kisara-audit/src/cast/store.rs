@@ -14,11 +14,10 @@ use kisara_core::{
     Error, EventData, Recording, RecordingCapabilities, RecordingEvent, RecordingFilter,
     RecordingId, RecordingInfo, RecordingRequest, RecordingStore, RecordingWriter,
 };
-use serde::Serialize;
 
-use super::text::{Utf8Stream, push_json_string};
 use super::{CastReader, CastReaderOptions};
 use crate::AuditError;
+use kisara_core::asciicast::{Utf8Stream, header_line, push_event_line};
 
 /// The most input bytes one event line carries: longer output is split into
 /// several events of the same time, so that a line stays below 400 KiB even
@@ -218,17 +217,6 @@ fn write_metadata(path: &Path, info: &RecordingInfo) -> Result<(), AuditError> {
     fs::rename(&temporary, path).map_err(AuditError::io(path))
 }
 
-#[derive(Serialize)]
-struct Header<'a> {
-    version: u8,
-    width: u16,
-    height: u16,
-    timestamp: u64,
-    env: &'a std::collections::BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-}
-
 #[async_trait]
 impl RecordingStore for CastStore {
     fn capabilities(&self) -> RecordingCapabilities {
@@ -252,16 +240,7 @@ impl RecordingStore for CastStore {
                 }
                 _ => AuditError::io(&cast_path)(e).into(),
             })?;
-        let mut buffer = serde_json::to_vec(&Header {
-            version: 2,
-            width: info.size.cols,
-            height: info.size.rows,
-            timestamp: info.started.unix_secs(),
-            env: &info.env,
-            title: info.title.as_deref(),
-        })
-        .map_err(|e| Error::invalid("recording request", e.to_string()))?;
-        buffer.push(b'\n');
+        let buffer = header_line(&info);
         let mut state = WriterState {
             file,
             cast_path,
@@ -282,6 +261,19 @@ impl RecordingStore for CastStore {
             self.options.flush_interval,
         ));
         Ok(Box::new(CastWriter { id, state, flusher }))
+    }
+
+    async fn export(&self, id: &RecordingId) -> Result<bytes::Bytes, Error> {
+        let id = id.clone();
+        self.blocking(move |store| {
+            // The metadata first: an unknown id is NotFound by name.
+            store.read_info(&id)?;
+            let path = store.cast_path(&id);
+            fs::read(&path)
+                .map(bytes::Bytes::from)
+                .map_err(|e| AuditError::io(&path)(e).into())
+        })
+        .await
     }
 
     async fn open(&self, id: &RecordingId) -> Result<Recording, Error> {
@@ -390,12 +382,12 @@ impl WriterState {
             return Ok(());
         }
         let start = self.buffer.len();
-        push_line(&mut self.buffer, time, code, text);
+        push_event_line(&mut self.buffer, time, code, text);
         let size = self.written + self.buffer.len() as u64;
         if size + MARKER_LINE_ROOM > self.size_cap {
             self.buffer.truncate(start);
             let marker = truncation_marker(self.size_cap);
-            push_line(&mut self.buffer, time, "m", &marker);
+            push_event_line(&mut self.buffer, time, "m", &marker);
             self.info.truncated = true;
             self.write_buffer()?;
             write_metadata(&self.metadata_path, &self.info)?;
@@ -451,21 +443,6 @@ impl WriterState {
         }
         self.push_line(time, code, text)
     }
-}
-
-/// Appends `[time, "code", "text"]\n`, the time in seconds to the
-/// microsecond.
-fn push_line(out: &mut Vec<u8>, time: Duration, code: &str, text: &str) {
-    let micros = time.as_micros();
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "[{}.{:06}, \"{code}\", ",
-        micros / 1_000_000,
-        micros % 1_000_000
-    );
-    push_json_string(out, text);
-    out.extend_from_slice(b"]\n");
 }
 
 /// Appends to one `.cast` file; see [`CastStore`].

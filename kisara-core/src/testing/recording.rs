@@ -38,6 +38,7 @@ suite!(all, "RecordingStore", CASES: RecordingFixture:
     finishing_twice_and_appending_after_finish_conflict,
     events_going_back_in_time_are_invalid,
     size_cap_ends_the_recording_with_a_marker,
+    exports_are_asciicast_of_the_same_events,
 );
 
 fn request(container: &str, username: &str) -> RecordingRequest {
@@ -416,5 +417,55 @@ pub async fn size_cap_ends_the_recording_with_a_marker(fx: RecordingFixture) -> 
         chunk.repeat(kept.len() / chunk.len()),
         "whole events kept"
     );
+    Outcome::Passed
+}
+
+/// `export` gives asciicast v2: a header with the start size, then one
+/// `[seconds, code, text]` line per event (texts of a kind concatenating
+/// to what was appended), in order; unknown ids are NotFound.
+pub async fn exports_are_asciicast_of_the_same_events(fx: RecordingFixture) -> Outcome {
+    let mut writer = fx.store.create(request("web-1", "alice")).await.unwrap();
+    let id = writer.id().clone();
+    let events = sample_events();
+    append_all(&mut *writer, &events).await;
+    writer.finish("exit").await.unwrap();
+    let file = fx.store.export(&id).await.unwrap();
+    let text = std::str::from_utf8(&file).expect("asciicast is UTF-8");
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
+    let mut by_code: BTreeMap<String, String> = BTreeMap::new();
+    let mut last = 0.0;
+    for line in lines {
+        let (time, code, data): (f64, String, String) = serde_json::from_str(line).unwrap();
+        assert!(time >= last, "times go forward: {line}");
+        last = time;
+        by_code.entry(code).or_default().push_str(&data);
+    }
+    let text_of = |input: bool| {
+        let bytes: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match (&e.data, input) {
+                (EventData::Output(b), false) | (EventData::Input(b), true) => Some(b.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        String::from_utf8(bytes).unwrap()
+    };
+    assert_eq!(by_code["o"], text_of(false));
+    assert_eq!(by_code["i"], text_of(true));
+    assert_eq!(by_code["m"], "command: ls");
+    assert_eq!(by_code["r"], "120x40");
+    assert!(
+        (last - 3_600_000.123).abs() < 0.001,
+        "the last time is kept: {last}"
+    );
+    let unknown = fx.store.export(&RecordingId::generate()).await.unwrap_err();
+    assert_eq!(unknown.kind(), ErrorKind::NotFound);
     Outcome::Passed
 }

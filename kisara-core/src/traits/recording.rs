@@ -277,6 +277,7 @@ pub trait RecordingWriter: Send + fmt::Debug {
 ///   (see [`RecordingCapabilities::raw_bytes`] for what exact means).
 /// - `list` returns every recording matching the filter, oldest first, and
 ///   reads metadata only, not whole recordings.
+/// - `export` gives an asciicast v2 file holding the same events as `open`.
 #[async_trait]
 pub trait RecordingStore: Send + Sync + fmt::Debug {
     /// What this store can do.
@@ -290,6 +291,16 @@ pub trait RecordingStore: Send + Sync + fmt::Debug {
 
     /// Lists recordings matching `filter`, oldest first.
     async fn list(&self, filter: &RecordingFilter) -> Result<Vec<RecordingInfo>>;
+
+    /// The recording as an asciicast v2 file, for download and players.
+    /// By default encoded from [`open`](Self::open) with
+    /// [`crate::asciicast::encode`]; a store that keeps `.cast` files gives
+    /// its file as it is.
+    async fn export(&self, id: &RecordingId) -> Result<Bytes> {
+        Ok(Bytes::from(
+            crate::asciicast::encode(self.open(id).await?).await?,
+        ))
+    }
 }
 
 /// Checks that `event` does not go back in time after `previous`, naming

@@ -1,5 +1,89 @@
-//! Bytes to asciicast text: UTF-8 decoded across chunk boundaries, and JSON
-//! string escaping fast enough to keep up with a terminal's output.
+//! Writing asciicast v2, the format of Kisara's recordings: the header, the
+//! event lines, and the text of bytes (UTF-8 decoded across chunk
+//! boundaries, JSON escaping fast enough to keep up with a terminal's
+//! output). Stores write with these, and [`encode`] turns any recording
+//! into a `.cast` file.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::{EventData, Recording, RecordingInfo, Result};
+
+/// The header line of a recording, `\n` included.
+pub fn header_line(info: &RecordingInfo) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Header<'a> {
+        version: u8,
+        width: u16,
+        height: u16,
+        timestamp: u64,
+        env: &'a std::collections::BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<&'a str>,
+    }
+    let mut line = serde_json::to_vec(&Header {
+        version: 2,
+        width: info.size.cols,
+        height: info.size.rows,
+        timestamp: info.started.unix_secs(),
+        env: &info.env,
+        title: info.title.as_deref(),
+    })
+    .expect("a header of strings and numbers serializes");
+    line.push(b'\n');
+    line
+}
+
+/// Appends `[time, "code", "text"]\n`, the time in seconds to the
+/// microsecond.
+pub fn push_event_line(out: &mut Vec<u8>, time: Duration, code: &str, text: &str) {
+    let micros = time.as_micros();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "[{}.{:06}, \"{code}\", ",
+        micros / 1_000_000,
+        micros % 1_000_000
+    );
+    push_json_string(out, text);
+    out.extend_from_slice(b"]\n");
+}
+
+/// A whole recording as a `.cast` file: output `o`, input `i`, resizes `r`,
+/// markers `m`; bytes decoded as one stream per kind, so a character split
+/// across events survives.
+///
+/// # Errors
+///
+/// The first error the recording's event stream gives.
+pub async fn encode(recording: Recording) -> Result<Vec<u8>> {
+    let Recording { info, mut events } = recording;
+    let mut out = header_line(&info);
+    let (mut output, mut input) = (Utf8Stream::default(), Utf8Stream::default());
+    let mut last = Duration::ZERO;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        last = event.time;
+        match &event.data {
+            EventData::Output(bytes) => {
+                output.decode(bytes, |text| push_event_line(&mut out, last, "o", text));
+            }
+            EventData::Input(bytes) => {
+                input.decode(bytes, |text| push_event_line(&mut out, last, "i", text));
+            }
+            EventData::Resize(size) => {
+                push_event_line(&mut out, last, "r", &format!("{}x{}", size.cols, size.rows));
+            }
+            EventData::Marker(label) => push_event_line(&mut out, last, "m", label),
+        }
+    }
+    output.finish(|text| push_event_line(&mut out, last, "o", text));
+    input.finish(|text| push_event_line(&mut out, last, "i", text));
+    Ok(out)
+}
 
 /// Decodes a byte stream arriving in chunks into UTF-8 text.
 ///
@@ -9,14 +93,14 @@
 /// subpart), so the text of a whole stream does not depend on where it was
 /// cut.
 #[derive(Debug, Default)]
-pub(crate) struct Utf8Stream {
+pub struct Utf8Stream {
     /// The start of a sequence the last chunk ended inside (at most 3 bytes).
     held: Vec<u8>,
 }
 
 impl Utf8Stream {
     /// Decodes `chunk`, handing each run of text to `emit` in order.
-    pub(crate) fn decode(&mut self, chunk: &[u8], mut emit: impl FnMut(&str)) {
+    pub fn decode(&mut self, chunk: &[u8], mut emit: impl FnMut(&str)) {
         if self.held.is_empty() {
             let rest = decode_complete(chunk, &mut emit);
             self.held.extend_from_slice(rest);
@@ -42,7 +126,7 @@ impl Utf8Stream {
     }
 
     /// Ends the stream: a sequence still held is invalid, U+FFFD.
-    pub(crate) fn finish(&mut self, mut emit: impl FnMut(&str)) {
+    pub fn finish(&mut self, mut emit: impl FnMut(&str)) {
         if !self.held.is_empty() {
             self.held.clear();
             emit(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]));
@@ -84,7 +168,7 @@ fn decode_complete<'a>(mut bytes: &'a [u8], emit: &mut impl FnMut(&str)) -> &'a 
 /// Runs of plain characters are copied whole; only `"`, `\` and control
 /// characters are escaped (U+007F and non-ASCII stay as they are, which
 /// JSON allows).
-pub(crate) fn push_json_string(out: &mut Vec<u8>, text: &str) {
+pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
