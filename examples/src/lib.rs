@@ -270,7 +270,8 @@ pub async fn session_engine(
     Ok(SessionEngine::builder(server.clone())
         .with_command_policy(policy.clone())
         .with_terminal_policy(Arc::new(LineGatePolicy::new(policy, UncertainMode::Audit)))
-        .with_audit(audit)
+        .with_audit(audit.clone())
+        .with_audit_log(audit)
         .with_recordings(recordings)
         .with_limits(SessionLimits {
             idle_timeout: sessions.idle_timeout(),

@@ -47,6 +47,7 @@
 //! [`metrics_router`] instead, on an address of its own.
 
 mod agents;
+mod recordings;
 mod terminal;
 mod upgrade;
 
@@ -184,6 +185,7 @@ impl ApiBuilder {
             // A catch-all, so that a reference's `/` may come raw or as %2F.
             .route("/v1/images/{*image}", delete(remove_image))
             .merge(terminal::routes())
+            .merge(recordings::routes())
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(request_span))

@@ -53,8 +53,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use super::upgrade::{ServerSocket, upgrade};
 use super::{ApiError, ApiResult, ApiState, Caller, PathParam, decode_json, query};
 use crate::session::{
-    Action, EndReason, Session, SessionEnd, SessionInput, SessionOutput, SessionRequest, authorize,
-    authorize_session, check_size,
+    Action, EndReason, Session, SessionEnd, SessionInput, SessionOutput, SessionRequest,
+    TicketScope, authorize, authorize_session, check_size,
 };
 use kisara_core::model::{ContainerId, TtySize};
 use kisara_core::{Error, Identity};
@@ -148,7 +148,9 @@ async fn issue_ticket(
     let (_, info) = state.sessions.server().inspect(&container).await?;
     authorize_session(&identity, &info)?;
     tracing::info!(user = %identity.username, %container, "terminal ticket issued");
-    let ticket = state.tickets.issue(identity, info.id.clone())?;
+    let ticket = state
+        .tickets
+        .issue(identity, TicketScope::Terminal(info.id.clone()))?;
     let id = info.id.as_str();
     Ok((
         StatusCode::CREATED,
@@ -189,7 +191,9 @@ async fn terminal_socket(State(state): State<ApiState>, mut request: Request) ->
         let size = size_of(params.cols, params.rows)?;
         let container = container_in(&uri)?;
         let identity = match &params.ticket {
-            Some(ticket) => state.tickets.redeem(ticket, &container)?,
+            Some(ticket) => state
+                .tickets
+                .redeem(ticket, &TicketScope::Terminal(container.clone()))?,
             None => Caller::authenticate(&state, &headers, remote).await?.0,
         };
         let mut session_request = SessionRequest::terminal(identity, container, size);

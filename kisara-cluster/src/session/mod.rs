@@ -64,7 +64,7 @@ mod run;
 pub mod ticket;
 
 pub use access::{ADMIN_ROLE, Action, PLATFORM_ROLE, PLAYER_ROLE, authorize, authorize_session};
-pub use ticket::{Ticket, TicketBook};
+pub use ticket::{Ticket, TicketBook, TicketScope};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -78,7 +78,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Server;
 use kisara_core::model::{ContainerId, ContainerInfo, ExecSpec, NodeId, SessionId, TtySize};
 use kisara_core::{
-    AuditEvent, AuditEventKind, AuditSink, CommandContext, CommandPolicy, ConfigProvider,
+    AuditEvent, AuditEventKind, AuditLog, AuditSink, CommandContext, CommandPolicy, ConfigProvider,
     ConfigRequest, Error, ExecResult, Identity, RecordingId, RecordingRequest, RecordingStore,
     Result, SessionConfig, SessionKind, SessionTarget, TerminalPolicy,
 };
@@ -338,9 +338,20 @@ impl SessionEngineBuilder {
         self
     }
 
-    /// Audit events go to `sink` (default: an in-memory sink).
+    /// Audit events go to `sink` (default: an in-memory sink, which is
+    /// also the engine's audit log). Name the log that reads `sink` back
+    /// with [`with_audit_log`](Self::with_audit_log); without one the API
+    /// answers audit queries with 501.
     pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
         self.engine.audit = sink;
+        self.engine.audit_log = None;
+        self
+    }
+
+    /// Audit queries and recording searches read `log`: the reader of the
+    /// sink given to [`with_audit`](Self::with_audit).
+    pub fn with_audit_log(mut self, log: Arc<dyn AuditLog>) -> Self {
+        self.engine.audit_log = Some(log);
         self
     }
 
@@ -386,6 +397,7 @@ struct Engine {
     commands: Arc<dyn CommandPolicy>,
     terminals: Option<Arc<dyn TerminalPolicy>>,
     audit: Arc<dyn AuditSink>,
+    audit_log: Option<Arc<dyn AuditLog>>,
     recordings: Arc<dyn RecordingStore>,
     limits: SessionLimits,
     on_start: Vec<StartHook>,
@@ -450,13 +462,15 @@ impl CommandPolicy for AllowAll {
 impl SessionEngine {
     /// An engine over `server` with the defaults each `with_` method names.
     pub fn builder(server: Server) -> SessionEngineBuilder {
+        let memory = Arc::new(kisara_core::memory::MemoryAuditSink::new());
         SessionEngineBuilder {
             engine: Engine {
                 server,
                 config: Arc::new(AskedContainer),
                 commands: Arc::new(AllowAll),
                 terminals: None,
-                audit: Arc::new(kisara_core::memory::MemoryAuditSink::new()),
+                audit: memory.clone(),
+                audit_log: Some(memory),
                 recordings: Arc::new(kisara_core::memory::MemoryRecordingStore::new()),
                 limits: SessionLimits::default(),
                 on_start: Vec::new(),
@@ -473,6 +487,11 @@ impl SessionEngine {
     /// The store its recordings go to.
     pub fn recordings(&self) -> &Arc<dyn RecordingStore> {
         &self.0.recordings
+    }
+
+    /// The log its audit events are read back from, when it has one.
+    pub fn audit_log(&self) -> Option<&Arc<dyn AuditLog>> {
+        self.0.audit_log.as_ref()
     }
 
     /// Opens a session; see the [module docs](self) for the steps. Errors:

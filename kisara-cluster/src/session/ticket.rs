@@ -1,9 +1,10 @@
-//! Terminal tickets: how a browser opens a terminal without holding an API
-//! token.
+//! Tickets: how a browser opens a terminal or plays a recording without
+//! holding an API token.
 //!
 //! The platform, which holds a token, asks for a ticket bound to one
-//! identity and one container; the browser opens the terminal's WebSocket
-//! with it (browsers cannot set headers on a WebSocket). A ticket is 256
+//! identity and one thing (a container's terminal, a recording); the
+//! browser opens the terminal's WebSocket or fetches the recording with it
+//! (browsers cannot set headers on a WebSocket, nor on a player's fetch). A ticket is 256
 //! random bits, works once, and expires after a short time. The book keeps
 //! only each ticket's SHA-256, so neither a memory dump nor a timing probe
 //! of the lookup yields a usable ticket.
@@ -16,7 +17,16 @@ use sha2::{Digest, Sha256};
 
 use kisara_core::model::ContainerId;
 use kisara_core::sync::lock;
-use kisara_core::{Error, Identity, Result};
+use kisara_core::{Error, Identity, RecordingId, Result};
+
+/// What a ticket opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketScope {
+    /// A terminal on this container.
+    Terminal(ContainerId),
+    /// Playing this recording.
+    Playback(RecordingId),
+}
 
 /// How long a ticket is valid unless configured otherwise.
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(60);
@@ -37,7 +47,7 @@ pub struct Ticket {
 #[derive(Debug)]
 struct Entry {
     identity: Identity,
-    container: ContainerId,
+    scope: TicketScope,
     expires: Instant,
 }
 
@@ -67,8 +77,8 @@ impl TicketBook {
         }
     }
 
-    /// A fresh ticket for `identity` on `container`.
-    pub fn issue(&self, identity: Identity, container: ContainerId) -> Result<Ticket> {
+    /// A fresh ticket for `identity` to open `scope`.
+    pub fn issue(&self, identity: Identity, scope: TicketScope) -> Result<Ticket> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes)
             .map_err(|e| Error::unavailable(format!("no random ticket: {e}")))?;
@@ -85,7 +95,7 @@ impl TicketBook {
             digest(&secret),
             Entry {
                 identity,
-                container,
+                scope,
                 expires: now + self.ttl,
             },
         );
@@ -95,18 +105,18 @@ impl TicketBook {
         })
     }
 
-    /// Takes the ticket `secret` for `container`: the identity it was
-    /// issued to. Used, expired, unknown and other containers' tickets are
-    /// all [`Error::Unauthenticated`] with one message, and a ticket
-    /// presented for the wrong container is used up all the same.
-    pub fn redeem(&self, secret: &str, container: &ContainerId) -> Result<Identity> {
+    /// Takes the ticket `secret` for `scope`: the identity it was issued
+    /// to. Used, expired, unknown and other scopes' tickets are all
+    /// [`Error::Unauthenticated`] with one message, and a ticket presented
+    /// for the wrong scope is used up all the same.
+    pub fn redeem(&self, secret: &str, scope: &TicketScope) -> Result<Identity> {
         let refused = || Error::Unauthenticated {
-            message: "the terminal ticket is unknown, used or expired: ask for a new one".into(),
+            message: "the ticket is unknown, used or expired: ask for a new one".into(),
         };
         let entry = lock(&self.entries)
             .remove(&digest(secret))
             .ok_or_else(refused)?;
-        if entry.expires <= Instant::now() || entry.container != *container {
+        if entry.expires <= Instant::now() || entry.scope != *scope {
             return Err(refused());
         }
         Ok(entry.identity)
@@ -121,7 +131,7 @@ mod tests {
     fn a_ticket_works_once_for_its_container_only() {
         let book = TicketBook::default();
         let alice = Identity::new("alice");
-        let c1 = ContainerId::new("c1");
+        let c1 = TicketScope::Terminal(ContainerId::new("c1"));
         let ticket = book.issue(alice.clone(), c1.clone()).unwrap();
         assert_eq!(ticket.secret.len(), 64);
         assert_eq!(book.redeem(&ticket.secret, &c1).unwrap(), alice);
@@ -132,7 +142,23 @@ mod tests {
         );
 
         let other = book.issue(alice, c1.clone()).unwrap();
-        assert!(book.redeem(&other.secret, &ContainerId::new("c2")).is_err());
+        assert!(
+            book.redeem(
+                &other.secret,
+                &TicketScope::Terminal(ContainerId::new("c2"))
+            )
+            .is_err()
+        );
+        let playback = book
+            .issue(
+                Identity::new("auditor"),
+                TicketScope::Playback(RecordingId::generate()),
+            )
+            .unwrap();
+        assert!(
+            book.redeem(&playback.secret, &c1).is_err(),
+            "a playback ticket opens no terminal"
+        );
         assert!(
             book.redeem(&other.secret, &c1).is_err(),
             "a misused ticket is used up"
@@ -144,7 +170,7 @@ mod tests {
     #[test]
     fn tickets_expire() {
         let book = TicketBook::new(Duration::ZERO);
-        let c1 = ContainerId::new("c1");
+        let c1 = TicketScope::Terminal(ContainerId::new("c1"));
         let ticket = book.issue(Identity::new("alice"), c1.clone()).unwrap();
         assert!(book.redeem(&ticket.secret, &c1).is_err());
     }
