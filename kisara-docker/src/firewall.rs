@@ -101,7 +101,10 @@ impl BridgeName {
     /// The interface Docker gives a bridge network created without
     /// [`BRIDGE_NAME_OPTION`]: `br-` and the first 12 characters of its id.
     pub fn docker_default(network_id: &str) -> Result<Self> {
-        Self::parse(&format!("br-{}", network_id.get(..12).unwrap_or(network_id)))
+        Self::parse(&format!(
+            "br-{}",
+            network_id.get(..12).unwrap_or(network_id)
+        ))
     }
 
     /// The interface name.
@@ -412,7 +415,8 @@ fn parse_nft(listing: &str) -> Vec<ListedRule> {
         let Some(network) = network_of_comment(comment) else {
             continue;
         };
-        let Some(bridge) = value_after(&words, "iifname").or_else(|| value_after(&words, "oifname"))
+        let Some(bridge) =
+            value_after(&words, "iifname").or_else(|| value_after(&words, "oifname"))
         else {
             continue;
         };
@@ -661,6 +665,46 @@ impl Firewall {
     }
 }
 
+impl Firewall {
+    /// Removes everything Kisara installed in this firewall: the chain and
+    /// the jumps to it, or the table. For a host that turns enforcement
+    /// off; a no-op when nothing is there.
+    ///
+    /// # Errors
+    ///
+    /// Naming the firewall command that failed.
+    pub async fn uninstall(&self) -> Result<()> {
+        match self {
+            Self::Iptables { .. } => {
+                for program in self.xtables_programs() {
+                    if xtables(program, &["-S", ISOLATION_CHAIN]).await.is_err() {
+                        continue;
+                    }
+                    for parent in ["INPUT", "DOCKER-USER", "FORWARD"] {
+                        // Each jump once, but a hand-made copy too.
+                        while xtables(program, &["-D", parent, "-j", ISOLATION_CHAIN])
+                            .await
+                            .is_ok()
+                        {}
+                    }
+                    xtables(program, &["-F", ISOLATION_CHAIN]).await?;
+                    xtables(program, &["-X", ISOLATION_CHAIN]).await?;
+                }
+                Ok(())
+            }
+            Self::Nft { program } => {
+                if run(program, &["list", "table", "inet", NFT_TABLE], None)
+                    .await
+                    .is_ok()
+                {
+                    run(program, &["delete", "table", "inet", NFT_TABLE], None).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,7 +719,9 @@ mod tests {
         assert_ne!(derived, BridgeName::for_network("team-8"));
         assert_eq!(BridgeName::parse(derived.as_str()).unwrap(), derived);
         assert_eq!(
-            BridgeName::docker_default("0123456789abcdef").unwrap().as_str(),
+            BridgeName::docker_default("0123456789abcdef")
+                .unwrap()
+                .as_str(),
             "br-0123456789ab"
         );
         for bad in ["", "-x", "a b", "sixteen-chars-xx", "x;rm", "é"] {
@@ -732,9 +778,10 @@ mod tests {
 
     #[tokio::test]
     async fn no_working_tool_is_unavailable_naming_what_was_tried_and_the_opt_out() {
-        let err = Firewall::detect_among("kisara-no-iptables", "kisara-no-ip6tables", "kisara-no-nft")
-            .await
-            .unwrap_err();
+        let err =
+            Firewall::detect_among("kisara-no-iptables", "kisara-no-ip6tables", "kisara-no-nft")
+                .await
+                .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         let text = err.to_string();
         for expected in [

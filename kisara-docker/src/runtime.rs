@@ -44,6 +44,9 @@ pub struct DockerOptions {
     /// Whether internal bridge networks are cut off from the host by
     /// firewall rules (the default); see the crate's "Network isolation".
     pub isolation: Isolation,
+    /// The firewall tool enforcing it; when `None`, the first that works
+    /// ([`Firewall::detect`]).
+    pub firewall: Option<Firewall>,
 }
 
 impl Default for DockerOptions {
@@ -53,6 +56,7 @@ impl Default for DockerOptions {
             request_timeout: Duration::from_secs(120),
             defaults: ContainerDefaults::default(),
             isolation: Isolation::default(),
+            firewall: None,
         }
     }
 }
@@ -159,6 +163,13 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Enforces isolation with `firewall` instead of the first tool that
+    /// works.
+    pub fn with_firewall(mut self, firewall: Firewall) -> Self {
+        self.options.firewall = Some(firewall);
+        self
+    }
+
     /// The options built so far.
     pub fn options(&self) -> &DockerOptions {
         &self.options
@@ -214,6 +225,16 @@ impl DockerRuntime {
             message: how_to_start(&endpoint),
             source: Some(Box::new(e)),
         };
+        if options.isolation == Isolation::Enforce && !is_on_this_host(&endpoint) {
+            return Err(Error::not_supported(
+                error::BACKEND,
+                format!(
+                    "isolating internal networks of the engine at {endpoint}: it is not on this host, \
+                     and the rules go into the engine host's firewall; run the runtime on that host, \
+                     or turn enforcement off explicitly (DockerOptions::isolation = Isolation::Off)"
+                ),
+            ));
+        }
         let docker = Docker::connect_with_host(&endpoint).map_err(unavailable)?;
         let docker = docker.with_timeout(options.request_timeout);
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
@@ -235,17 +256,10 @@ impl DockerRuntime {
                 );
                 None
             }
-            Isolation::Enforce if !is_on_this_host(&endpoint) => {
-                return Err(Error::not_supported(
-                    error::BACKEND,
-                    format!(
-                        "isolating internal networks of the engine at {endpoint}: it is not on this host, \
-                         and the rules go into the engine host's firewall; run the runtime on that host, \
-                         or turn enforcement off explicitly (DockerOptions::isolation = Isolation::Off)"
-                    ),
-                ));
-            }
-            Isolation::Enforce => Some(Firewall::detect().await?),
+            Isolation::Enforce => Some(match &options.firewall {
+                Some(chosen) => chosen.clone(),
+                None => Firewall::detect().await?,
+            }),
         };
         let runtime = Self {
             docker,
@@ -408,7 +422,9 @@ fn is_on_this_host(endpoint: &str) -> bool {
     let authority = rest.split('/').next().unwrap_or_default();
     let host = match authority.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
     };
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
