@@ -395,6 +395,16 @@ fn parse_xtables(program: &str, listing: &str) -> Vec<ListedRule> {
         .collect()
 }
 
+/// Whether `present` (one program's listed rules of `target`'s bridge) are
+/// exactly the rules `target` needs, in order.
+fn xtables_rules_are_exact(present: &[ListedRule], target: &IsolatedNetwork) -> bool {
+    let wanted = target.iptables_rules();
+    present.len() == wanted.len()
+        && present.iter().zip(&wanted).all(|(listed, rule)| {
+            matches!(&listed.delete, Deletion::Xtables { args, .. } if args.get(2..) == Some(rule))
+        })
+}
+
 /// Kisara's rules in `nft -a list table inet kisara_isolation` output.
 fn parse_nft(listing: &str) -> Vec<ListedRule> {
     let mut chain = None;
@@ -501,16 +511,22 @@ impl Firewall {
         }
     }
 
+    /// Kisara's rules as `program` lists them.
+    async fn listed_xtables(program: &str) -> Vec<ListedRule> {
+        // No chain yet: no rules.
+        match xtables(program, &["-S", ISOLATION_CHAIN]).await {
+            Ok(listing) => parse_xtables(program, &listing),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Kisara's rules as the firewall lists them.
     async fn listed(&self) -> Result<Vec<ListedRule>> {
         match self {
             Self::Iptables { .. } => {
                 let mut rules = Vec::new();
                 for program in self.xtables_programs() {
-                    // No chain yet: no rules.
-                    if let Ok(listing) = xtables(program, &["-S", ISOLATION_CHAIN]).await {
-                        rules.extend(parse_xtables(program, &listing));
-                    }
+                    rules.extend(Self::listed_xtables(program).await);
                 }
                 Ok(rules)
             }
@@ -562,70 +578,75 @@ impl Firewall {
         Ok(())
     }
 
-    /// Installs the rules of `target`; a no-op when all are there, and a
-    /// fresh, complete set when some are missing.
+    /// Installs the rules of `target`; see [`Self::install_all`].
     ///
     /// # Errors
     ///
     /// Naming the firewall command that failed.
     pub async fn install(&self, target: &IsolatedNetwork) -> Result<()> {
+        self.install_all(std::slice::from_ref(target)).await
+    }
+
+    /// Installs the rules of every target, checked against one listing: a
+    /// no-op for a network whose rules are all there, in order; otherwise
+    /// a complete set is added before the old rules go, so no network is
+    /// ever without them.
+    ///
+    /// # Errors
+    ///
+    /// Naming the firewall command that failed.
+    pub async fn install_all(&self, targets: &[IsolatedNetwork]) -> Result<()> {
         match self {
             Self::Iptables { .. } => {
-                let rules = target.iptables_rules();
                 for program in self.xtables_programs() {
                     Self::prepare_xtables(program).await?;
-                    let mut complete = true;
-                    for rule in &rules {
-                        let check: Vec<&str> = ["-C", ISOLATION_CHAIN]
-                            .into_iter()
-                            .chain(rule.iter().map(String::as_str))
+                    let listed = Self::listed_xtables(program).await;
+                    for target in targets {
+                        let present: Vec<ListedRule> = listed
+                            .iter()
+                            .filter(|r| r.target.bridge == target.bridge)
+                            .cloned()
                             .collect();
-                        if xtables(program, &check).await.is_err() {
-                            complete = false;
-                            break;
+                        if xtables_rules_are_exact(&present, target) {
+                            continue;
                         }
-                    }
-                    if complete {
-                        continue;
-                    }
-                    // Rebuilt whole: order matters (the RETURNs go first).
-                    self.delete(self.listed().await?.into_iter().filter(|r| {
-                        r.target.bridge == target.bridge
-                            && matches!(&r.delete, Deletion::Xtables { program: p, .. } if p == program)
-                    }))
-                    .await?;
-                    for rule in &rules {
-                        let append: Vec<&str> = ["-A", ISOLATION_CHAIN]
-                            .into_iter()
-                            .chain(rule.iter().map(String::as_str))
-                            .collect();
-                        xtables(program, &append).await?;
+                        for rule in &target.iptables_rules() {
+                            let append: Vec<&str> = ["-A", ISOLATION_CHAIN]
+                                .into_iter()
+                                .chain(rule.iter().map(String::as_str))
+                                .collect();
+                            xtables(program, &append).await?;
+                        }
+                        // `-D` deletes the first rule matching: the old one.
+                        self.delete(present).await?;
                     }
                 }
                 Ok(())
             }
             Self::Nft { program } => {
-                let wanted = target.nft_rules();
-                let present: Vec<ListedRule> = self
-                    .listed()
-                    .await?
-                    .into_iter()
-                    .filter(|r| r.target.bridge == target.bridge)
-                    .collect();
-                if present.len() == wanted.len() && present.iter().all(|r| r.target == *target) {
-                    return Ok(());
-                }
+                let listed = self.listed().await?;
                 // One transaction: the old rules go and the new come at once.
                 let mut script = nft_prelude();
-                for rule in &present {
-                    if let Deletion::Nft { chain, handle } = &rule.delete {
-                        script.push_str(&format!(
-                            "delete rule inet {NFT_TABLE} {chain} handle {handle}\n"
-                        ));
+                for target in targets {
+                    let present: Vec<&ListedRule> = listed
+                        .iter()
+                        .filter(|r| r.target.bridge == target.bridge)
+                        .collect();
+                    let wanted = target.nft_rules();
+                    if present.len() == wanted.len() && present.iter().all(|r| r.target == *target)
+                    {
+                        continue;
                     }
-                }
-                for (chain, rule) in wanted {
-                    script.push_str(&format!("add rule inet {NFT_TABLE} {chain} {rule}\n"));
+                    for rule in present {
+                        if let Deletion::Nft { chain, handle } = &rule.delete {
+                            script.push_str(&format!(
+                                "delete rule inet {NFT_TABLE} {chain} handle {handle}\n"
+                            ));
+                        }
+                    }
+                    for (chain, rule) in wanted {
+                        script.push_str(&format!("add rule inet {NFT_TABLE} {chain} {rule}\n"));
+                    }
                 }
                 run(program, &["-f", "-"], Some(&script)).await?;
                 Ok(())
@@ -751,6 +772,28 @@ mod tests {
             args.join(" "),
             "-D KISARA-ISOLATION -o kis-0123456789a -m comment --comment kisara-network:net-1 -j DROP"
         );
+    }
+
+    #[test]
+    fn rules_as_iptables_lists_them_are_recognised_as_complete() {
+        // `iptables -S` of iptables v1.8.9 (nf_tables) after installing.
+        let listing = "-N KISARA-ISOLATION\n\
+            -A KISARA-ISOLATION -i kis-df40789e7ab -o kis-df40789e7ab -m comment --comment \"kisara-network:kdn-a10ca5514f49\" -j RETURN\n\
+            -A KISARA-ISOLATION -i kis-df40789e7ab -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"kisara-network:kdn-a10ca5514f49\" -j RETURN\n\
+            -A KISARA-ISOLATION -i kis-df40789e7ab -m comment --comment \"kisara-network:kdn-a10ca5514f49\" -j DROP\n\
+            -A KISARA-ISOLATION -o kis-df40789e7ab -m comment --comment \"kisara-network:kdn-a10ca5514f49\" -j DROP\n";
+        let target = IsolatedNetwork::new(
+            BridgeName::parse("kis-df40789e7ab").unwrap(),
+            "kdn-a10ca5514f49",
+        )
+        .unwrap();
+        let listed = parse_xtables("iptables", listing);
+        assert!(xtables_rules_are_exact(&listed, &target));
+        // A rule missing, or the order changed: not complete.
+        assert!(!xtables_rules_are_exact(&listed[1..], &target));
+        let mut swapped = listed;
+        swapped.swap(1, 2);
+        assert!(!xtables_rules_are_exact(&swapped, &target));
     }
 
     #[test]

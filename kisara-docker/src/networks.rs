@@ -378,11 +378,9 @@ impl DockerRuntime {
             .map_err(|e| self.err(e, "network", "*"))?;
         let mut report = IsolationReport::default();
         for network in &networks {
-            if let Some(isolated) = isolation_of_listed(network)? {
-                firewall.install(&isolated).await?;
-                report.isolated.push(isolated);
-            }
+            report.isolated.extend(isolation_of_listed(network)?);
         }
+        firewall.install_all(&report.isolated).await?;
         for stale in installed {
             if !report.isolated.iter().any(|i| i.bridge == stale.bridge) {
                 firewall.remove(&stale.bridge).await?;
