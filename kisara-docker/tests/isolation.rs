@@ -491,6 +491,13 @@ async fn internal_networks_are_cut_off_from_the_host_with_legacy_iptables() {
 
 #[tokio::test]
 async fn internal_networks_are_cut_off_from_the_host_with_nft_alone() {
+    assert!(
+        std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "this test needs `nft`: apt-get install nftables"
+    );
     let options = DockerOptions {
         firewall: Some(Firewall::Nft {
             program: "nft".to_owned(),
