@@ -351,6 +351,17 @@ impl DockerRuntime {
         .await
     }
 
+    /// Every network labelled [`kisara_core::model::labels::MANAGED`].
+    async fn managed_networks(&self) -> Result<Vec<Network>> {
+        let filters = HashMap::from([("label".to_owned(), label_filters(&LabelFilter::managed()))]);
+        self.docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| self.err(e, "network", "*"))
+    }
+
     /// Brings the isolation rules in line with the engine's Kisara internal
     /// bridge networks: rules missing or incomplete are installed, rules of
     /// networks that are gone removed. Idempotent; [`DockerRuntime::connect`]
@@ -365,24 +376,22 @@ impl DockerRuntime {
         let Some(firewall) = &self.firewall else {
             return Ok(IsolationReport::default());
         };
-        // The rules first, the networks second: a network created in
-        // between has no rules yet, so none of its rules can look stale.
-        let installed = firewall.installed().await?;
-        let filters = HashMap::from([("label".to_owned(), label_filters(&LabelFilter::managed()))]);
-        let networks = self
-            .docker
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(filters),
-            }))
-            .await
-            .map_err(|e| self.err(e, "network", "*"))?;
         let mut report = IsolationReport::default();
-        for network in &networks {
-            report.isolated.extend(isolation_of_listed(network)?);
+        for network in self.managed_networks().await? {
+            report.isolated.extend(isolation_of_listed(&network)?);
         }
         firewall.install_all(&report.isolated).await?;
+        // Stale ones from fresh listings, so a network removed while the
+        // rules above went in loses them here. The rules first, the
+        // networks second: a network created in between has no rules yet,
+        // so none of its rules can look stale.
+        let installed = firewall.installed().await?;
+        let mut present = Vec::new();
+        for network in self.managed_networks().await? {
+            present.extend(isolation_of_listed(&network)?);
+        }
         for stale in installed {
-            if !report.isolated.iter().any(|i| i.bridge == stale.bridge) {
+            if !present.iter().any(|i| i.bridge == stale.bridge) {
                 firewall.remove(&stale.bridge).await?;
                 report.removed.push(stale);
             }
