@@ -274,26 +274,31 @@ async fn host_and_peer_reach(
     .ok()
     .flatten()
     .unwrap_or(false);
-    // Busybox's static wget crashes; nc speaks the request instead.
-    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {target} 8080");
-    let from_peer = exec_to_end(runtime, peer, ["sh", "-c", &request])
-        .await
-        .map(|r| String::from_utf8_lossy(&r.stdout).contains("kisara-peer"))
-        .unwrap_or(false);
-    (from_host, from_peer)
+    (from_host, fetches(runtime, peer, target).await)
 }
 
-/// How many packets from `bridge` the IPv4 rule dropping them has dropped
-/// (`None` for `nft`, whose rules keep no counters).
-fn dropped_from(firewall: &Firewall, bridge: &BridgeName) -> Option<u64> {
+/// Whether container `from` fetches the page of the container at `target`.
+async fn fetches(runtime: &DockerRuntime, from: &ContainerId, target: IpAddr) -> bool {
+    // Busybox's static wget crashes; nc speaks the request instead.
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {target} 8080");
+    exec_to_end(runtime, from, ["sh", "-c", &request])
+        .await
+        .map(|r| String::from_utf8_lossy(&r.stdout).contains("kisara-peer"))
+        .unwrap_or(false)
+}
+
+/// How many packets the IPv4 rule dropping what comes from `bridge`
+/// (`direction` `-i`) or goes to it (`-o`) has dropped (`None` for `nft`,
+/// whose rules keep no counters).
+fn dropped(firewall: &Firewall, direction: &str, bridge: &BridgeName) -> Option<u64> {
     let Firewall::Iptables { ipv4, .. } = firewall else {
         return None;
     };
     let counted = host(ipv4, &["-v", "-S", ISOLATION_CHAIN]);
     let rule = counted
         .lines()
-        .find(|l| l.contains(&format!("-i {bridge} -m comment")) && l.ends_with("-j DROP"))
-        .unwrap_or_else(|| panic!("the DROP from {bridge}:\n{counted}"));
+        .find(|l| l.contains(&format!("{direction} {bridge} -m comment")) && l.ends_with("-j DROP"))
+        .unwrap_or_else(|| panic!("the DROP {direction} {bridge}:\n{counted}"));
     let words: Vec<&str> = rule.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "-c").expect("counters");
     Some(words[at + 1].parse().unwrap())
@@ -318,7 +323,7 @@ async fn internal_networks_are_cut_off_from_the_host(options: DockerOptions) {
 
     let (inside, inside_ip) = container_on(&runtime, &image, &cleanup, &internal).await;
     let (neighbour, _) = container_on(&runtime, &image, &cleanup, &internal).await;
-    let (outside, _) = container_on(&runtime, &image, &cleanup, &bridge).await;
+    let (outside, outside_ip) = container_on(&runtime, &image, &cleanup, &bridge).await;
     let (unprotected_inside, _) = container_on(&runtime, &image, &cleanup, &unprotected).await;
 
     let title = format!("{firewall}");
@@ -357,6 +362,38 @@ async fn internal_networks_are_cut_off_from_the_host(options: DockerOptions) {
         (true, true),
         "the host and a neighbour on the internal network reach its container"
     );
+    // Out of the network and into it, through the forward path (the
+    // neighbour's fetch above shows the probe can succeed): Docker's
+    // own rules drop both as well, but Kisara's come first (in
+    // DOCKER-USER) and count what they drop.
+    let forwarded = BTreeMap::from([
+        (
+            format!("to a container on the bridge network {outside_ip}"),
+            fetches(&runtime, &inside, outside_ip).await,
+        ),
+        (
+            format!("from a container on the bridge network to {inside_ip}"),
+            fetches(&runtime, &outside, inside_ip).await,
+        ),
+    ]);
+    let unprotected_forwarded = BTreeMap::from([(
+        format!("to a container on the bridge network {outside_ip}"),
+        fetches(&runtime, &unprotected_inside, outside_ip).await,
+    )]);
+    table(&format!("{title}: internal, forwarded"), &forwarded);
+    table(
+        &format!("{title}: internal without Kisara's rules, forwarded"),
+        &unprotected_forwarded,
+    );
+    assert!(
+        forwarded.values().all(|reached| !reached),
+        "traffic crosses the internal network's edge: {forwarded:?}"
+    );
+    assert!(
+        dropped(&firewall, "-o", &bridge_name).is_none_or(|n| n > 0),
+        "Kisara's rule dropped what came into {bridge_name}"
+    );
+
     // Only this runtime's tool holds rules for it: the probes test that
     // tool alone.
     let listings: [(&str, &[&str]); 3] = [
@@ -392,14 +429,14 @@ async fn internal_networks_are_cut_off_from_the_host(options: DockerOptions) {
 
     // "Restart": a fresh runtime reconciles; the rules stay (not rebuilt:
     // their counters go on) and still hold.
-    let dropped_before = dropped_from(&firewall, &bridge_name);
+    let dropped_before = dropped(&firewall, "-i", &bridge_name);
     let restarted = testing::connect(options.clone()).await;
     let report = restarted.reconcile_isolation().await.unwrap();
     assert!(
         report.isolated.iter().any(|i| i.bridge == bridge_name),
         "{report:?}"
     );
-    let dropped_after = dropped_from(&firewall, &bridge_name);
+    let dropped_after = dropped(&firewall, "-i", &bridge_name);
     assert!(
         dropped_after >= dropped_before && dropped_before.is_none_or(|n| n > 0),
         "packets dropped from {bridge_name}: {dropped_before:?} before the restart, {dropped_after:?} after"
