@@ -370,13 +370,15 @@ enum Deletion {
     Nft { chain: String, handle: u64 },
 }
 
-/// Kisara's rules in `iptables -S KISARA-ISOLATION` output.
+/// Kisara's rules in `iptables -S` output (of its chain or the table).
 fn parse_xtables(program: &str, listing: &str) -> Vec<ListedRule> {
     listing
         .lines()
         .filter_map(|line| {
             let words = words(line);
-            if words.first().map(String::as_str) != Some("-A") {
+            if words.first().map(String::as_str) != Some("-A")
+                || words.get(1).map(String::as_str) != Some(ISOLATION_CHAIN)
+            {
                 return None;
             }
             let network = network_of_comment(value_after(&words, "--comment")?)?;
@@ -552,9 +554,14 @@ impl Firewall {
         Ok(unique.into_iter().collect())
     }
 
-    /// Creates the chain and the jumps to it for `program`, when missing.
-    async fn prepare_xtables(program: &str) -> Result<()> {
-        if xtables(program, &["-S", ISOLATION_CHAIN]).await.is_err() {
+    /// Creates the chain when missing, and makes a jump to it the first
+    /// rule of `INPUT` and of `DOCKER-USER` (`FORWARD` without one), from
+    /// one listing of the table, which it returns Kisara's rules of.
+    async fn prepare_xtables(program: &str) -> Result<Vec<ListedRule>> {
+        let listing = xtables(program, &["-S"]).await?;
+        let lines: Vec<&str> = listing.lines().collect();
+        let defines = |chain: &str| lines.iter().any(|l| *l == format!("-N {chain}"));
+        if !defines(ISOLATION_CHAIN) {
             // Another runtime may create it at the same moment: look again.
             if let Err(failure) = xtables(program, &["-N", ISOLATION_CHAIN]).await {
                 xtables(program, &["-S", ISOLATION_CHAIN])
@@ -562,20 +569,25 @@ impl Firewall {
                     .map_err(|_| failure)?;
             }
         }
-        let forward = if xtables(program, &["-S", "DOCKER-USER"]).await.is_ok() {
+        let forward = if defines("DOCKER-USER") {
             "DOCKER-USER"
         } else {
             "FORWARD"
         };
         for parent in ["INPUT", forward] {
-            let jump = ["-j", ISOLATION_CHAIN];
-            let check: Vec<&str> = ["-C", parent].into_iter().chain(jump).collect();
-            if xtables(program, &check).await.is_err() {
-                let insert: Vec<&str> = ["-I", parent, "1"].into_iter().chain(jump).collect();
-                xtables(program, &insert).await?;
+            let appended = format!("-A {parent} ");
+            let first = lines
+                .iter()
+                .find(|l| l.starts_with(&appended))
+                .is_some_and(|l| l[appended.len()..] == format!("-j {ISOLATION_CHAIN}"));
+            // Missing, or behind a rule that may accept first. A jump left
+            // further down is harmless (the chain decides the same twice)
+            // and safer than deleting by position in a chain others edit.
+            if !first {
+                xtables(program, &["-I", parent, "1", "-j", ISOLATION_CHAIN]).await?;
             }
         }
-        Ok(())
+        Ok(parse_xtables(program, &listing))
     }
 
     /// Installs the rules of `target`; see [`Self::install_all`].
@@ -599,8 +611,7 @@ impl Firewall {
         match self {
             Self::Iptables { .. } => {
                 for program in self.xtables_programs() {
-                    Self::prepare_xtables(program).await?;
-                    let listed = Self::listed_xtables(program).await;
+                    let listed = Self::prepare_xtables(program).await?;
                     for target in targets {
                         let present: Vec<ListedRule> = listed
                             .iter()
@@ -761,7 +772,8 @@ mod tests {
         let listing = "-N KISARA-ISOLATION\n\
             -A KISARA-ISOLATION -i kis-0123456789a -o kis-0123456789a -m comment --comment \"kisara-network:net-1\" -j RETURN\n\
             -A KISARA-ISOLATION -o kis-0123456789a -m comment --comment kisara-network:net-1 -j DROP\n\
-            -A KISARA-ISOLATION -i eth0 -m comment --comment \"someone else\" -j DROP\n";
+            -A KISARA-ISOLATION -i eth0 -m comment --comment \"someone else\" -j DROP\n\
+            -A INPUT -i kis-0123456789a -m comment --comment kisara-network:net-1 -j DROP\n";
         let rules = parse_xtables("iptables", listing);
         assert_eq!(rules.len(), 2, "{rules:?}");
         assert!(rules.iter().all(|r| r.target == target));

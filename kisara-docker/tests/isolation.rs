@@ -604,7 +604,43 @@ async fn reconciling_restores_missing_rules_and_removes_stale_ones() {
         .await
         .unwrap();
 
+    // And a rule put before Kisara's jump in INPUT (accepting loopback,
+    // which the policy accepts anyway), removed again even on failure.
+    struct FirstInInput;
+    impl Drop for FirstInInput {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("iptables")
+                .args(["-D", "INPUT", "-i", "lo", "-m", "comment"])
+                .args(["--comment", "kisara-test-first", "-j", "ACCEPT"])
+                .status();
+        }
+    }
+    let _first = FirstInInput;
+    host(
+        "iptables",
+        &[
+            "-I",
+            "INPUT",
+            "1",
+            "-i",
+            "lo",
+            "-m",
+            "comment",
+            "--comment",
+            "kisara-test-first",
+        ]
+        .into_iter()
+        .chain(["-j", "ACCEPT"])
+        .collect::<Vec<_>>(),
+    );
+
     let restarted = testing::connect_default().await;
+    let input = host("iptables", &["-S", "INPUT"]);
+    assert_eq!(
+        input.lines().find(|l| l.starts_with("-A INPUT")),
+        Some(format!("-A INPUT -j {ISOLATION_CHAIN}").as_str()),
+        "the jump to {ISOLATION_CHAIN} comes first again:\n{input}"
+    );
     let after = host("iptables", &["-S", ISOLATION_CHAIN]);
     assert_eq!(
         after
