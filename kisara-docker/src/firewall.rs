@@ -513,13 +513,11 @@ impl Firewall {
         }
     }
 
-    /// Kisara's rules as `program` lists them.
-    async fn listed_xtables(program: &str) -> Vec<ListedRule> {
-        // No chain yet: no rules.
-        match xtables(program, &["-S", ISOLATION_CHAIN]).await {
-            Ok(listing) => parse_xtables(program, &listing),
-            Err(_) => Vec::new(),
-        }
+    /// Kisara's rules as `program` lists them: from the whole table, where
+    /// a missing chain is simply absent (its own listing would fail with a
+    /// message that differs between backends).
+    async fn listed_xtables(program: &str) -> Result<Vec<ListedRule>> {
+        Ok(parse_xtables(program, &xtables(program, &["-S"]).await?))
     }
 
     /// Kisara's rules as the firewall lists them.
@@ -528,7 +526,7 @@ impl Firewall {
             Self::Iptables { .. } => {
                 let mut rules = Vec::new();
                 for program in self.xtables_programs() {
-                    rules.extend(Self::listed_xtables(program).await);
+                    rules.extend(Self::listed_xtables(program).await?);
                 }
                 Ok(rules)
             }
@@ -709,7 +707,11 @@ impl Firewall {
         match self {
             Self::Iptables { .. } => {
                 for program in self.xtables_programs() {
-                    if xtables(program, &["-S", ISOLATION_CHAIN]).await.is_err() {
+                    let listing = xtables(program, &["-S"]).await?;
+                    if !listing
+                        .lines()
+                        .any(|l| l == format!("-N {ISOLATION_CHAIN}"))
+                    {
                         continue;
                     }
                     for parent in ["INPUT", "DOCKER-USER", "FORWARD"] {
