@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod exec;
 mod files;
+pub mod firewall;
 mod hijack;
 mod images;
 mod networks;
@@ -16,7 +17,9 @@ mod stats;
 pub mod testing;
 
 pub use exec::EXEC_MARKER_ENV;
+pub use firewall::{Firewall, Isolation};
 pub use images::ImageGc;
+pub use networks::IsolationReport;
 pub use runtime::{
     DEFAULT_HOST, DockerOptions, DockerRuntime, DockerRuntimeBuilder, node_capacity,
 };

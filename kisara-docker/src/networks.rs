@@ -1,9 +1,10 @@
 //! Networks: bridge and attachable Swarm overlay networks with explicit
-//! subnets.
+//! subnets; internal bridge networks isolated from the host by
+//! [`crate::firewall`] rules.
 
 use std::collections::HashMap;
 
-use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, NetworkInspect};
+use bollard::models::{Ipam, IpamConfig, Network, NetworkCreateRequest, NetworkInspect};
 use bollard::query_parameters::{InspectNetworkOptions, ListNetworksOptions};
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
@@ -14,7 +15,65 @@ use kisara_core::{Error, Result};
 use tracing::Instrument;
 
 use crate::error::{is_not_found, status_of};
+use crate::firewall::{BRIDGE_NAME_OPTION, BridgeName, IsolatedNetwork};
 use crate::runtime::{DockerRuntime, label_filters};
+
+/// What [`DockerRuntime::reconcile_isolation`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IsolationReport {
+    /// The internal networks whose rules are in place (installed now when
+    /// missing or incomplete).
+    pub isolated: Vec<IsolatedNetwork>,
+    /// Rules of networks that are gone, removed.
+    pub removed: Vec<IsolatedNetwork>,
+}
+
+/// The isolation an engine's network needs: its bridge and name when it is
+/// an internal bridge network, `None` otherwise (overlay networks have no
+/// bridge on this host).
+///
+/// # Errors
+///
+/// [`Error::Invalid`] when its bridge or name is unusable in a rule.
+fn isolation_of(
+    name: Option<&str>,
+    id: Option<&str>,
+    driver: Option<&str>,
+    internal: Option<bool>,
+    options: Option<&HashMap<String, String>>,
+) -> Result<Option<IsolatedNetwork>> {
+    if internal != Some(true) || driver != Some("bridge") {
+        return Ok(None);
+    }
+    let name = name.unwrap_or_default();
+    // Networks Kisara created name their bridge; older ones have Docker's.
+    let bridge = match options.and_then(|o| o.get(BRIDGE_NAME_OPTION)) {
+        Some(bridge) => BridgeName::parse(bridge),
+        None => BridgeName::docker_default(id.unwrap_or_default()),
+    }
+    .map_err(|e| Error::invalid("network", format!("{name:?}: {e}")))?;
+    IsolatedNetwork::new(bridge, name).map(Some)
+}
+
+fn isolation_of_listed(network: &Network) -> Result<Option<IsolatedNetwork>> {
+    isolation_of(
+        network.name.as_deref(),
+        network.id.as_deref(),
+        network.driver.as_deref(),
+        network.internal,
+        network.options.as_ref(),
+    )
+}
+
+fn isolation_of_inspected(network: &NetworkInspect) -> Result<Option<IsolatedNetwork>> {
+    isolation_of(
+        network.name.as_deref(),
+        network.id.as_deref(),
+        network.driver.as_deref(),
+        network.internal,
+        network.options.as_ref(),
+    )
+}
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
@@ -117,6 +176,11 @@ impl DockerRuntime {
                 }
             }
             let overlay = spec.driver == NetworkDriver::Overlay;
+            // An internal bridge gets an interface name Kisara knows, for
+            // its isolation rules.
+            let isolated = (spec.internal && !overlay && self.firewall.is_some())
+                .then(|| IsolatedNetwork::new(BridgeName::for_network(&spec.name), &spec.name))
+                .transpose()?;
             let request = NetworkCreateRequest {
                 name: spec.name.clone(),
                 driver: Some(if overlay { "overlay" } else { "bridge" }.to_owned()),
@@ -132,10 +196,18 @@ impl DockerRuntime {
                     options: None,
                 }),
                 labels: Some(spec.kisara_labels().into_iter().collect()),
+                options: isolated.as_ref().map(|i| {
+                    HashMap::from([(BRIDGE_NAME_OPTION.to_owned(), i.bridge.to_string())])
+                }),
                 ..NetworkCreateRequest::default()
             };
             let created = self.docker.create_network(request).await.map_err(|e| match status_of(&e) {
                 Some((409, _)) => Error::already_exists("network", &spec.name),
+                // The bridge's name derives from the network's: a racing
+                // creator of the same name has it.
+                Some((_, message)) if message.contains("same bridge name") => {
+                    Error::already_exists("network", &spec.name)
+                }
                 Some((_, message)) if message.contains("overlap") => Error::conflict(format!(
                     "subnet {} of network {:?} overlaps another network: {message}",
                     spec.subnet.map(|s| s.to_string()).unwrap_or_default(),
@@ -149,6 +221,14 @@ impl DockerRuntime {
                 // Lost a race: the older one stays.
                 let _ = self.docker.remove_network(&id).await;
                 return Err(Error::already_exists("network", &spec.name));
+            }
+            if let (Some(firewall), Some(isolated)) = (&self.firewall, &isolated) {
+                if let Err(e) = firewall.install(isolated).await {
+                    // Never an internal network without its rules.
+                    let _ = self.docker.remove_network(&id).await;
+                    return Err(e);
+                }
+                tracing::info!(bridge = %isolated.bridge, "isolation rules installed");
             }
             tracing::info!(network_id = %id, "network created");
             // A new Swarm network is inspected half-filled (no driver, no
@@ -244,8 +324,13 @@ impl DockerRuntime {
                     attached.join(", ")
                 )));
             }
+            // A bridge no rule could name has no rules to remove.
+            let isolated = isolation_of_inspected(&inspected).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "network without usable isolation rules");
+                None
+            });
             let id = inspected.id.unwrap_or_else(|| network.to_owned());
-            match self.docker.remove_network(&id).await {
+            let removed = match self.docker.remove_network(&id).await {
                 Ok(()) => Ok(()),
                 Err(e) if is_not_found(&e) => Ok(()),
                 Err(e) => match status_of(&e) {
@@ -254,9 +339,82 @@ impl DockerRuntime {
                     ))),
                     _ => Err(self.err(e, "network", network)),
                 },
+            };
+            removed?;
+            if let (Some(firewall), Some(isolated)) = (&self.firewall, &isolated) {
+                firewall.remove(&isolated.bridge).await?;
+                tracing::info!(bridge = %isolated.bridge, "isolation rules removed");
             }
+            Ok(())
         }
         .instrument(span)
         .await
+    }
+
+    /// Every network labelled [`kisara_core::model::labels::MANAGED`].
+    async fn managed_networks(&self) -> Result<Vec<Network>> {
+        let filters = HashMap::from([("label".to_owned(), label_filters(&LabelFilter::managed()))]);
+        self.docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| self.err(e, "network", "*"))
+    }
+
+    /// Brings the isolation rules in line with the engine's Kisara internal
+    /// bridge networks: rules missing or incomplete are installed, rules of
+    /// networks that are gone removed. Idempotent; [`DockerRuntime::connect`]
+    /// runs it, and an agent may again at any time. A no-op with
+    /// [`crate::Isolation::Off`].
+    ///
+    /// # Errors
+    ///
+    /// When the engine or the firewall fails, naming the command, or a
+    /// network's bridge cannot be used in a rule.
+    pub async fn reconcile_isolation(&self) -> Result<IsolationReport> {
+        let Some(firewall) = &self.firewall else {
+            return Ok(IsolationReport::default());
+        };
+        let mut report = IsolationReport::default();
+        for network in self.managed_networks().await? {
+            report.isolated.extend(isolation_of_listed(&network)?);
+        }
+        firewall.install_all(&report.isolated).await?;
+        // Stale ones from fresh listings, so a network removed while the
+        // rules above went in loses them here. The rules first, the
+        // networks second: a network created in between has no rules yet,
+        // so none of its rules can look stale.
+        let installed = firewall.installed().await?;
+        let mut present = Vec::new();
+        for network in self.managed_networks().await? {
+            present.extend(isolation_of_listed(&network)?);
+        }
+        for stale in installed {
+            if !present.iter().any(|i| i.bridge == stale.bridge) {
+                firewall.remove(&stale.bridge).await?;
+                report.removed.push(stale);
+            }
+        }
+        tracing::info!(
+            %firewall,
+            isolated = report.isolated.len(),
+            removed = report.removed.len(),
+            "isolation rules reconciled"
+        );
+        Ok(report)
+    }
+
+    /// The networks whose isolation rules are in the firewall now (empty
+    /// with [`crate::Isolation::Off`]).
+    ///
+    /// # Errors
+    ///
+    /// When the firewall cannot be listed.
+    pub async fn isolation_rules(&self) -> Result<Vec<IsolatedNetwork>> {
+        match &self.firewall {
+            Some(firewall) => firewall.installed().await,
+            None => Ok(Vec::new()),
+        }
     }
 }

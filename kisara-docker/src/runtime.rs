@@ -19,6 +19,7 @@ use kisara_core::{
 };
 
 use crate::error::{self, how_to_start};
+use crate::firewall::{Firewall, Isolation};
 
 /// The local engine's socket, used when neither the options nor
 /// `DOCKER_HOST` name an engine.
@@ -40,6 +41,12 @@ pub struct DockerOptions {
     /// for containers whose spec leaves them open; mounts outside the
     /// allow-list are refused with [`Error::PermissionDenied`].
     pub defaults: ContainerDefaults,
+    /// Whether internal bridge networks are cut off from the host by
+    /// firewall rules (the default); see the crate's "Network isolation".
+    pub isolation: Isolation,
+    /// The firewall tool enforcing it; when `None`, the first that works
+    /// ([`Firewall::detect`]).
+    pub firewall: Option<Firewall>,
 }
 
 impl Default for DockerOptions {
@@ -48,6 +55,8 @@ impl Default for DockerOptions {
             host: None,
             request_timeout: Duration::from_secs(120),
             defaults: ContainerDefaults::default(),
+            isolation: Isolation::default(),
+            firewall: None,
         }
     }
 }
@@ -147,6 +156,20 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Enforces the isolation of internal networks (the default) or, with
+    /// [`Isolation::Off`], explicitly not.
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.options.isolation = isolation;
+        self
+    }
+
+    /// Enforces isolation with `firewall` instead of the first tool that
+    /// works.
+    pub fn with_firewall(mut self, firewall: Firewall) -> Self {
+        self.options.firewall = Some(firewall);
+        self
+    }
+
     /// The options built so far.
     pub fn options(&self) -> &DockerOptions {
         &self.options
@@ -167,6 +190,9 @@ pub struct DockerRuntime {
     pub(crate) options: Arc<DockerOptions>,
     pub(crate) endpoint: Arc<str>,
     swarm_manager: bool,
+    /// The firewall isolating internal networks; `None` with
+    /// [`Isolation::Off`].
+    pub(crate) firewall: Option<Firewall>,
 }
 
 impl DockerRuntime {
@@ -179,10 +205,16 @@ impl DockerRuntime {
     /// local socket), negotiates the API version (older engines refuse
     /// bollard's default) and checks that it answers.
     ///
+    /// With [`Isolation::Enforce`] it then finds the firewall tool that
+    /// works and reconciles the isolation rules with the engine's internal
+    /// networks ([`DockerRuntime::reconcile_isolation`]).
+    ///
     /// # Errors
     ///
     /// [`Error::Unavailable`], saying how to start an engine, when none
-    /// answers.
+    /// answers, or naming the firewall commands tried when none works;
+    /// [`Error::NotSupported`] when isolation is enforced for an engine on
+    /// another host (its firewall is out of reach).
     pub async fn connect(options: DockerOptions) -> Result<Self> {
         let endpoint = options
             .host
@@ -193,6 +225,16 @@ impl DockerRuntime {
             message: how_to_start(&endpoint),
             source: Some(Box::new(e)),
         };
+        if options.isolation == Isolation::Enforce && !is_on_this_host(&endpoint) {
+            return Err(Error::not_supported(
+                error::BACKEND,
+                format!(
+                    "isolating internal networks of the engine at {endpoint}: it is not on this host, \
+                     and the rules go into the engine host's firewall; run the runtime on that host, \
+                     or turn enforcement off explicitly (DockerOptions::isolation = Isolation::Off)"
+                ),
+            ));
+        }
         let docker = Docker::connect_with_host(&endpoint).map_err(unavailable)?;
         let docker = docker.with_timeout(options.request_timeout);
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
@@ -206,12 +248,28 @@ impl DockerRuntime {
             .and_then(|s| s.control_available)
             .unwrap_or(false);
         tracing::debug!(endpoint, version = %docker.client_version(), swarm_manager, "connected to Docker");
-        Ok(Self {
+        let firewall = match options.isolation {
+            Isolation::Off => {
+                tracing::warn!(
+                    endpoint,
+                    "network isolation is off: containers on internal networks reach the host"
+                );
+                None
+            }
+            Isolation::Enforce => Some(match &options.firewall {
+                Some(chosen) => chosen.clone(),
+                None => Firewall::detect().await?,
+            }),
+        };
+        let runtime = Self {
             docker,
             options: Arc::new(options),
             endpoint: endpoint.into(),
             swarm_manager,
-        })
+            firewall,
+        };
+        runtime.reconcile_isolation().await?;
+        Ok(runtime)
     }
 
     /// Connects with default options.
@@ -238,6 +296,12 @@ impl DockerRuntime {
     /// networks need one).
     pub fn is_swarm_manager(&self) -> bool {
         self.swarm_manager
+    }
+
+    /// The firewall isolating internal networks (`None` with
+    /// [`Isolation::Off`]).
+    pub fn firewall(&self) -> Option<&Firewall> {
+        self.firewall.as_ref()
     }
 
     /// Maps a bollard error about `what` named `name`.
@@ -346,6 +410,26 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
+/// Whether the engine at `endpoint` runs on this host: a Unix socket, or
+/// TCP to a loopback address.
+fn is_on_this_host(endpoint: &str) -> bool {
+    if endpoint.starts_with("unix://") || endpoint.starts_with('/') {
+        return true;
+    }
+    let Some((_, rest)) = endpoint.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Docker's `label` filter values for `filter`.
 pub(crate) fn label_filters(filter: &LabelFilter) -> Vec<String> {
     filter
@@ -413,6 +497,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn engines_on_this_host_are_sockets_and_loopback() {
+        for local in [
+            "unix:///var/run/docker.sock",
+            "tcp://127.0.0.1:2375",
+            "tcp://localhost:2375",
+            "http://[::1]:2375",
+        ] {
+            assert!(is_on_this_host(local), "{local}");
+        }
+        for remote in [
+            "tcp://10.0.0.5:2376",
+            "tcp://docker.example:2375",
+            "ssh://root@host",
+        ] {
+            assert!(!is_on_this_host(remote), "{remote}");
+        }
+    }
 
     #[test]
     fn parses_engine_times() {

@@ -6,7 +6,7 @@
 //!
 //! Busybox has no UDP server (its `nc` lacks `-u`), so UDP is checked
 //! against an echo server in this process, reached from the sidecar over the
-//! host's address on the internal bridge.
+//! host's address on the plain bridge.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -197,13 +197,13 @@ async fn internal_bridge_services_are_reached_through_the_sidecar() {
     let reachable = setup.network(NetworkDriver::Bridge, false).await;
     let (_, web) = setup.web_server(&internal).await;
 
-    // The UDP peer: this process, at the host's address on the internal
-    // bridge (20.10 gives internal bridges one; 25.0.0 did not, later
-    // releases again: moby/moby#47356).
+    // The UDP peer: this process, at the host's address on the plain
+    // bridge (on the internal one Kisara's isolation rules drop what
+    // containers send to the host).
     let echo = UdpSocket::bind("0.0.0.0:0").await.unwrap();
     // The engine reports no gateway for some networks; its default is the
     // subnet's first address.
-    let gateway: IpAddr = internal.subnet.unwrap().hosts().next().unwrap();
+    let gateway: IpAddr = reachable.subnet.unwrap().hosts().next().unwrap();
     let echo_target = SocketAddr::new(gateway, echo.local_addr().unwrap().port());
     tokio::spawn(async move {
         let mut buffer = [0; 1500];
@@ -228,9 +228,10 @@ async fn internal_bridge_services_are_reached_through_the_sidecar() {
 
     assert_serves_marker(SocketAddr::new(sidecar_ip, 80)).await;
     // Not thanks to the sidecar alone: the host holds an address on the
-    // internal bridge and reaches the target directly too (the isolation
-    // rules only filter forwarded traffic). Kisara's design counts on it;
-    // should an engine change that, this says so.
+    // internal bridge and reaches the target directly too (Docker's
+    // isolation rules only filter forwarded traffic, and Kisara's let
+    // replies to the host's connections through). Kisara's design counts
+    // on it; should an engine change that, this says so.
     assert_serves_marker(web).await;
 
     let client = UdpSocket::bind("0.0.0.0:0").await.unwrap();
