@@ -23,8 +23,7 @@ use super::{ApiError, ApiResult, ApiState, Caller, PathParam, query};
 use crate::session::{Action, TicketScope, authorize};
 use kisara_core::model::{ContainerId, SessionId, Timestamp};
 use kisara_core::{
-    AuditLog, AuditPage, AuditQuery, Error, QueryOrder, RecordingFilter, RecordingId,
-    RecordingInfo,
+    AuditLog, AuditPage, AuditQuery, Error, QueryOrder, RecordingFilter, RecordingId, RecordingInfo,
 };
 
 /// The media type of asciicast files.
@@ -96,7 +95,9 @@ async fn list(
     let params: ListParams = query(&uri)?;
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIST {
-        return Err(Error::invalid("limit", format!("{limit} is not within 1..={MAX_LIST}")).into());
+        return Err(
+            Error::invalid("limit", format!("{limit} is not within 1..={MAX_LIST}")).into(),
+        );
     }
     let filter = RecordingFilter {
         container: params.container.map(ContainerId::new),
@@ -332,7 +333,11 @@ async fn export(
         audit,
         cast: String::from_utf8_lossy(&file).into_owned(),
     };
-    Ok(([(header::CONTENT_DISPOSITION, disposition)], axum::Json(body)).into_response())
+    Ok((
+        [(header::CONTENT_DISPOSITION, disposition)],
+        axum::Json(body),
+    )
+        .into_response())
 }
 
 /// The query of the audit routes: [`AuditQuery`]'s fields, times in ms.
@@ -423,7 +428,10 @@ async fn follow(
             let page = match log.query(&query).await {
                 Ok(page) => page,
                 Err(error) => {
-                    let line = format!("event: error\ndata: {}\n\n", serde_json::json!({"code": error.kind().code(), "message": error.to_string()}));
+                    let line = format!(
+                        "event: error\ndata: {}\n\n",
+                        serde_json::json!({"code": error.kind().code(), "message": error.to_string()})
+                    );
                     let _ = sender.send(Ok(Bytes::from(line))).await;
                     return;
                 }
@@ -439,10 +447,18 @@ async fn follow(
             if page.next.is_some() {
                 continue;
             }
-            quiet = if page.events.is_empty() { quiet + FOLLOW_POLL } else { Duration::ZERO };
+            quiet = if page.events.is_empty() {
+                quiet + FOLLOW_POLL
+            } else {
+                Duration::ZERO
+            };
             if quiet >= FOLLOW_KEEPALIVE {
                 quiet = Duration::ZERO;
-                if sender.send(Ok(Bytes::from_static(b": keepalive\n\n"))).await.is_err() {
+                if sender
+                    .send(Ok(Bytes::from_static(b": keepalive\n\n")))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -1,13 +1,18 @@
 //! A stack for the session tests: the API over in-memory nodes on a real
 //! socket, with an HTTP client and WebSocket helpers.
 
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use kisara_cluster::Server;
 use kisara_cluster::http::ApiBuilder;
-use kisara_cluster::session::{PLATFORM_ROLE, PLAYER_ROLE, SessionEngine, SessionLimits};
+use kisara_cluster::session::{
+    ADMIN_ROLE, PLATFORM_ROLE, PLAYER_ROLE, SessionEngine, SessionLimits,
+};
 use kisara_core::Identity;
 use kisara_core::builtin::StaticAuthenticator;
 use kisara_core::memory::{MemoryAuditSink, MemoryRuntime, MemorySubnetAllocator};
@@ -20,12 +25,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub(crate) const PLATFORM_TOKEN: &str = "platform-token-0123456789abcdef";
+pub(crate) const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 pub(crate) const RED_TOKEN: &str = "red-player-token-0123456789abcdef";
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+#[derive(Clone)]
 pub(crate) struct Stack {
     pub(crate) base: String,
     pub(crate) red: ContainerId,
@@ -35,6 +42,7 @@ pub(crate) struct Stack {
 }
 
 /// An HTTP/1.1 client over hyper.
+#[derive(Clone)]
 pub(crate) struct Http(
     hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -119,11 +127,19 @@ pub(crate) async fn stack_with(limits: SessionLimits) -> Stack {
     let red = launch("red").await;
     let blue = launch("blue").await;
     let audit = Arc::new(MemoryAuditSink::new());
+    let policy = Arc::new(kisara_core::builtin::PrefixPolicy::allow_by_default().deny(["rm"]));
     let sessions = SessionEngine::builder(server.clone())
+        .with_command_policy(policy.clone())
+        .with_terminal_policy(Arc::new(kisara_audit::LineGatePolicy::new(
+            policy,
+            kisara_audit::UncertainMode::Audit,
+        )))
         .with_audit(audit.clone())
+        .with_audit_log(audit.clone())
         .with_limits(limits)
         .build();
     let tokens = StaticAuthenticator::new()
+        .with_token(Identity::new("root").with_role(ADMIN_ROLE), ADMIN_TOKEN)
         .with_token(
             Identity::new("ctfd").with_role(PLATFORM_ROLE),
             PLATFORM_TOKEN,
@@ -155,7 +171,12 @@ pub(crate) async fn stack() -> Stack {
 }
 
 impl Stack {
-    pub(crate) async fn ticket(&self, token: &str, container: &ContainerId, body: Value) -> (u16, Value) {
+    pub(crate) async fn ticket(
+        &self,
+        token: &str,
+        container: &ContainerId,
+        body: Value,
+    ) -> (u16, Value) {
         let body = if body.is_null() {
             String::new()
         } else {
@@ -250,4 +271,3 @@ pub(crate) async fn close_code(socket: &mut Client) -> CloseCode {
     .await
     .expect("closed in time")
 }
-
