@@ -695,6 +695,50 @@ impl Firewall {
     }
 }
 
+/// Held while one runtime changes the firewall: every runtime on the host
+/// (agents, tests, a restarting agent beside its predecessor) lists, adds
+/// and deletes Kisara's rules in several commands, and two of them
+/// interleaving would see each other's half-done sets and double them.
+/// An exclusive `flock` on one file per host, released when dropped.
+#[derive(Debug)]
+pub(crate) struct HostLock {
+    _file: std::fs::File,
+}
+
+/// Takes the [`HostLock`], waiting for another runtime to finish.
+pub(crate) async fn host_lock() -> Result<HostLock> {
+    tokio::task::spawn_blocking(|| {
+        let candidates = [
+            std::path::PathBuf::from("/run/kisara-firewall.lock"),
+            std::env::temp_dir().join("kisara-firewall.lock"),
+        ];
+        let mut failures = Vec::new();
+        for path in candidates {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path);
+            match file {
+                Ok(file) => {
+                    return rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+                        .map(|()| HostLock { _file: file })
+                        .map_err(|e| {
+                            Error::unavailable(format!("cannot lock {}: {e}", path.display()))
+                        });
+                }
+                Err(e) => failures.push(format!("{}: {e}", path.display())),
+            }
+        }
+        Err(Error::unavailable(format!(
+            "no firewall lock file could be opened ({})",
+            failures.join("; ")
+        )))
+    })
+    .await
+    .map_err(|e| Error::unavailable(format!("the firewall lock task failed: {e}")))?
+}
+
 impl Firewall {
     /// Removes everything Kisara installed in this firewall: the chain and
     /// the jumps to it, or the table. For a host that turns enforcement

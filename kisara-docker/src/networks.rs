@@ -223,6 +223,7 @@ impl DockerRuntime {
                 return Err(Error::already_exists("network", &spec.name));
             }
             if let (Some(firewall), Some(isolated)) = (&self.firewall, &isolated) {
+                let _host = crate::firewall::host_lock().await?;
                 if let Err(e) = firewall.install(isolated).await {
                     // Never an internal network without its rules.
                     let _ = self.docker.remove_network(&id).await;
@@ -342,6 +343,7 @@ impl DockerRuntime {
             };
             removed?;
             if let (Some(firewall), Some(isolated)) = (&self.firewall, &isolated) {
+                let _host = crate::firewall::host_lock().await?;
                 firewall.remove(&isolated.bridge).await?;
                 tracing::info!(bridge = %isolated.bridge, "isolation rules removed");
             }
@@ -376,6 +378,7 @@ impl DockerRuntime {
         let Some(firewall) = &self.firewall else {
             return Ok(IsolationReport::default());
         };
+        let _host = crate::firewall::host_lock().await?;
         let mut report = IsolationReport::default();
         for network in self.managed_networks().await? {
             report.isolated.extend(isolation_of_listed(&network)?);
