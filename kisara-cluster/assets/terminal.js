@@ -169,11 +169,13 @@
       return;
     }
     if (ended) {
-      setStatus("ended", `ended: ${ended.message} (${why}, code ${event.code})`);
+      setStatus("ended", `session ended: ${ended.message} (code ${event.code})`);
     } else {
       setStatus("error", `disconnected: ${why} (code ${event.code})`);
       note(`connection closed: ${why} (code ${event.code})`, 31);
     }
-    term.options.cursorBlink = false;
+    // Nothing typed goes anywhere now: say so by hiding the cursor.
+    term.options.disableStdin = true;
+    term.write("\x1b[?25l");
   });
 })();

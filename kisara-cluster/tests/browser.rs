@@ -23,7 +23,7 @@ use kisara_audit::{CastStore, CastStoreOptions, LineGatePolicy, UncertainMode};
 use kisara_cluster::Server;
 use kisara_cluster::http::{ApiBuilder, agent_link};
 use kisara_cluster::link::{Agent, AgentGateway, LinkOptions};
-use kisara_cluster::session::{ADMIN_ROLE, SessionEngine};
+use kisara_cluster::session::{ADMIN_ROLE, SessionEngine, SessionLimits};
 use kisara_core::builtin::{PrefixPolicy, StaticAuthenticator};
 use kisara_core::memory::MemorySubnetAllocator;
 use kisara_core::model::{ContainerId, LaunchRequest, NodeCapacity, NodeId};
@@ -36,6 +36,8 @@ const AGENT_TOKEN: &str = "browser-test-agent-token-0123456789";
 /// How long one step (a page load, a command's output) may take: chromium
 /// shares a small machine with builds.
 const WAIT: Duration = Duration::from_secs(30);
+/// How long a session of the impatient API may stay idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the whole test may take.
 const BUDGET: Duration = Duration::from_secs(240);
 
@@ -328,6 +330,8 @@ async fn cast_file(State(store): State<Arc<CastStore>>, UrlPath(id): UrlPath<Str
 
 struct Stack {
     base: String,
+    /// The same API over an engine ending sessions idle for a moment.
+    impatient_base: String,
     server: Server,
     container: ContainerId,
     recordings: Arc<CastStore>,
@@ -391,9 +395,22 @@ async fn stack() -> Stack {
         .with_terminal_policy(Arc::new(LineGatePolicy::new(policy, UncertainMode::Audit)))
         .with_recordings(recordings.clone())
         .build();
-    let tokens = StaticAuthenticator::new()
-        .with_token(Identity::new("ops").with_role(ADMIN_ROLE), ADMIN_TOKEN);
-    let app = ApiBuilder::new(server.clone(), Arc::new(tokens))
+    let tokens = || {
+        Arc::new(
+            StaticAuthenticator::new()
+                .with_token(Identity::new("ops").with_role(ADMIN_ROLE), ADMIN_TOKEN),
+        )
+    };
+    let impatient = SessionEngine::builder(server.clone())
+        .with_limits(SessionLimits {
+            idle_timeout: Some(IDLE_TIMEOUT),
+            ..SessionLimits::default()
+        })
+        .build();
+    let impatient_app = ApiBuilder::new(server.clone(), tokens())
+        .with_sessions(impatient)
+        .build();
+    let app = ApiBuilder::new(server.clone(), tokens())
         .with_sessions(sessions)
         .build()
         .merge(
@@ -403,6 +420,7 @@ async fn stack() -> Stack {
         );
     Stack {
         base: format!("http://{}", serve(app).await),
+        impatient_base: format!("http://{}", serve(impatient_app).await),
         server,
         container,
         recordings,
@@ -429,19 +447,20 @@ async fn the_terminal_and_player_pages_work_in_a_real_browser() {
     outcome.unwrap_or_else(|_| panic!("the browser test took longer than {BUDGET:?}"));
 }
 
-async fn drive(client: &Client, stack: &Stack) {
+/// A terminal ticket from the API at `base`; the page's URL.
+async fn terminal_page(base: &str, container: &ContainerId) -> String {
     let (status, ticket) = post(
-        &format!("{}/v1/containers/{}/terminal", stack.base, stack.container),
+        &format!("{base}/v1/containers/{container}/terminal"),
         ADMIN_TOKEN,
         "",
     )
     .await;
     assert_eq!(status, 201, "{ticket}");
-    let page = format!(
-        "{}{}",
-        stack.base,
-        ticket["page"].as_str().expect("a page URL")
-    );
+    format!("{base}{}", ticket["page"].as_str().expect("a page URL"))
+}
+
+async fn drive(client: &Client, stack: &Stack) {
+    let page = terminal_page(&stack.base, &stack.container).await;
 
     // The terminal opens with the ticket and runs what is typed.
     client.set_window_size(900, 600).await.unwrap();
@@ -456,6 +475,9 @@ async fn drive(client: &Client, stack: &Stack) {
     );
     type_line(client, "echo kisara-$((6*7))").await;
     screen_shows(client, "kisara-42").await;
+    // Typed text goes up as UTF-8.
+    type_line(client, "echo ünï-$((1+2))").await;
+    screen_shows(client, "ünï-3").await;
 
     // The window's size reaches the container's terminal, before and after
     // a resize.
@@ -500,6 +522,20 @@ async fn drive(client: &Client, stack: &Stack) {
     let refused = status_is(client, "error").await;
     assert!(refused.contains("could not open"), "{refused}");
     screen_shows(client, "ticket may have expired or been used already").await;
+
+    // A session ended by the server says why, in the terminal and the
+    // status line.
+    client
+        .goto(&terminal_page(&stack.impatient_base, &stack.container).await)
+        .await
+        .unwrap();
+    let idle = status_is(client, "ended").await;
+    assert!(
+        idle.contains("idle timeout") && idle.contains("code 4001"),
+        "{idle}"
+    );
+    screen_shows(client, "[session ended: idle").await;
+    screenshot(client, "terminal-idle.png").await;
 
     // The player plays the session's recording, its commands listed.
     let recorded = stack
