@@ -523,6 +523,15 @@ async fn drive(client: &Client, stack: &Stack) {
     assert!(refused.contains("could not open"), "{refused}");
     screen_shows(client, "ticket may have expired or been used already").await;
 
+    // Without a ticket there is nothing to open, and the page says what
+    // it needs.
+    client
+        .goto(&format!("{}/terminal/", stack.base))
+        .await
+        .unwrap();
+    status_is(client, "error").await;
+    screen_shows(client, "this page needs ?container=").await;
+
     // A session ended by the server says why, in the terminal and the
     // status line.
     client
@@ -554,18 +563,50 @@ async fn drive(client: &Client, stack: &Stack) {
     client.goto(&player).await.unwrap();
     let ready = status_is(client, "ready").await;
     assert!(ready.contains("commands"), "{ready}");
-    let markers = eval_text(
+    // Each command as "<class>|<m:ss>|<line>", in order.
+    let markers = eval(
         client,
-        "return Array.from(document.querySelectorAll('#markers li'), li => li.className + '|' + li.textContent).join('\\n')",
+        "return Array.from(document.querySelectorAll('#markers li'), li => \
+         [li.className, li.querySelector('.time').textContent.trim(), li.querySelector('a').lastChild.textContent].join('|'))",
     )
     .await;
-    assert!(
-        markers.contains("|0:0") || markers.contains("|0:"),
-        "{markers}"
+    let markers: Vec<(String, String, String)> = markers
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|marker| {
+            let mut parts = marker.as_str().unwrap().splitn(3, '|').map(str::to_owned);
+            (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            )
+        })
+        .collect();
+    let lines: Vec<(&str, &str)> = markers
+        .iter()
+        .map(|(class, _, line)| (class.as_str(), line.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("", "echo kisara-$((6*7))"),
+            ("", "echo ünï-$((1+2))"),
+            ("", "echo size-$(stty size | tr ' ' x)"),
+            ("", "echo size-$(stty size | tr ' ' x)"),
+            ("", "touch /tmp/kept && echo touched"),
+            ("denied", "denied: rm /tmp/kept"),
+            ("", "ls /tmp/kept && echo still-$((1+1))"),
+            ("", "exit"),
+        ]
     );
-    assert!(markers.contains("echo kisara-$((6*7))"), "{markers}");
-    assert!(markers.contains("denied|"), "{markers}");
-    assert!(markers.contains("denied: rm /tmp/kept"), "{markers}");
+    for (_, time, line) in &markers {
+        let (minutes, seconds) = time.split_once(':').expect("m:ss");
+        assert!(
+            minutes.parse::<u32>().is_ok() && seconds.len() == 2 && seconds.parse::<u32>().is_ok(),
+            "{line} at {time:?}"
+        );
+    }
     let player_text =
         "return document.getElementById('player').textContent.replace(/\\u00a0/g, ' ')";
     wait_for(client, "the recording's last screen", player_text, |text| {
@@ -591,4 +632,19 @@ async fn drive(client: &Client, stack: &Stack) {
         |text| text.contains("echo kisara-") && !text.contains("still-2"),
     )
     .await;
+
+    // A recording the API refuses is named with the answer's status.
+    client
+        .goto(&format!(
+            "{}/player/?recording={}&ticket=unused-by-the-stand-in",
+            stack.base,
+            RecordingId::generate()
+        ))
+        .await
+        .unwrap();
+    let missing = status_is(client, "error").await;
+    assert!(
+        missing.contains("cannot load recording") && missing.contains("HTTP 404"),
+        "{missing}"
+    );
 }
