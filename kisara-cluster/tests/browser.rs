@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use fantoccini::{Client, ClientBuilder, Locator};
 use kisara_audit::{CastStore, CastStoreOptions, LineGatePolicy, UncertainMode};
 use kisara_cluster::Server;
@@ -27,7 +24,7 @@ use kisara_cluster::session::{ADMIN_ROLE, SessionEngine, SessionLimits};
 use kisara_core::builtin::{PrefixPolicy, StaticAuthenticator};
 use kisara_core::memory::MemorySubnetAllocator;
 use kisara_core::model::{ContainerId, LaunchRequest, NodeCapacity, NodeId};
-use kisara_core::{Identity, RecordingFilter, RecordingId, RecordingStore, Secret};
+use kisara_core::{Identity, RecordingFilter, RecordingStore, Secret};
 use kisara_docker::testing::{self, Cleanup};
 use serde_json::{Value, json};
 
@@ -316,18 +313,6 @@ async fn serve(app: Router) -> String {
     address.to_string()
 }
 
-/// A cast by id from the store's directory, as the recordings API serves
-/// it; this test's stand-in for that API.
-async fn cast_file(State(store): State<Arc<CastStore>>, UrlPath(id): UrlPath<String>) -> Response {
-    let Ok(id) = RecordingId::parse(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    match tokio::fs::read(store.cast_path(&id)).await {
-        Ok(cast) => ([(header::CONTENT_TYPE, "application/x-asciicast")], cast).into_response(),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
 struct Stack {
     base: String,
     /// The same API over an engine ending sessions idle for a moment.
@@ -412,12 +397,7 @@ async fn stack() -> Stack {
         .build();
     let app = ApiBuilder::new(server.clone(), tokens())
         .with_sessions(sessions)
-        .build()
-        .merge(
-            Router::new()
-                .route("/v1/recordings/{id}/cast", axum::routing::get(cast_file))
-                .with_state(recordings.clone()),
-        );
+        .build();
     Stack {
         base: format!("http://{}", serve(app).await),
         impatient_base: format!("http://{}", serve(impatient_app).await),
@@ -556,9 +536,17 @@ async fn drive(client: &Client, stack: &Stack) {
         .await
         .unwrap();
     assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (status, playback) = post(
+        &format!("{}/v1/recordings/{}/ticket", stack.base, recorded[0].id),
+        ADMIN_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 201, "{playback}");
     let player = format!(
-        "{}/player/?recording={}&ticket=unused-by-the-stand-in",
-        stack.base, recorded[0].id
+        "{}{}",
+        stack.base,
+        playback["page"].as_str().expect("a page URL")
     );
     client.goto(&player).await.unwrap();
     let ready = status_is(client, "ready").await;
@@ -633,18 +621,14 @@ async fn drive(client: &Client, stack: &Stack) {
     )
     .await;
 
-    // A recording the API refuses is named with the answer's status.
-    client
-        .goto(&format!(
-            "{}/player/?recording={}&ticket=unused-by-the-stand-in",
-            stack.base,
-            RecordingId::generate()
-        ))
-        .await
-        .unwrap();
-    let missing = status_is(client, "error").await;
+    // A used playback ticket is refused, and the page shows the API's
+    // message.
+    client.goto(&player).await.unwrap();
+    let refused = status_is(client, "error").await;
     assert!(
-        missing.contains("cannot load recording") && missing.contains("HTTP 404"),
-        "{missing}"
+        refused.contains("cannot load recording")
+            && refused.contains("ask for a new one")
+            && refused.contains("HTTP 401"),
+        "{refused}"
     );
 }
