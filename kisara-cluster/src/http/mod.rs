@@ -47,6 +47,7 @@
 //! [`metrics_router`] instead, on an address of its own.
 
 mod agents;
+mod pages;
 mod recordings;
 mod terminal;
 mod upgrade;
@@ -186,6 +187,7 @@ impl ApiBuilder {
             .route("/v1/images/{*image}", delete(remove_image))
             .merge(terminal::routes())
             .merge(recordings::routes())
+            .merge(pages::router())
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(request_span))
