@@ -287,10 +287,6 @@ async fn fetches(runtime: &DockerRuntime, from: &ContainerId, target: IpAddr) ->
         .unwrap_or(false)
 }
 
-/// How many packets the IPv4 rule dropping what comes from `bridge`
-/// (`direction` `-i`) or goes to it (`-o`) has dropped (`None` for `nft`,
-/// whose rules keep no counters).
-
 /// The full scenario for a runtime enforcing isolation with whatever its
 /// options say.
 async fn internal_networks_are_cut_off_from_the_host(options: DockerOptions) {
