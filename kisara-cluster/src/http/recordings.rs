@@ -125,7 +125,7 @@ async fn sessions_that_ran(
     text: &str,
     filter: &RecordingFilter,
 ) -> ApiResult<BTreeSet<SessionId>> {
-    let mut query = AuditQuery {
+    let query = AuditQuery {
         kind: Some("command".into()),
         command: Some(text.to_owned()),
         container: filter.container.clone(),
@@ -135,15 +135,27 @@ async fn sessions_that_ran(
         limit: AuditQuery::MAX_LIMIT,
         ..AuditQuery::default()
     };
-    let mut sessions = BTreeSet::new();
-    let mut read = 0;
+    let events = every_page(log, query, MAX_SEARCHED_EVENTS).await?;
+    Ok(events
+        .into_iter()
+        .map(|stored| stored.event.session)
+        .collect())
+}
+
+/// The events of `query`, page after page, until the last page or at
+/// least `most` events.
+async fn every_page(
+    log: &dyn AuditLog,
+    mut query: AuditQuery,
+    most: usize,
+) -> ApiResult<Vec<kisara_core::StoredEvent>> {
+    let mut events = Vec::new();
     loop {
         let page = log.query(&query).await?;
-        read += page.events.len();
-        sessions.extend(page.events.into_iter().map(|stored| stored.event.session));
+        events.extend(page.events);
         match page.next {
-            Some(next) if read < MAX_SEARCHED_EVENTS => query.cursor = Some(next),
-            _ => return Ok(sessions),
+            Some(next) if events.len() < most => query.cursor = Some(next),
+            _ => return Ok(events),
         }
     }
 }
@@ -310,22 +322,13 @@ async fn export(
     let recordings = state.sessions.recordings();
     let info = recordings.open(&id).await?.info;
     let file = recordings.export(&id).await?;
-    let mut query = AuditQuery {
+    let query = AuditQuery {
         session: Some(info.session.clone()),
         order: QueryOrder::OldestFirst,
         limit: AuditQuery::MAX_LIMIT,
         ..AuditQuery::default()
     };
-    let log = audit_log(&state)?;
-    let mut audit = Vec::new();
-    loop {
-        let page = log.query(&query).await?;
-        audit.extend(page.events);
-        match page.next {
-            Some(next) => query.cursor = Some(next),
-            None => break,
-        }
-    }
+    let audit = every_page(audit_log(&state)?.as_ref(), query, usize::MAX).await?;
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{id}.json\""))
         .expect("ids make a valid header");
     let body = Export {
