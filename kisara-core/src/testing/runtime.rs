@@ -697,7 +697,16 @@ pub async fn dropping_an_exec_session_ends_it(fx: RuntimeFixture) -> Outcome {
         .await
         .unwrap();
     let id = session.id.clone();
-    assert!(fx.runtime.exec_status(&id).await.unwrap().running);
+    // An engine under load may report a just-started exec as not yet
+    // running: wait until it runs, so the drop is what ends it.
+    let started = async {
+        while !fx.runtime.exec_status(&id).await.unwrap().running {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the exec runs before its session is dropped");
     drop(session);
     let ended = async {
         while fx.runtime.exec_status(&id).await.unwrap().running {
