@@ -113,6 +113,7 @@ pub enum Error {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorKind {
     /// See [`Error::NotFound`].
     NotFound,
@@ -139,6 +140,21 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for tables of codes (an API's documentation, metrics).
+    pub const ALL: [Self; 11] = [
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::Conflict,
+        Self::Invalid,
+        Self::Exhausted,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::NotSupported,
+        Self::Backend,
+    ];
+
     /// The stable snake_case code of this kind, as used on the wire.
     pub fn code(self) -> &'static str {
         match self {

@@ -64,6 +64,9 @@ mod images;
 mod launch;
 mod networks;
 mod nodes;
+mod readiness;
+
+pub use readiness::Readiness;
 use kisara_core::model::{
     ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerPort, ContainerState,
     ExecSpec, ExposeRequest, Exposure, ImageInfo, ImageRef, Inventory, LabelFilter, LaunchRequest,
@@ -82,7 +85,7 @@ const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
 
 /// A container launched by the cluster, with where it runs and how it is
 /// reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Launched {
     /// The node it runs on.
     pub node: NodeId,
@@ -167,13 +170,15 @@ impl ContainerQuery {
 }
 
 /// A network to create across the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"name": "team-7", "subnet": "10.128.7.0/24", "driver": "bridge", "internal": false})))]
 pub struct NetworkRequest {
     /// Its name, unique in the cluster.
     pub name: String,
-    /// This subnet; one from the pool when `None`.
+    /// This subnet (CIDR); one from the server's pool when absent.
     #[serde(default)]
+    #[schema(value_type = Option<String>, examples("10.128.7.0/24"))]
     pub subnet: Option<IpNet>,
     /// Bridge (one per node) or overlay (one across the cluster).
     #[serde(default)]
@@ -201,9 +206,10 @@ impl NetworkRequest {
 }
 
 /// A network as created on the nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterNetwork {
-    /// Its subnet.
+    /// Its subnet (CIDR).
+    #[schema(value_type = String, examples("10.128.7.0/24"))]
     pub subnet: IpNet,
     /// The network on each node that has it.
     pub nodes: Vec<(NodeId, NetworkInfo)>,

@@ -15,6 +15,7 @@ use super::{
 /// default, never "unlimited": see the runtime's contract.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceLimits {
     /// CPU time in thousandths of a CPU (`500` = half a core).
     pub cpu_millis: Option<u64>,
@@ -29,10 +30,13 @@ pub struct ResourceLimits {
 /// Runtimes accept only sources under their configured allow-list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Mount {
     /// The path on the host.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub source: PathBuf,
     /// The path inside the container.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub target: PathBuf,
     /// Mounted read-only (the default).
     #[serde(default = "default_true")]
@@ -49,6 +53,7 @@ fn default_true() -> bool {
 /// `module`, `networks` and `expires_at`; see [`ContainerSpec::kisara_labels`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerSpec {
     /// The container's name; runtimes generate a unique one when `None`.
     #[serde(default)]
@@ -77,12 +82,14 @@ pub struct ContainerSpec {
     #[serde(default)]
     pub mounts: Vec<Mount>,
     /// DNS servers; the runtime's default when empty.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     #[serde(default)]
     pub dns: Vec<IpAddr>,
     /// Resource limits.
     #[serde(default)]
     pub resources: ResourceLimits,
     /// Extra labels (keys under `io.kisara.` are reserved and refused).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     #[serde(default)]
     pub labels: Labels,
     /// When the container expires; a reaper removes it after that.
@@ -185,11 +192,13 @@ impl ContainerSpec {
 /// plus where to run it and for how long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LaunchRequest {
     /// Run on this node; placement picks one when `None`.
     #[serde(default)]
     pub node: Option<NodeId>,
     /// How long the container may live; it expires after that.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     #[serde(default, with = "duration_secs::option", rename = "lifetime_secs")]
     pub lifetime: Option<Duration>,
     /// Retrying a launch with the same key returns the first launch's
@@ -215,6 +224,7 @@ impl LaunchRequest {
 /// The state of a container, as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ContainerState {
     /// Created, never started.
     Created,
@@ -234,15 +244,18 @@ pub enum ContainerState {
 
 /// A container's address on one network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkAttachment {
     /// The network's id.
     pub network_id: String,
     /// The container's address on it, when it has one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub ip: Option<IpAddr>,
 }
 
 /// A container as a runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerInfo {
     /// The runtime's id.
     pub id: ContainerId,
@@ -260,6 +273,7 @@ pub struct ContainerInfo {
     /// comes after or not at all, and this stays false.
     pub oom_killed: bool,
     /// All its labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub labels: Labels,
     /// Its networks by name.
     pub networks: BTreeMap<String, NetworkAttachment>,

@@ -10,6 +10,7 @@ use super::{ExposureId, Labels, Protocol};
 /// Limits of one exposure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExposureLimits {
     /// Bandwidth in bytes per second, each direction; unlimited when `None`.
     pub bandwidth: Option<u64>,
@@ -51,6 +52,7 @@ impl ExposeRequest {
 
 /// A host and port on which visitors reach an exposure.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicAddress {
     /// The relay's public host name or address.
     pub host: String,
@@ -70,6 +72,7 @@ impl fmt::Display for PublicAddress {
 
 /// An exposure in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Exposure {
     /// Its id.
     pub id: ExposureId,
@@ -78,11 +81,13 @@ pub struct Exposure {
     /// Where visitors connect.
     pub public: PublicAddress,
     /// Where traffic goes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub target: SocketAddr,
     /// TCP or UDP.
     pub protocol: Protocol,
     /// Its limits.
     pub limits: ExposureLimits,
     /// Its labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: Labels,
 }

@@ -226,6 +226,7 @@ impl From<ImageRef> for String {
 
 /// An image on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageInfo {
     /// The engine's image id (`sha256:...`).
     pub id: String,
@@ -236,6 +237,7 @@ pub struct ImageInfo {
     /// When it was built.
     pub created_at: Timestamp,
     /// Its labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: Labels,
 }
 
@@ -273,6 +275,7 @@ impl BuildSpec {
 
 /// One step of progress of a pull or a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// The layer or build step this is about, when there is one.
     pub id: Option<String>,

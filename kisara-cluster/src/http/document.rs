@@ -1,0 +1,164 @@
+//! The OpenAPI document: what the handlers' `#[utoipa::path]`s and the wire
+//! types' schemas say, completed with what holds for every route.
+
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
+
+use super::probes::API_VERSION;
+use super::{MAX_BODY_BYTES, routes, status_of, tag};
+use kisara_core::ErrorKind;
+
+/// The name of the bearer security scheme.
+const BEARER: &str = "bearer";
+
+/// The API's OpenAPI 3.1 document, as `GET /v1/openapi.json` serves it.
+pub fn openapi() -> OpenApi {
+    complete(routes().split_for_parts().1)
+}
+
+/// What the routes add to: the title, the security scheme, the tags.
+pub(super) fn base() -> OpenApi {
+    let mut document = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("Kisara API")
+                .version(API_VERSION)
+                .description(Some(
+                    "On-demand containers across a cluster of Docker hosts.\n\n\
+                     Every route but the probes (`/healthz`, `/readyz`), `/v1/version` and this \
+                     document needs `Authorization: Bearer <token>`. Errors are \
+                     `{\"error\": {\"code\", \"message\"}}` with a stable `code` (see `ErrorKind`). \
+                     Bodies are JSON, decoded strictly (an unknown field is a 400) and at most \
+                     the size the 413 answers name. Timestamps are milliseconds since the Unix \
+                     epoch, durations whole seconds (`*_secs`), sizes bytes, bandwidths bytes \
+                     per second.",
+                ))
+                .license(Some(
+                    utoipa::openapi::LicenseBuilder::new()
+                        .name("MIT OR Apache-2.0")
+                        .identifier(Some("MIT OR Apache-2.0"))
+                        .build(),
+                ))
+                .build(),
+        )
+        .build();
+    let components = document.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("An API token the server's authenticator knows"))
+                .build(),
+        ),
+    );
+    document.tags = Some(
+        [
+            (tag::CONTAINERS, "Launch, inspect, stop, remove and exec in containers"),
+            (tag::NETWORKS, "Networks with subnets from the server's pool"),
+            (tag::IMAGES, "Images on the nodes"),
+            (tag::NODES, "The nodes (Docker hosts) of the cluster"),
+            (tag::OPERATIONS, "Probes, version, metrics and this document"),
+        ]
+        .into_iter()
+        .map(|(name, description)| {
+            utoipa::openapi::tag::TagBuilder::new()
+                .name(name)
+                .description(Some(description))
+                .build()
+        })
+        .collect(),
+    );
+    document
+}
+
+/// Adds what every route shares, so that no handler can forget it: a 401
+/// where a token is needed, a 400 where parameters or a body are decoded, a
+/// 413 where a body is read; names the catch-all image path as OpenAPI
+/// writes it; describes the error codes with their statuses.
+pub(super) fn complete(mut document: OpenApi) -> OpenApi {
+    if let Some(item) = document.paths.paths.remove("/v1/images/{*image}") {
+        document.paths.paths.insert("/v1/images/{image}".to_owned(), item);
+    }
+    for item in document.paths.paths.values_mut() {
+        for operation in operations(item) {
+            let secured = operation
+                .security
+                .as_ref()
+                .is_some_and(|requirements| !requirements.is_empty());
+            if secured {
+                add_error(operation, 401, "No bearer token, or one the server does not know");
+            }
+            if operation.request_body.is_some() {
+                add_error(
+                    operation,
+                    413,
+                    &format!("The body is larger than {MAX_BODY_BYTES} bytes"),
+                );
+            }
+            let has_parameters = operation
+                .parameters
+                .as_ref()
+                .is_some_and(|parameters| !parameters.is_empty());
+            if has_parameters || operation.request_body.is_some() {
+                add_error(
+                    operation,
+                    400,
+                    "A parameter or the body is malformed; the message names it and the bad value",
+                );
+            }
+        }
+    }
+    if let Some(components) = document.components.as_mut()
+        && let Some(RefOr::T(Schema::Object(codes))) = components.schemas.get_mut("ErrorKind")
+    {
+        let table: String = ErrorKind::ALL
+            .iter()
+            .map(|kind| format!("\n- `{}`: {}", kind.code(), status_of(*kind)))
+            .collect();
+        codes.description = Some(format!(
+            "The stable code of an error, with the HTTP status that answers it:{table}"
+        ));
+    }
+    document
+}
+
+/// The operations of a path, whatever their methods.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// Documents an error answer of `status`, unless the route describes its
+/// own.
+fn add_error(operation: &mut Operation, status: u16, description: &str) {
+    operation
+        .responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
+        });
+}
