@@ -1,4 +1,7 @@
-//! The HTTP API without a socket: requests through the tower service.
+//! The HTTP API without a socket: requests through the tower service, every
+//! answer checked against the OpenAPI document.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -44,9 +47,24 @@ async fn setup() -> (Server, Router) {
     (server, app)
 }
 
-/// Sends a request with `headers`; the status, the content type and the
-/// body.
+/// Sends a request with `headers` to the API; the status, the content type
+/// and the body, which the document must describe for the route and
+/// status.
 async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(header::HeaderName, String)],
+    body: Option<String>,
+) -> (StatusCode, String, Vec<u8>) {
+    let (status, content_type, body) = send_unchecked(app, method, uri, headers, body).await;
+    common::CONTRACT.check(method, uri, status.as_u16(), &content_type, &body);
+    (status, content_type, body)
+}
+
+/// [`send`] to a router that is not the API, which the document does not
+/// describe.
+async fn send_unchecked(
     app: &Router,
     method: &str,
     uri: &str,
@@ -236,7 +254,6 @@ async fn missing_and_wrong_tokens_are_refused_alike_before_anything_happens() {
         "/v1/networks",
         "/v1/images",
         "/metrics",
-        "/v1/openapi.json",
     ] {
         let (status, _) = call(&app, "GET", route, None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{route}");
@@ -340,25 +357,41 @@ async fn bad_input_is_a_json_error_naming_the_bad_value_and_creates_nothing() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_lists_every_route() {
-    let (_, app) = setup().await;
-    let (status, doc) = call(&app, "GET", "/v1/openapi.json", Some(TOKEN), None).await;
+async fn the_document_and_the_probes_are_served_without_a_token() {
+    let (server, app) = setup().await;
+    let (status, doc) = call(&app, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in [
-        "/v1/nodes",
-        "/v1/containers",
-        "/v1/containers/{id}",
-        "/v1/containers/{id}/exec",
-        "/v1/containers/{id}/exposures",
-        "/v1/networks",
-        "/v1/images",
-        "/v1/images/pull",
-        "/v1/images/{image}",
-        "/metrics",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} is documented");
-    }
+    assert_eq!(
+        doc,
+        serde_json::to_value(kisara_cluster::http::openapi()).unwrap(),
+        "the served document is the generated one"
+    );
+    let (status, health) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!((status, health), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, version) = call(&app, "GET", "/v1/version", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["api_version"], "1");
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready, json!({"ready": true, "reasons": []}));
+    drop(server);
+}
+
+#[tokio::test]
+async fn readiness_names_why_the_server_cannot_serve() {
+    let server = Server::builder(Arc::new(
+        MemorySubnetAllocator::new("10.140.0.0/16".parse().unwrap(), 24).unwrap(),
+    ))
+    .build();
+    let app = api(server.clone(), authenticator());
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready,
+        json!({"ready": false, "reasons": ["no node is connected"]})
+    );
 }
 
 #[tokio::test]
@@ -565,7 +598,7 @@ async fn the_metrics_router_serves_metrics_alone_without_a_token() {
         format!("scrapes_total {n}\n")
     });
     for n in 1..=2 {
-        let (status, content_type, body) = send(&app, "GET", "/metrics", &[], None).await;
+        let (status, content_type, body) = send_unchecked(&app, "GET", "/metrics", &[], None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
         assert_eq!(
@@ -574,7 +607,7 @@ async fn the_metrics_router_serves_metrics_alone_without_a_token() {
         );
     }
     for (method, path) in [("GET", "/v1/nodes"), ("POST", "/metrics")] {
-        let (status, _, _) = send(&app, method, path, &[], None).await;
+        let (status, _, _) = send_unchecked(&app, method, path, &[], None).await;
         assert!(status.is_client_error(), "{method} {path}: {status}");
     }
     assert_eq!(scrapes.load(std::sync::atomic::Ordering::SeqCst), 2);

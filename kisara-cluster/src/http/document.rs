@@ -57,11 +57,20 @@ pub(super) fn base() -> OpenApi {
     );
     document.tags = Some(
         [
-            (tag::CONTAINERS, "Launch, inspect, stop, remove and exec in containers"),
-            (tag::NETWORKS, "Networks with subnets from the server's pool"),
+            (
+                tag::CONTAINERS,
+                "Launch, inspect, stop, remove and exec in containers",
+            ),
+            (
+                tag::NETWORKS,
+                "Networks with subnets from the server's pool",
+            ),
             (tag::IMAGES, "Images on the nodes"),
             (tag::NODES, "The nodes (Docker hosts) of the cluster"),
-            (tag::OPERATIONS, "Probes, version, metrics and this document"),
+            (
+                tag::OPERATIONS,
+                "Probes, version, metrics and this document",
+            ),
         ]
         .into_iter()
         .map(|(name, description)| {
@@ -81,7 +90,10 @@ pub(super) fn base() -> OpenApi {
 /// writes it; describes the error codes with their statuses.
 pub(super) fn complete(mut document: OpenApi) -> OpenApi {
     if let Some(item) = document.paths.paths.remove("/v1/images/{*image}") {
-        document.paths.paths.insert("/v1/images/{image}".to_owned(), item);
+        document
+            .paths
+            .paths
+            .insert("/v1/images/{image}".to_owned(), item);
     }
     for item in document.paths.paths.values_mut() {
         for operation in operations(item) {
@@ -90,7 +102,11 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
                 .as_ref()
                 .is_some_and(|requirements| !requirements.is_empty());
             if secured {
-                add_error(operation, 401, "No bearer token, or one the server does not know");
+                add_error(
+                    operation,
+                    401,
+                    "No bearer token, or one the server does not know",
+                );
             }
             if operation.request_body.is_some() {
                 add_error(

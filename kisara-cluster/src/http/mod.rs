@@ -65,11 +65,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
-use params::ValidPath;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use params::ValidPath;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -81,8 +81,8 @@ use crate::{
     RequestId, Server, drain_pull,
 };
 use kisara_core::model::{
-    ContainerInfo, ExecSpec, Exposure, ImageInfo, ImageRef, LaunchRequest,
-    NetworkInfo, NodeId, NodeLoad, Progress,
+    ContainerInfo, ExecSpec, Exposure, ImageInfo, ImageRef, LaunchRequest, NetworkInfo, NodeId,
+    NodeLoad, Progress,
 };
 use kisara_core::{Authenticator, Credentials, Error, ErrorKind, Identity};
 use tracing::Instrument;

@@ -32,15 +32,16 @@ impl<T: PathParams> FromRequestParts<ApiState> for ValidPath<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> ApiResult<Self> {
-        let axum::extract::Path(params) = axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorKind::Invalid.code(),
-                    rejection.body_text(),
-                )
-            })?;
+        let axum::extract::Path(params) =
+            axum::extract::Path::<T>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::Invalid.code(),
+                        rejection.body_text(),
+                    )
+                })?;
         Ok(Self(params.check()?))
     }
 }
@@ -51,7 +52,10 @@ impl<T: PathParams> FromRequestParts<ApiState> for ValidPath<T> {
 /// says the same in the document (the contract test checks both agree).
 fn is_docker_name(name: &str, max: usize) -> bool {
     name.len() <= max
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
@@ -62,7 +66,12 @@ fn is_docker_name(name: &str, max: usize) -> bool {
 #[into_params(parameter_in = Path)]
 pub(super) struct ContainerPath {
     /// The container's id (or a unique prefix of it) or its name.
-    #[param(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$", example = "web-1")]
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        example = "web-1"
+    )]
     id: String,
 }
 
@@ -88,7 +97,12 @@ impl PathParams for ContainerPath {
 #[into_params(parameter_in = Path)]
 pub(super) struct NetworkPath {
     /// The network's name, as it was created.
-    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$", example = "team-7")]
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        example = "team-7"
+    )]
     name: String,
 }
 
@@ -123,12 +137,10 @@ impl PathParams for ImagePath {
     type Checked = ImageRef;
 
     fn check(self) -> kisara_core::Result<ImageRef> {
-        ImageRef::parse(&self.image).map_err(|error| {
-            Error::invalid("path parameter image", error.to_string())
-        })
+        ImageRef::parse(&self.image)
+            .map_err(|error| Error::invalid("path parameter image", error.to_string()))
     }
 }
-
 
 /// The query of `POST /v1/containers`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -141,7 +153,6 @@ pub(super) struct LaunchParams {
     #[param(minimum = 0, example = 30)]
     pub(super) timeout_secs: Option<u64>,
 }
-
 
 /// The query of `GET /v1/containers`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -158,7 +169,6 @@ pub(super) struct ListParams {
     pub(super) node: Option<NodeId>,
 }
 
-
 /// The query of `POST /v1/containers/{id}/stop`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -170,7 +180,6 @@ pub(super) struct StopParams {
     pub(super) grace_secs: Option<u64>,
 }
 
-
 /// The `node` query parameter of the image routes.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -179,4 +188,3 @@ pub(super) struct NodeParams {
     /// Only on this node; on every online node when absent.
     pub(super) node: Option<NodeId>,
 }
-

@@ -63,10 +63,12 @@ pub struct ContainerSpec {
     /// The command, replacing the image's default when given.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// The user or team the container belongs to (the Go original's uid).
+    /// The user or team the container belongs to (the Go original's uid),
+    /// labelled `io.kisara.owner`: listings filter by it.
     #[serde(default)]
     pub owner: Option<String>,
-    /// The module (challenge, lab, service) it belongs to.
+    /// The module (challenge, lab, service) it belongs to, labelled
+    /// `io.kisara.module`: listings filter by it.
     #[serde(default)]
     pub module: Option<String>,
     /// Ports the container serves (`80/tcp`).
@@ -92,7 +94,8 @@ pub struct ContainerSpec {
     #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     #[serde(default)]
     pub labels: Labels,
-    /// When the container expires; a reaper removes it after that.
+    /// When the container expires, in milliseconds since the Unix epoch; a
+    /// reaper removes it after that. A launch sets it from its lifetime.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
     /// Mount the root file system read-only.
@@ -193,16 +196,23 @@ impl ContainerSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"lifetime_secs": 3600, "idempotency_key": "team-7/web-1/1", "container": {"name": "web-1", "image": "ctf/web-1:latest", "owner": "team-7", "module": "web-1", "ports": ["80/tcp"], "env": {"FLAG": "flag{example}"}, "resources": {"cpu_millis": 500, "memory_bytes": 268435456}}})))
+)]
 pub struct LaunchRequest {
-    /// Run on this node; placement picks one when `None`.
+    /// Run on this node; placement picks one when absent.
     #[serde(default)]
     pub node: Option<NodeId>,
-    /// How long the container may live; it expires after that.
+    /// How long the container may live, in whole seconds (`lifetime_secs`
+    /// on the wire); it expires and is removed after that. It lives until
+    /// removed when absent.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     #[serde(default, with = "duration_secs::option", rename = "lifetime_secs")]
     pub lifetime: Option<Duration>,
     /// Retrying a launch with the same key returns the first launch's
-    /// result instead of starting a second container.
+    /// result instead of starting a second container (the cluster server
+    /// remembers a key for an hour).
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// The container itself.
@@ -256,6 +266,10 @@ pub struct NetworkAttachment {
 /// A container as a runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "4f1c2a9b7e3d", "name": "web-1", "image": "ctf/web-1:latest", "state": "running", "exit_code": null, "oom_killed": false, "labels": {"io.kisara.managed": "true", "io.kisara.owner": "team-7", "io.kisara.module": "web-1"}, "networks": {"team-7": {"network_id": "9a8b7c6d5e4f", "ip": "10.128.7.2"}}, "ports": ["80/tcp"], "created_at": 1_767_787_200_000_u64})))
+)]
 pub struct ContainerInfo {
     /// The runtime's id.
     pub id: ContainerId,

@@ -73,6 +73,10 @@ impl fmt::Display for PublicAddress {
 /// An exposure in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "exp-4f1c2a9b-80", "relay": "relay-eu", "public": {"host": "play.example.com", "port": 31337}, "target": "10.128.7.2:80", "protocol": "tcp", "limits": {"bandwidth": 1048576, "max_connections": 64}, "labels": {"io.kisara.container": "4f1c2a9b7e3d"}})))
+)]
 pub struct Exposure {
     /// Its id.
     pub id: ExposureId,

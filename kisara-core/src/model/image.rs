@@ -227,6 +227,10 @@ impl From<ImageRef> for String {
 /// An image on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "sha256:5b0d2f7c1e9a8b3d4c6f0a1e2d3c4b5a69788796a5b4c3d2e1f0a9b8c7d6e5f4", "tags": ["ctf/web-1:latest"], "size_bytes": 7340032, "created_at": 1_767_787_200_000_u64, "labels": {}})))
+)]
 pub struct ImageInfo {
     /// The engine's image id (`sha256:...`).
     pub id: String,

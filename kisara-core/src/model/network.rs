@@ -119,6 +119,10 @@ impl NetworkSpec {
 /// A network as a runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "9a8b7c6d5e4f", "name": "team-7", "subnet": "10.128.7.0/24", "gateway": "10.128.7.1", "driver": "bridge", "internal": false, "labels": {"io.kisara.managed": "true", "io.kisara.network": "team-7"}, "containers": ["4f1c2a9b7e3d"]})))
+)]
 pub struct NetworkInfo {
     /// The runtime's id.
     pub id: NetworkId,

@@ -35,6 +35,10 @@ pub struct NodeStats {
 /// A node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"node": "n1", "online": true, "capacity": {"max_containers": 80, "bandwidth_in": 52428800, "bandwidth_out": 52428800}, "stats": {"containers": 3, "bandwidth_in": 1048576, "bandwidth_out": 2097152, "cpu": 0.25, "memory": 0.4}})))
+)]
 pub struct NodeLoad {
     /// The node.
     pub node: NodeId,

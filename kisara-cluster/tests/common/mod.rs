@@ -1,0 +1,228 @@
+//! The API's contract, for the tests: every answer a test receives is
+//! checked against what the OpenAPI document says of its route and status,
+//! so that the document and the server cannot disagree.
+
+// Each test binary uses its part of this module.
+#![allow(dead_code)]
+
+use std::sync::LazyLock;
+
+use serde_json::{Value, json};
+
+/// The document, as the server serves it.
+pub(crate) static CONTRACT: LazyLock<Contract> = LazyLock::new(|| {
+    Contract::new(
+        serde_json::to_value(kisara_cluster::http::openapi()).expect("the document serializes"),
+    )
+});
+
+/// An OpenAPI document, to check answers against.
+pub(crate) struct Contract {
+    document: Value,
+}
+
+/// An operation of the document: its path template, method and description.
+pub(crate) struct Operation<'a> {
+    pub(crate) template: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) operation: &'a Value,
+}
+
+impl Contract {
+    pub(crate) fn new(document: Value) -> Self {
+        Self { document }
+    }
+
+    pub(crate) fn document(&self) -> &Value {
+        &self.document
+    }
+
+    /// Every operation, in the document's order.
+    pub(crate) fn operations(&self) -> Vec<Operation<'_>> {
+        let mut all = Vec::new();
+        for (template, item) in self.document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                if operation.get("responses").is_some() {
+                    all.push(Operation {
+                        template,
+                        method,
+                        operation,
+                    });
+                }
+            }
+        }
+        all
+    }
+
+    /// The operation answering `method` on `path` (no query string), found
+    /// as the router finds it: first the route, the template matching the
+    /// most literal segments (a parameter matches any one segment; a last
+    /// one also the rest of the path, for the image reference's catch-all,
+    /// but only where no template matches segment for segment), then the
+    /// method on that route.
+    pub(crate) fn operation(&self, method: &str, path: &str) -> Option<Operation<'_>> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let matched: Vec<(bool, usize, Operation<'_>)> = self
+            .operations()
+            .into_iter()
+            .filter_map(|candidate| {
+                let template: Vec<&str> = candidate.template.split('/').collect();
+                let literals = matches(&template, &segments)?;
+                Some((template.len() == segments.len(), literals, candidate))
+            })
+            .collect();
+        let exact = matched.iter().any(|(exact, _, _)| *exact);
+        let route = matched
+            .iter()
+            .filter(|(is_exact, _, _)| *is_exact == exact)
+            .max_by_key(|(_, literals, _)| *literals)?
+            .2
+            .template;
+        matched
+            .into_iter()
+            .map(|(_, _, operation)| operation)
+            .find(|operation| {
+                operation.template == route && operation.method.eq_ignore_ascii_case(method)
+            })
+    }
+
+    /// Resolves a local `$ref` (`#/components/...`) once, or returns
+    /// `value` itself.
+    pub(crate) fn resolve<'a>(&'a self, value: &'a Value) -> &'a Value {
+        match value.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let pointer = reference.strip_prefix('#').expect("a local $ref");
+                self.document
+                    .pointer(pointer)
+                    .unwrap_or_else(|| panic!("{reference} resolves"))
+            }
+            None => value,
+        }
+    }
+
+    /// The errors of `instance` against `schema`, a schema of the document
+    /// whose `$ref`s resolve against the document's components.
+    pub(crate) fn errors(&self, schema: &Value, instance: &Value) -> Vec<String> {
+        let mut root = match schema {
+            Value::Object(object) => object.clone(),
+            other => panic!("not a schema object: {other}"),
+        };
+        root.insert("components".to_owned(), self.document["components"].clone());
+        let validator = jsonschema::draft202012::new(&Value::Object(root))
+            .unwrap_or_else(|error| panic!("{schema} is not a valid JSON schema: {error}"));
+        validator
+            .iter_errors(instance)
+            .map(|error| format!("{} at {}", error, error.instance_path()))
+            .collect()
+    }
+
+    /// Panics unless the answer `status`, `content_type`, `body` to
+    /// `method` `uri` is what the document says it may be.
+    pub(crate) fn check(&self, method: &str, uri: &str, status: u16, content_type: &str, body: &[u8]) {
+        let path = uri.split('?').next().unwrap_or_default();
+        let what = format!("{method} {uri} answered {status}");
+        let Some(operation) = self.operation(method, path) else {
+            // The router's fallbacks: no such route, or not that method.
+            assert!(
+                status == 404 || status == 405,
+                "{what}, but the document has no such operation"
+            );
+            self.check_json(
+                &what,
+                &json!({"$ref": "#/components/schemas/ErrorBody"}),
+                body,
+            );
+            return;
+        };
+        let responses = &operation.operation["responses"];
+        let response = responses
+            .get(status.to_string())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: {} documents only {:?}: {}",
+                    operation.template,
+                    responses.as_object().unwrap().keys().collect::<Vec<_>>(),
+                    String::from_utf8_lossy(body)
+                )
+            });
+        let response = self.resolve(response);
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            assert!(
+                body.is_empty(),
+                "{what}: documented without a body, but has {}",
+                String::from_utf8_lossy(body)
+            );
+            return;
+        };
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let (_, media) = content
+            .iter()
+            .find(|(documented, _)| {
+                documented.split(';').next().unwrap_or_default().trim() == essence
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what} as {content_type:?}; documented: {:?}",
+                    content.keys().collect::<Vec<_>>()
+                )
+            });
+        let schema = &media["schema"];
+        match essence.as_str() {
+            "application/x-ndjson" => {
+                let text = std::str::from_utf8(body).expect("NDJSON is UTF-8");
+                assert!(text.ends_with('\n'), "{what}: every line ends with \\n");
+                for line in text.lines() {
+                    self.check_json(&what, schema, line.as_bytes());
+                }
+            }
+            "application/json" => self.check_json(&what, schema, body),
+            _ => {
+                let text = String::from_utf8(body.to_vec()).expect("text is UTF-8");
+                let errors = self.errors(schema, &Value::String(text));
+                assert!(errors.is_empty(), "{what}: {errors:?}");
+            }
+        }
+    }
+
+    fn check_json(&self, what: &str, schema: &Value, body: &[u8]) {
+        let value: Value = serde_json::from_slice(body).unwrap_or_else(|error| {
+            panic!(
+                "{what}: not JSON ({error}): {}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        let errors = self.errors(schema, &value);
+        assert!(
+            errors.is_empty(),
+            "{what}: the body does not match the documented schema {schema}: {errors:?}\n{value:#}"
+        );
+    }
+}
+
+/// How many literal segments of `template` match `segments`, when it
+/// matches at all.
+fn matches(template: &[&str], segments: &[&str]) -> Option<usize> {
+    let is_parameter = |segment: &str| segment.starts_with('{') && segment.ends_with('}');
+    let catch_all = template.last().is_some_and(|last| is_parameter(last));
+    if segments.len() < template.len()
+        || (segments.len() > template.len() && !catch_all)
+    {
+        return None;
+    }
+    let mut literals = 0;
+    for (expected, got) in template.iter().zip(segments) {
+        if is_parameter(expected) {
+            continue;
+        }
+        if expected != got {
+            return None;
+        }
+        literals += 1;
+    }
+    Some(literals)
+}
