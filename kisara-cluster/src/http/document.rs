@@ -14,6 +14,14 @@ use kisara_core::ErrorKind;
 /// The name of the bearer security scheme.
 const BEARER: &str = "bearer";
 
+/// The routes whose last parameter takes the rest of the path, `/`s
+/// included, as the router writes them and as OpenAPI does.
+const CATCH_ALLS: &[(&str, &str)] = &[("/v1/images/{*image}", "/v1/images/{image}")];
+
+/// Marks a path parameter that takes the rest of the path, `/`s included
+/// (OpenAPI has no word for it).
+const CATCH_ALL_EXTENSION: &str = "x-catch-all";
+
 /// The API's OpenAPI 3.1 document, as `GET /v1/openapi.json` serves it.
 pub fn openapi() -> OpenApi {
     complete(routes().split_for_parts().1)
@@ -85,15 +93,32 @@ pub(super) fn base() -> OpenApi {
 }
 
 /// Adds what every route shares, so that no handler can forget it: a 401
-/// where a token is needed, a 400 where parameters or a body are decoded, a
-/// 413 where a body is read; names the catch-all image path as OpenAPI
-/// writes it; describes the error codes with their statuses.
+/// where a token is needed, a 400 for a malformed query string, parameter
+/// or body, a 413 where a body is read; names catch-all paths as OpenAPI writes them,
+/// marking their parameter; describes the error codes with their statuses.
 pub(super) fn complete(mut document: OpenApi) -> OpenApi {
-    if let Some(item) = document.paths.paths.remove("/v1/images/{*image}") {
-        document
-            .paths
-            .paths
-            .insert("/v1/images/{image}".to_owned(), item);
+    for (route, template) in CATCH_ALLS {
+        let Some(mut item) = document.paths.paths.remove(*route) else {
+            continue;
+        };
+        let name = template
+            .rsplit_once('{')
+            .map_or("", |(_, name)| name.trim_end_matches('}'));
+        for operation in operations(&mut item) {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if parameter.name == name {
+                    parameter.extensions = Some(
+                        [(
+                            CATCH_ALL_EXTENSION.to_owned(),
+                            serde_json::Value::Bool(true),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    );
+                }
+            }
+        }
+        document.paths.paths.insert((*template).to_owned(), item);
     }
     for item in document.paths.paths.values_mut() {
         for operation in operations(item) {
@@ -115,17 +140,13 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
                     &format!("The body is larger than {MAX_BODY_BYTES} bytes"),
                 );
             }
-            let has_parameters = operation
-                .parameters
-                .as_ref()
-                .is_some_and(|parameters| !parameters.is_empty());
-            if has_parameters || operation.request_body.is_some() {
-                add_error(
-                    operation,
-                    400,
-                    "A parameter or the body is malformed; the message names it and the bad value",
-                );
-            }
+            // Every route decodes its query string, if only to refuse one
+            // it does not take.
+            add_error(
+                operation,
+                400,
+                "A parameter, the query string or the body is malformed; the message names it and the bad value",
+            );
         }
     }
     if let Some(components) = document.components.as_mut()

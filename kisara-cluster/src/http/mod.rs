@@ -69,7 +69,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use params::ValidPath;
+use params::{NoQuery, ValidPath};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -453,7 +453,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         (status = 404, description = "The program exports no metrics (built without `ApiBuilder::with_metrics`)", body = ErrorBody),
     )
 )]
-async fn metrics(State(state): State<ApiState>, _caller: Caller) -> ApiResult<Response> {
+async fn metrics(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    _query: NoQuery,
+) -> ApiResult<Response> {
     let render = state.metrics.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -473,7 +477,11 @@ async fn metrics(State(state): State<ApiState>, _caller: Caller) -> ApiResult<Re
     security(("bearer" = [])),
     responses((status = 200, description = "The nodes, online or not", body = Vec<NodeLoad>))
 )]
-async fn list_nodes(State(state): State<ApiState>, _caller: Caller) -> impl IntoResponse {
+async fn list_nodes(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    _query: NoQuery,
+) -> impl IntoResponse {
     axum::Json(state.server.nodes())
 }
 
@@ -577,6 +585,7 @@ async fn list_containers(
 async fn inspect(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<impl IntoResponse> {
     let (node, item) = state.server.inspect(&id).await?;
@@ -601,6 +610,7 @@ async fn inspect(
 async fn exposures(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(state.server.exposures(&id).await?))
@@ -624,6 +634,7 @@ async fn exposures(
 async fn remove(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<StatusCode> {
     state.server.remove(&id).await?;
@@ -711,6 +722,7 @@ struct ExecResponse {
 async fn exec(
     State(state): State<ApiState>,
     caller: Caller,
+    _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
     JsonBody(request): JsonBody<ExecRequest>,
 ) -> ApiResult<impl IntoResponse> {
@@ -759,6 +771,7 @@ async fn exec(
 async fn create_network(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
     JsonBody(request): JsonBody<NetworkRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let created = state.server.create_network(&request).await?;
@@ -781,6 +794,7 @@ async fn create_network(
 async fn list_networks(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
 ) -> ApiResult<impl IntoResponse> {
     let found: Vec<_> = state
         .server
@@ -811,6 +825,7 @@ async fn list_networks(
 async fn remove_network(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
     ValidPath(name): ValidPath<params::NetworkPath>,
 ) -> ApiResult<StatusCode> {
     state.server.remove_network(&name).await?;
@@ -968,6 +983,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 async fn pull_image(
     State(state): State<ApiState>,
     caller: Caller,
+    _query: NoQuery,
     headers: HeaderMap,
     JsonBody(request): JsonBody<PullRequest>,
 ) -> ApiResult<Response> {

@@ -188,3 +188,25 @@ pub(super) struct NodeParams {
     /// Only on this node; on every online node when absent.
     pub(super) node: Option<NodeId>,
 }
+
+/// The query string of a route that takes no query parameters: there must
+/// be none, rather than some the route would silently ignore.
+pub(super) struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> ApiResult<Self> {
+        match parts.uri.query() {
+            None | Some("") => Ok(Self),
+            Some(query) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Invalid.code(),
+                format!(
+                    "{} takes no query parameters, got {query:?}",
+                    parts.uri.path()
+                ),
+            )),
+        }
+    }
+}

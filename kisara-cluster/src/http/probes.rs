@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::params::NoQuery;
 use super::{ApiState, tag};
 use crate::Readiness;
 
@@ -50,7 +51,7 @@ pub(super) struct Version {
     tag = tag::OPERATIONS,
     responses((status = 200, description = "The process answers", body = Health))
 )]
-pub(super) async fn health() -> axum::Json<Health> {
+pub(super) async fn health(_query: NoQuery) -> axum::Json<Health> {
     axum::Json(Health {
         status: HealthStatus::Ok,
     })
@@ -68,7 +69,7 @@ pub(super) async fn health() -> axum::Json<Health> {
         (status = 503, description = "Not ready; `reasons` says why", body = Readiness),
     )
 )]
-pub(super) async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
+pub(super) async fn ready(State(state): State<ApiState>, _query: NoQuery) -> impl IntoResponse {
     let readiness = state.server.readiness().await;
     let status = if readiness.ready {
         StatusCode::OK
@@ -86,7 +87,7 @@ pub(super) async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
     tag = tag::OPERATIONS,
     responses((status = 200, description = "The versions", body = Version))
 )]
-pub(super) async fn version() -> axum::Json<Version> {
+pub(super) async fn version(_query: NoQuery) -> axum::Json<Version> {
     axum::Json(Version {
         name: env!("CARGO_PKG_NAME"),
         version: env!("CARGO_PKG_VERSION"),
@@ -102,7 +103,10 @@ pub(super) async fn version() -> axum::Json<Version> {
     tag = tag::OPERATIONS,
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
-pub(super) async fn openapi_document(State(state): State<ApiState>) -> impl IntoResponse {
+pub(super) async fn openapi_document(
+    State(state): State<ApiState>,
+    _query: NoQuery,
+) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         state.document.clone(),

@@ -56,31 +56,28 @@ impl Contract {
 
     /// The operation answering `method` on `path` (no query string), found
     /// as the router finds it: first the route, the template matching the
-    /// most literal segments (a parameter matches any one segment; a last
-    /// one also the rest of the path, for the image reference's catch-all,
-    /// but only where no template matches segment for segment), then the
-    /// method on that route.
+    /// most literal segments (a parameter matches one segment, a catch-all
+    /// one, marked `x-catch-all`, the rest of the path), then the method on
+    /// that route.
     pub(crate) fn operation(&self, method: &str, path: &str) -> Option<Operation<'_>> {
         let segments: Vec<&str> = path.split('/').collect();
-        let matched: Vec<(bool, usize, Operation<'_>)> = self
+        let matched: Vec<(usize, Operation<'_>)> = self
             .operations()
             .into_iter()
             .filter_map(|candidate| {
                 let template: Vec<&str> = candidate.template.split('/').collect();
-                let literals = matches(&template, &segments)?;
-                Some((template.len() == segments.len(), literals, candidate))
+                let catch_all = catch_all(&candidate);
+                Some((matches(&template, &segments, catch_all)?, candidate))
             })
             .collect();
-        let exact = matched.iter().any(|(exact, _, _)| *exact);
         let route = matched
             .iter()
-            .filter(|(is_exact, _, _)| *is_exact == exact)
-            .max_by_key(|(_, literals, _)| *literals)?
-            .2
+            .max_by_key(|(literals, _)| *literals)?
+            .1
             .template;
         matched
             .into_iter()
-            .map(|(_, _, operation)| operation)
+            .map(|(_, operation)| operation)
             .find(|operation| {
                 operation.template == route && operation.method.eq_ignore_ascii_case(method)
             })
@@ -118,7 +115,14 @@ impl Contract {
 
     /// Panics unless the answer `status`, `content_type`, `body` to
     /// `method` `uri` is what the document says it may be.
-    pub(crate) fn check(&self, method: &str, uri: &str, status: u16, content_type: &str, body: &[u8]) {
+    pub(crate) fn check(
+        &self,
+        method: &str,
+        uri: &str,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+    ) {
         let path = uri.split('?').next().unwrap_or_default();
         let what = format!("{method} {uri} answered {status}");
         let Some(operation) = self.operation(method, path) else {
@@ -135,16 +139,14 @@ impl Contract {
             return;
         };
         let responses = &operation.operation["responses"];
-        let response = responses
-            .get(status.to_string())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{what}: {} documents only {:?}: {}",
-                    operation.template,
-                    responses.as_object().unwrap().keys().collect::<Vec<_>>(),
-                    String::from_utf8_lossy(body)
-                )
-            });
+        let response = responses.get(status.to_string()).unwrap_or_else(|| {
+            panic!(
+                "{what}: {} documents only {:?}: {}",
+                operation.template,
+                responses.as_object().unwrap().keys().collect::<Vec<_>>(),
+                String::from_utf8_lossy(body)
+            )
+        });
         let response = self.resolve(response);
         let Some(content) = response.get("content").and_then(Value::as_object) else {
             assert!(
@@ -204,19 +206,31 @@ impl Contract {
     }
 }
 
+/// Whether the operation's last path parameter takes the rest of the path.
+fn catch_all(operation: &Operation<'_>) -> bool {
+    operation.operation["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|parameter| parameter["in"] == "path" && parameter["x-catch-all"] == true)
+}
+
 /// How many literal segments of `template` match `segments`, when it
-/// matches at all.
-fn matches(template: &[&str], segments: &[&str]) -> Option<usize> {
+/// matches at all; its last segment takes the rest when `catch_all`.
+fn matches(template: &[&str], segments: &[&str], catch_all: bool) -> Option<usize> {
     let is_parameter = |segment: &str| segment.starts_with('{') && segment.ends_with('}');
-    let catch_all = template.last().is_some_and(|last| is_parameter(last));
-    if segments.len() < template.len()
-        || (segments.len() > template.len() && !catch_all)
-    {
+    if segments.len() < template.len() || (segments.len() > template.len() && !catch_all) {
         return None;
     }
     let mut literals = 0;
-    for (expected, got) in template.iter().zip(segments) {
+    for (at, (expected, got)) in template.iter().zip(segments).enumerate() {
         if is_parameter(expected) {
+            // As the router does: an empty segment is a parameter's value
+            // between two others (`/v1/containers//exec`), not at the end
+            // (`/v1/containers/`).
+            if got.is_empty() && at + 1 == segments.len() {
+                return None;
+            }
             continue;
         }
         if expected != got {
