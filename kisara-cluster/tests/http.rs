@@ -379,18 +379,139 @@ async fn the_document_and_the_probes_are_served_without_a_token() {
     drop(server);
 }
 
+/// A relay link that does not answer.
+#[derive(Debug)]
+struct UnreachableRelay;
+
+#[async_trait::async_trait]
+impl kisara_core::Tunnel for UnreachableRelay {
+    fn supports(&self, _protocol: kisara_core::model::Protocol) -> bool {
+        true
+    }
+
+    async fn expose(
+        &self,
+        _request: &kisara_core::model::ExposeRequest,
+    ) -> kisara_core::Result<kisara_core::model::Exposure> {
+        Err(kisara_core::Error::unavailable("relay link down"))
+    }
+
+    async fn withdraw(
+        &self,
+        _exposure: &kisara_core::model::ExposureId,
+    ) -> kisara_core::Result<()> {
+        Err(kisara_core::Error::unavailable("relay link down"))
+    }
+
+    async fn list(
+        &self,
+        _filter: &kisara_core::model::LabelFilter,
+    ) -> kisara_core::Result<Vec<kisara_core::model::Exposure>> {
+        Err(kisara_core::Error::unavailable("relay link down"))
+    }
+}
+
 #[tokio::test]
 async fn readiness_names_why_the_server_cannot_serve() {
-    let server = Server::builder(Arc::new(
-        MemorySubnetAllocator::new("10.140.0.0/16".parse().unwrap(), 24).unwrap(),
-    ))
-    .build();
+    let subnets =
+        || Arc::new(MemorySubnetAllocator::new("10.140.0.0/16".parse().unwrap(), 24).unwrap());
+    let capacity = NodeCapacity {
+        max_containers: 10,
+        bandwidth_in: 1 << 20,
+        bandwidth_out: 1 << 20,
+    };
+    let server = Server::builder(subnets()).build();
     let app = api(server.clone(), authenticator());
     let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         ready,
         json!({"ready": false, "reasons": ["no node is connected"]})
+    );
+
+    // An offline node is named, but another that serves keeps it ready.
+    for node in ["n1", "n2"] {
+        server
+            .connect_node(
+                NodeId::new(node).unwrap(),
+                capacity,
+                Arc::new(MemoryRuntime::new()),
+            )
+            .await
+            .unwrap();
+    }
+    server.disconnect_node(&NodeId::new("n2").unwrap(), "test");
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(
+        ready["reasons"],
+        json!(["node n2 is offline: its link is down"])
+    );
+    server.disconnect_node(&NodeId::new("n1").unwrap(), "test");
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["reasons"][0], "no node is connected");
+
+    // A relay link that does not answer.
+    let server = Server::builder(subnets())
+        .with_tunnel(Arc::new(UnreachableRelay))
+        .build();
+    server
+        .connect_node(
+            NodeId::new("n1").unwrap(),
+            capacity,
+            Arc::new(MemoryRuntime::new()),
+        )
+        .await
+        .unwrap();
+    let app = api(server, authenticator());
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(
+        ready["reasons"],
+        json!(["the server's relay link does not answer: unavailable: relay link down"])
+    );
+}
+
+#[tokio::test]
+async fn empty_and_malformed_path_parameters_are_a_400_naming_the_parameter() {
+    let (_, app) = setup().await;
+    let exec = json!({"command": ["true"]}).to_string();
+    let cases = [
+        (
+            "POST",
+            "/v1/containers//exec",
+            Some(exec.clone()),
+            "path parameter id",
+        ),
+        ("POST", "/v1/containers/..%2Fx/exec", Some(exec), "\"../x\""),
+        ("GET", "/v1/containers/-rm", None, "\"-rm\""),
+        ("POST", "/v1/containers/a%20b/stop", None, "\"a b\""),
+        ("DELETE", "/v1/networks/%2E%2E", None, "path parameter name"),
+        (
+            "DELETE",
+            "/v1/images/Bad%20Image",
+            None,
+            "path parameter image",
+        ),
+    ];
+    for (method, uri, body, needle) in cases {
+        let (status, error) = call(&app, method, uri, Some(TOKEN), body).await;
+        assert_eq!(
+            (status, error_code(&error)),
+            (StatusCode::BAD_REQUEST, "invalid"),
+            "{method} {uri}: {error}"
+        );
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{method} {uri}: {message}");
+    }
+    let (status, error) = call(&app, "GET", "/v1/nodes?verbose=1", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verbose")
     );
 }
 
