@@ -565,3 +565,49 @@ fn the_checker_refuses_answers_the_document_does_not_describe() {
         br#"{"error": {"code": "not_found", "message": "no such route"}}"#
     ));
 }
+
+/// The route × status table of the crate README, as the document makes it.
+fn status_table() -> String {
+    let mut rows = vec![
+        "| operation | route | token | statuses |".to_owned(),
+        "|---|---|---|---|".to_owned(),
+    ];
+    for operation in CONTRACT.operations() {
+        let statuses: Vec<&str> = operation.operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        rows.push(format!(
+            "| `{}` | `{} {}` | {} | {} |",
+            operation.operation["operationId"].as_str().unwrap(),
+            operation.method.to_ascii_uppercase(),
+            operation.template,
+            if operation.operation.get("security").is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            statuses.join(", ")
+        ));
+    }
+    rows.join("\n")
+}
+
+#[test]
+fn the_readme_route_table_is_the_documents() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (start, end) = ("<!-- routes:start -->\n", "\n<!-- routes:end -->");
+    let table = readme
+        .split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(table, _)| table)
+        .unwrap_or_else(|| panic!("README.md has no table between {start:?} and {end:?}"));
+    let expected = status_table();
+    assert_eq!(
+        table, expected,
+        "README.md's route table is not the document's; put this between the markers:\n{expected}"
+    );
+}

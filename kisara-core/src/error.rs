@@ -316,6 +316,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_kind_is_listed_once_with_its_wire_code() {
+        let codes: std::collections::BTreeSet<&str> =
+            ErrorKind::ALL.iter().map(|kind| kind.code()).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len(), "a kind is listed twice");
+        for kind in ErrorKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.code())
+            );
+            // A new kind makes this match fail to compile, which leads
+            // here: list it in ALL as well.
+            match kind {
+                ErrorKind::NotFound
+                | ErrorKind::AlreadyExists
+                | ErrorKind::Conflict
+                | ErrorKind::Invalid
+                | ErrorKind::Exhausted
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::Unauthenticated
+                | ErrorKind::PermissionDenied
+                | ErrorKind::NotSupported
+                | ErrorKind::Backend => {}
+            }
+        }
+    }
+
+    #[test]
     fn messages_name_the_value() {
         let err = Error::not_found("container", "web-1");
         assert_eq!(err.to_string(), "container not found: \"web-1\"");

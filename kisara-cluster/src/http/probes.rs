@@ -107,8 +107,5 @@ pub(super) async fn openapi_document(
     State(state): State<ApiState>,
     _query: NoQuery,
 ) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.document.clone(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], state.document)
 }
