@@ -49,7 +49,8 @@ async fn setup() -> Router {
         .build()
 }
 
-/// Sends a request and checks the answer against the document; the status.
+/// Sends a request and checks the answer against the document; the status,
+/// which must not be a 5xx: bad input is never the server's fault.
 async fn send(
     app: &Router,
     method: &str,
@@ -57,6 +58,23 @@ async fn send(
     token: bool,
     body: Option<&[u8]>,
 ) -> StatusCode {
+    let (status, answer) = send_any(app, method, uri, token, body).await;
+    assert!(
+        !status.is_server_error(),
+        "{method} {uri} {:?}: {status} {answer}",
+        body.map(String::from_utf8_lossy),
+    );
+    status
+}
+
+/// [`send`], whatever the status; the status and the body.
+async fn send_any(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: bool,
+    body: Option<&[u8]>,
+) -> (StatusCode, String) {
     let mut request = Request::builder().method(method).uri(uri);
     if token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
@@ -77,13 +95,7 @@ async fn send(
         .unwrap_or_default();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     CONTRACT.check(method, uri, status.as_u16(), &content_type, &bytes);
-    assert!(
-        !status.is_server_error(),
-        "{method} {uri} {:?}: {status} {}",
-        body.map(String::from_utf8_lossy),
-        String::from_utf8_lossy(&bytes)
-    );
-    status
+    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Percent-encodes everything but the unreserved characters.
@@ -388,6 +400,51 @@ async fn requests_generated_from_the_document_get_documented_answers_and_never_a
         }
     }
     assert!(sent > 100, "only {sent} requests generated");
+}
+
+/// An authenticator whose backend is down.
+#[derive(Debug)]
+struct DownAuthenticator;
+
+#[async_trait::async_trait]
+impl kisara_core::Authenticator for DownAuthenticator {
+    async fn authenticate(
+        &self,
+        _credentials: &kisara_core::Credentials,
+        _remote: Option<std::net::SocketAddr>,
+    ) -> kisara_core::Result<Identity> {
+        Err(kisara_core::Error::unavailable(
+            "the token webhook does not answer",
+        ))
+    }
+}
+
+#[tokio::test]
+async fn every_route_that_needs_a_token_answers_503_when_the_authenticator_cannot_decide() {
+    let server = Server::builder(Arc::new(
+        MemorySubnetAllocator::new("10.140.0.0/16".parse().unwrap(), 24).unwrap(),
+    ))
+    .build();
+    let app = kisara_cluster::http::api(server, Arc::new(DownAuthenticator));
+    for operation in CONTRACT.operations() {
+        let method = operation.method.to_ascii_uppercase();
+        let path = fill(&operation, example);
+        let body = body_schema(&operation).map(|schema| schema_example(schema).to_string());
+        let (status, _) = send_any(
+            &app,
+            &method,
+            &path,
+            true,
+            body.as_deref().map(str::as_bytes),
+        )
+        .await;
+        if operation.operation.get("security").is_some() {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+        } else {
+            // The probes and the document never ask the authenticator.
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
 }
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];

@@ -7,8 +7,13 @@ use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
 
+use axum::http::header;
+use utoipa::PartialSchema;
+use utoipa::openapi::header::HeaderBuilder;
+
 use super::probes::API_VERSION;
 use super::{MAX_BODY_BYTES, routes, status_of, tag};
+use crate::REQUEST_ID_HEADER;
 use kisara_core::ErrorKind;
 
 /// The name of the bearer security scheme.
@@ -93,9 +98,10 @@ pub(super) fn base() -> OpenApi {
 }
 
 /// Adds what every route shares, so that no handler can forget it: a 401
-/// where a token is needed, a 400 for a malformed query string, parameter
+/// and a 503 (the authenticator's) where a token is needed, a 400 for a malformed query string, parameter
 /// or body, a 413 where a body is read; names catch-all paths as OpenAPI writes them,
-/// marking their parameter; describes the error codes with their statuses.
+/// marking their parameter; describes the error codes with their statuses
+/// and the `x-request-id` header of every answer.
 pub(super) fn complete(mut document: OpenApi) -> OpenApi {
     for (route, template) in CATCH_ALLS {
         let Some(mut item) = document.paths.paths.remove(*route) else {
@@ -132,6 +138,13 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
                     401,
                     "No bearer token, or one the server does not know",
                 );
+                // The authenticator's contract: a backend that cannot
+                // decide is `unavailable`, never a silent accept.
+                add_error(
+                    operation,
+                    503,
+                    "The authenticator cannot decide (its backend is down)",
+                );
             }
             if operation.request_body.is_some() {
                 add_error(
@@ -147,6 +160,29 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
                 400,
                 "A parameter, the query string or the body is malformed; the message names it and the bad value",
             );
+            for (status, response) in &mut operation.responses.responses {
+                if let RefOr::T(response) = response {
+                    if status == "401" {
+                        response.headers.insert(
+                            header::WWW_AUTHENTICATE.as_str().to_owned(),
+                            HeaderBuilder::new()
+                                .schema(String::schema())
+                                .description(Some("`Bearer`"))
+                                .build(),
+                        );
+                    }
+                    response.headers.insert(
+                        REQUEST_ID_HEADER.to_owned(),
+                        HeaderBuilder::new()
+                            .schema(String::schema())
+                            .description(Some(
+                                "The request's id: the caller's `x-request-id` when it is a sane \
+                                 token, else a fresh one; the server's logs carry it",
+                            ))
+                            .build(),
+                    );
+                }
+            }
         }
     }
     if let Some(components) = document.components.as_mut()
@@ -157,7 +193,9 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
             .map(|kind| format!("\n- `{}`: {}", kind.code(), status_of(*kind)))
             .collect();
         codes.description = Some(format!(
-            "The stable code of an error, with the HTTP status that answers it:{table}"
+            "The stable code of an error, with the HTTP status that answers an error of that \
+             kind:{table}\n\nThe router answers an unknown path with 404 `not_found` and a \
+             method the path does not take with 405 `not_supported`."
         ));
     }
     document
