@@ -45,8 +45,8 @@
 //!     .build();
 //! ```
 //!
-//! The route needs the bearer token like every other; in Prometheus's
-//! scrape config, set `authorization: { credentials: <token> }`. Without
+//! The route needs the bearer token like every other but the probes; in
+//! Prometheus's scrape config, set `authorization: { credentials: <token> }`. Without
 //! `with_metrics` it answers 404. A program without the API serves
 //! [`metrics_router`] instead, on an address of its own.
 
