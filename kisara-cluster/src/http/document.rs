@@ -198,7 +198,30 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
              method the path does not take with 405 `not_supported`."
         ));
     }
-    document
+    // The descriptions are the types' doc comments: their intra-doc links
+    // mean nothing outside rustdoc.
+    let mut json = serde_json::to_value(&document).expect("the OpenAPI document serializes");
+    unlink_descriptions(&mut json);
+    serde_json::from_value(json).expect("the OpenAPI document reads back")
+}
+
+/// Turns rustdoc's links (``[`Type::item`]``) into code (`` `Type::item` ``)
+/// in every description and summary.
+fn unlink_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            for (key, value) in object.iter_mut() {
+                match value {
+                    serde_json::Value::String(text) if key == "description" || key == "summary" => {
+                        *text = text.replace("[`", "`").replace("`]", "`");
+                    }
+                    _ => unlink_descriptions(value),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unlink_descriptions),
+        _ => {}
+    }
 }
 
 /// The operations of a path, whatever their methods.

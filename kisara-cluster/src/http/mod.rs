@@ -485,8 +485,10 @@ async fn list_nodes(
     axum::Json(state.server.nodes())
 }
 
-/// Launches a container: placed on a node (or the one asked for), started,
-/// and its ports exposed on a relay when the server has a tunnel.
+/// Launches a container.
+///
+/// It is placed on a node (or the one asked for), started, and its ports
+/// are exposed on a relay when the server has a tunnel.
 #[utoipa::path(
     post,
     path = "/v1/containers",
@@ -616,8 +618,10 @@ async fn exposures(
     Ok(axum::Json(state.server.exposures(&id).await?))
 }
 
-/// Removes a container, running or not, and withdraws its exposures;
-/// removing one that is gone is fine.
+/// Removes a container.
+///
+/// Running or not; its exposures are withdrawn. Removing one that is gone
+/// is fine.
 #[utoipa::path(
     delete,
     path = "/v1/containers/{id}",
@@ -750,8 +754,10 @@ async fn exec(
     }))
 }
 
-/// Creates a network with a subnet from the server's pool (or the one
-/// given): a bridge on every online node (or the one named), or one overlay.
+/// Creates a network.
+///
+/// Its subnet comes from the server's pool (or is the one given); it is a
+/// bridge on every online node (or the one named), or one overlay.
 #[utoipa::path(
     post,
     path = "/v1/networks",
@@ -806,8 +812,10 @@ async fn list_networks(
     Ok(axum::Json(found))
 }
 
-/// Removes a network everywhere and gives its subnet back to the pool;
-/// removing one that is gone is fine.
+/// Removes a network.
+///
+/// From every node; its subnet goes back to the pool. Removing one that is
+/// gone is fine.
 #[utoipa::path(
     delete,
     path = "/v1/networks/{name}",
@@ -1022,8 +1030,9 @@ async fn pull_image(
     Ok(axum::Json(done).into_response())
 }
 
-/// Removes an image from one node or every online node; removing one that
-/// is gone is fine.
+/// Removes an image.
+///
+/// From one node or every online node. Removing one that is gone is fine.
 #[utoipa::path(
     delete,
     // A catch-all, so that a reference's `/` may come raw or as %2F; the

@@ -57,8 +57,10 @@ pub(super) async fn health(_query: NoQuery) -> axum::Json<Health> {
     })
 }
 
-/// Whether the server can serve (readiness): a node is connected, every
-/// online node's engine answers and the relays answer.
+/// Whether the server can serve (readiness).
+///
+/// Ready when a node is connected, every online node's engine answers and
+/// the relays answer.
 #[utoipa::path(
     get,
     path = "/readyz",

@@ -187,7 +187,7 @@ pub struct NetworkRequest {
     /// No route to the outside.
     #[serde(default)]
     pub internal: bool,
-    /// Only on this node; on every online node when `None` (bridges), or on
+    /// Only on this node; on every online node when absent (bridges), or on
     /// the first online node (an overlay spans the swarm from there).
     #[serde(default)]
     pub node: Option<NodeId>,

@@ -11,8 +11,8 @@ use super::{
     ContainerId, ContainerPort, ImageRef, Labels, NodeId, Timestamp, duration_secs, labels,
 };
 
-/// Resource limits of one container. `None` means the runtime's configured
-/// default, never "unlimited": see the runtime's contract.
+/// Resource limits of one container. An absent limit means the runtime's
+/// configured default, never "unlimited": see the runtime's contract.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -55,7 +55,7 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerSpec {
-    /// The container's name; runtimes generate a unique one when `None`.
+    /// The container's name; runtimes generate a unique one when absent.
     #[serde(default)]
     pub name: Option<String>,
     /// The image to run.

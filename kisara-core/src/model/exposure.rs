@@ -12,9 +12,9 @@ use super::{ExposureId, Labels, Protocol};
 #[serde(default, deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExposureLimits {
-    /// Bandwidth in bytes per second, each direction; unlimited when `None`.
+    /// Bandwidth in bytes per second, each direction; unlimited when absent.
     pub bandwidth: Option<u64>,
-    /// Concurrent connections (TCP) or peers (UDP); unlimited when `None`.
+    /// Concurrent connections (TCP) or peers (UDP); unlimited when absent.
     pub max_connections: Option<u32>,
 }
 
