@@ -267,6 +267,7 @@ pub struct ApiError {
 #[derive(Serialize, ToSchema)]
 #[schema(examples(json!({"error": {"code": "not_found", "message": "container not found: \"web-1\""}})))]
 struct ErrorBody {
+    /// What went wrong.
     error: ErrorDetail,
 }
 
