@@ -12,8 +12,10 @@ use http_body_util::BodyExt;
 use kisara_cluster::http::{ApiBuilder, MAX_BODY_BYTES, api, metrics_router};
 use kisara_cluster::{ContainerQuery, Server};
 use kisara_core::Identity;
+use kisara_core::Result as R;
 use kisara_core::builtin::StaticAuthenticator;
 use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
+use kisara_core::model as m;
 use kisara_core::model::{ImageRef, NodeCapacity, NodeId};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -411,6 +413,144 @@ impl kisara_core::Tunnel for UnreachableRelay {
     }
 }
 
+/// A memory node whose engine stops answering once `down` is set (only its
+/// node stats are asked when readiness is probed).
+#[derive(Debug, Default)]
+struct FailingEngine {
+    inner: MemoryRuntime,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl kisara_core::ContainerRuntime for FailingEngine {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> kisara_core::RuntimeCapabilities {
+        self.inner.capabilities()
+    }
+    async fn create_network(
+        &self,
+        spec: &model::NetworkSpec,
+    ) -> kisara_core::Result<model::NetworkInfo> {
+        self.inner.create_network(spec).await
+    }
+    async fn inspect_network(
+        &self,
+        network: &model::NetworkId,
+    ) -> kisara_core::Result<model::NetworkInfo> {
+        self.inner.inspect_network(network).await
+    }
+    async fn list_networks(
+        &self,
+        filter: &model::LabelFilter,
+    ) -> kisara_core::Result<Vec<model::NetworkInfo>> {
+        self.inner.list_networks(filter).await
+    }
+    async fn remove_network(&self, network: &model::NetworkId) -> kisara_core::Result<()> {
+        self.inner.remove_network(network).await
+    }
+    async fn launch(
+        &self,
+        spec: &model::ContainerSpec,
+    ) -> kisara_core::Result<model::ContainerInfo> {
+        self.inner.launch(spec).await
+    }
+    async fn stop(
+        &self,
+        container: &model::ContainerId,
+        grace: std::time::Duration,
+    ) -> kisara_core::Result<()> {
+        self.inner.stop(container, grace).await
+    }
+    async fn remove(&self, container: &model::ContainerId) -> kisara_core::Result<()> {
+        self.inner.remove(container).await
+    }
+    async fn inspect(
+        &self,
+        container: &model::ContainerId,
+    ) -> kisara_core::Result<model::ContainerInfo> {
+        self.inner.inspect(container).await
+    }
+    async fn list(
+        &self,
+        filter: &model::LabelFilter,
+    ) -> kisara_core::Result<Vec<model::ContainerInfo>> {
+        self.inner.list(filter).await
+    }
+    async fn exec(
+        &self,
+        container: &model::ContainerId,
+        spec: &model::ExecSpec,
+    ) -> kisara_core::Result<kisara_core::ExecSession> {
+        self.inner.exec(container, spec).await
+    }
+    async fn resize_exec(
+        &self,
+        exec: &model::ExecId,
+        size: model::TtySize,
+    ) -> kisara_core::Result<()> {
+        self.inner.resize_exec(exec, size).await
+    }
+    async fn exec_status(&self, exec: &model::ExecId) -> kisara_core::Result<model::ExecStatus> {
+        self.inner.exec_status(exec).await
+    }
+    async fn copy_to(
+        &self,
+        container: &model::ContainerId,
+        dir: &str,
+        archive: kisara_core::ByteStream,
+    ) -> kisara_core::Result<()> {
+        self.inner.copy_to(container, dir, archive).await
+    }
+    async fn copy_from(
+        &self,
+        container: &model::ContainerId,
+        path: &str,
+    ) -> kisara_core::Result<kisara_core::ByteStream> {
+        self.inner.copy_from(container, path).await
+    }
+    async fn pull_image(
+        &self,
+        image: &ImageRef,
+    ) -> kisara_core::Result<kisara_core::ProgressStream> {
+        self.inner.pull_image(image).await
+    }
+    async fn build_image(
+        &self,
+        spec: &model::BuildSpec,
+        context: kisara_core::ByteStream,
+    ) -> kisara_core::Result<kisara_core::ProgressStream> {
+        self.inner.build_image(spec, context).await
+    }
+    async fn list_images(&self) -> kisara_core::Result<Vec<model::ImageInfo>> {
+        self.inner.list_images().await
+    }
+    async fn remove_image(&self, image: &str) -> kisara_core::Result<()> {
+        self.inner.remove_image(image).await
+    }
+    async fn events(
+        &self,
+        filter: &model::LabelFilter,
+    ) -> kisara_core::Result<kisara_core::EventStream> {
+        self.inner.events(filter).await
+    }
+    async fn container_stats(
+        &self,
+        container: &model::ContainerId,
+    ) -> kisara_core::Result<model::ContainerStats> {
+        self.inner.container_stats(container).await
+    }
+    async fn node_stats(&self) -> kisara_core::Result<model::NodeStats> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kisara_core::Error::unavailable(
+                "engine socket: connection refused",
+            ));
+        }
+        self.inner.node_stats().await
+    }
+}
+
 #[tokio::test]
 async fn readiness_names_why_the_server_cannot_serve() {
     let subnets =
@@ -451,6 +591,22 @@ async fn readiness_names_why_the_server_cannot_serve() {
     let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
     assert_eq!(ready["reasons"][0], "no node is connected");
+
+    // A node whose engine does not answer.
+    let engine = Arc::new(FailingEngine::default());
+    server
+        .connect_node(NodeId::new("n3").unwrap(), capacity, engine.clone())
+        .await
+        .unwrap();
+    let (status, _) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    engine.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(
+        ready["reasons"][0],
+        "node n3's engine does not answer: unavailable: engine socket: connection refused"
+    );
 
     // A relay link that does not answer.
     let server = Server::builder(subnets())
