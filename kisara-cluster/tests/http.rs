@@ -386,28 +386,25 @@ struct UnreachableRelay;
 
 #[async_trait::async_trait]
 impl kisara_core::Tunnel for UnreachableRelay {
-    fn supports(&self, _protocol: kisara_core::model::Protocol) -> bool {
+    fn supports(&self, _protocol: model::Protocol) -> bool {
         true
     }
 
     async fn expose(
         &self,
-        _request: &kisara_core::model::ExposeRequest,
-    ) -> kisara_core::Result<kisara_core::model::Exposure> {
+        _request: &model::ExposeRequest,
+    ) -> kisara_core::Result<model::Exposure> {
         Err(kisara_core::Error::unavailable("relay link down"))
     }
 
-    async fn withdraw(
-        &self,
-        _exposure: &kisara_core::model::ExposureId,
-    ) -> kisara_core::Result<()> {
+    async fn withdraw(&self, _exposure: &model::ExposureId) -> kisara_core::Result<()> {
         Err(kisara_core::Error::unavailable("relay link down"))
     }
 
     async fn list(
         &self,
-        _filter: &kisara_core::model::LabelFilter,
-    ) -> kisara_core::Result<Vec<kisara_core::model::Exposure>> {
+        _filter: &model::LabelFilter,
+    ) -> kisara_core::Result<Vec<model::Exposure>> {
         Err(kisara_core::Error::unavailable("relay link down"))
     }
 }
