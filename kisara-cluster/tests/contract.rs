@@ -264,26 +264,25 @@ const GARBAGE: [&str; 10] = [
     "%2e%2e",
 ];
 
-/// Values of a path or query parameter its schema refuses.
-fn invalid_values(parameter: &Value) -> Vec<String> {
-    let schema = &parameter["schema"];
-    let too_long = "x".repeat(300);
+/// [`GARBAGE`] and a value too long for any name.
+fn odd_values() -> Vec<String> {
     GARBAGE
         .iter()
-        .copied()
-        .chain([too_long.as_str()])
-        .map(str::to_owned)
-        .filter(|value| {
-            // Parameters arrive as text: judge them as the server decodes
-            // them, a number where the schema takes one.
-            let numeric = CONTRACT.resolve(schema)["type"] == "integer";
-            let instance = match value.parse::<i64>() {
-                Ok(number) if numeric => Value::from(number),
-                _ => Value::String(value.clone()),
-            };
-            !CONTRACT.errors(schema, &instance).is_empty()
-        })
+        .map(|value| (*value).to_owned())
+        .chain(["x".repeat(300)])
         .collect()
+}
+
+/// Whether the parameter's schema refuses `value`, judged as the server
+/// decodes parameters: from text, a number where the schema takes one.
+fn refused_by_schema(parameter: &Value, value: &str) -> bool {
+    let schema = &parameter["schema"];
+    let numeric = CONTRACT.resolve(schema)["type"] == "integer";
+    let instance = match value.parse::<i64>() {
+        Ok(number) if numeric => Value::from(number),
+        _ => Value::String(value.to_owned()),
+    };
+    !CONTRACT.errors(schema, &instance).is_empty()
 }
 
 #[tokio::test]
@@ -330,30 +329,10 @@ async fn requests_generated_from_the_document_get_documented_answers_and_never_a
             sent += 1;
         }
         for parameter in parameters(operation, "path") {
-            // Garbage the schema lets through is the handler's to refuse:
-            // never with a 5xx.
-            for garbage in GARBAGE {
-                let garbage_path = fill(operation, |other| {
+            for value in odd_values() {
+                let odd_path = fill(operation, |other| {
                     if other["name"] == parameter["name"] {
-                        garbage.to_owned()
-                    } else {
-                        example(other)
-                    }
-                });
-                send(
-                    &app,
-                    &method,
-                    &garbage_path,
-                    true,
-                    valid_body.as_deref().map(str::as_bytes),
-                )
-                .await;
-                sent += 1;
-            }
-            for bad in invalid_values(parameter) {
-                let bad_path = fill(operation, |other| {
-                    if other["name"] == parameter["name"] {
-                        bad.clone()
+                        value.clone()
                     } else {
                         example(other)
                     }
@@ -361,15 +340,19 @@ async fn requests_generated_from_the_document_get_documented_answers_and_never_a
                 let status = send(
                     &app,
                     &method,
-                    &bad_path,
+                    &odd_path,
                     true,
                     valid_body.as_deref().map(str::as_bytes),
                 )
                 .await;
-                assert!(
-                    status.is_client_error(),
-                    "{name} with path {bad_path:?}: {status}"
-                );
+                // What the schema refuses is a 4xx; what it lets through is
+                // the handler's to judge, never with a 5xx (`send` checks).
+                if refused_by_schema(parameter, &value) {
+                    assert!(
+                        status.is_client_error(),
+                        "{name} with path {odd_path:?}: {status}"
+                    );
+                }
                 sent += 1;
             }
         }
@@ -377,25 +360,24 @@ async fn requests_generated_from_the_document_get_documented_answers_and_never_a
         for parameter in parameters(operation, "query") {
             let name = parameter["name"].as_str().unwrap();
             bad_queries.extend(
-                invalid_values(parameter)
-                    .iter()
-                    .map(|bad| format!("{name}={}", encode(bad))),
+                odd_values()
+                    .into_iter()
+                    .filter(|value| refused_by_schema(parameter, value))
+                    .map(|bad| format!("{name}={}", encode(&bad))),
             );
         }
-        {
-            for query in &bad_queries {
-                let uri = format!("{path}?{query}");
-                let status = send(
-                    &app,
-                    &method,
-                    &uri,
-                    true,
-                    valid_body.as_deref().map(str::as_bytes),
-                )
-                .await;
-                assert!(status.is_client_error(), "{name} with ?{query}: {status}");
-                sent += 1;
-            }
+        for query in &bad_queries {
+            let uri = format!("{path}?{query}");
+            let status = send(
+                &app,
+                &method,
+                &uri,
+                true,
+                valid_body.as_deref().map(str::as_bytes),
+            )
+            .await;
+            assert!(status.is_client_error(), "{name} with ?{query}: {status}");
+            sent += 1;
         }
         if let Some((schema, valid)) = &body {
             for (what, invalid) in invalid_bodies(schema, valid) {
