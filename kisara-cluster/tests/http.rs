@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use kisara_cluster::http::{ApiBuilder, MAX_BODY_BYTES, api, metrics_router};
 use kisara_cluster::{ContainerQuery, Server};
@@ -58,9 +58,9 @@ async fn send(
     headers: &[(header::HeaderName, String)],
     body: Option<String>,
 ) -> (StatusCode, String, Vec<u8>) {
-    let (status, content_type, body) = send_unchecked(app, method, uri, headers, body).await;
-    common::CONTRACT.check(method, uri, status.as_u16(), &content_type, &body);
-    (status, content_type, body)
+    let (status, answer_headers, body) = exchange(app, method, uri, headers, body).await;
+    common::CONTRACT.check(method, uri, status.as_u16(), &answer_headers, &body);
+    (status, content_type(&answer_headers), body)
 }
 
 /// [`send`] to a router that is not the API, which the document does not
@@ -72,6 +72,18 @@ async fn send_unchecked(
     headers: &[(header::HeaderName, String)],
     body: Option<String>,
 ) -> (StatusCode, String, Vec<u8>) {
+    let (status, answer_headers, body) = exchange(app, method, uri, headers, body).await;
+    (status, content_type(&answer_headers), body)
+}
+
+/// One request and its answer: the status, the headers, the body.
+async fn exchange(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(header::HeaderName, String)],
+    body: Option<String>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
     let mut request = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         request = request.header(name, value);
@@ -85,13 +97,16 @@ async fn send_unchecked(
     };
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let content_type = response
-        .headers()
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes.to_vec())
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, content_type, bytes.to_vec())
+        .unwrap_or_default()
 }
 
 fn bearer(token: &str) -> (header::HeaderName, String) {

@@ -7,6 +7,7 @@
 
 use std::sync::LazyLock;
 
+use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
 
 /// The document, as the server serves it.
@@ -113,16 +114,22 @@ impl Contract {
             .collect()
     }
 
-    /// Panics unless the answer `status`, `content_type`, `body` to
-    /// `method` `uri` is what the document says it may be.
+    /// Panics unless the answer `status`, `headers`, `body` to `method`
+    /// `uri` is what the document says it may be: a documented status, its
+    /// documented headers, a documented media type and a body of its
+    /// schema.
     pub(crate) fn check(
         &self,
         method: &str,
         uri: &str,
         status: u16,
-        content_type: &str,
+        headers: &HeaderMap,
         body: &[u8],
     ) {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().expect("a textual content type"))
+            .unwrap_or_default();
         let path = uri.split('?').next().unwrap_or_default();
         let what = format!("{method} {uri} answered {status}");
         let Some(operation) = self.operation(method, path) else {
@@ -148,6 +155,17 @@ impl Contract {
             )
         });
         let response = self.resolve(response);
+        for name in response
+            .get("headers")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|documented| documented.keys())
+        {
+            assert!(
+                headers.contains_key(name.as_str()),
+                "{what} without its documented {name} header"
+            );
+        }
         let Some(content) = response.get("content").and_then(Value::as_object) else {
             assert!(
                 body.is_empty(),
