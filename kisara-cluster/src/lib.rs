@@ -16,5 +16,5 @@ pub use request_id::{REQUEST_ID_HEADER, RequestId};
 pub use node_id::{NODE_ID_FILE, load_or_create_node_id};
 pub use server::{
     ClusterEvent, ClusterNetwork, ContainerQuery, Launched, NetworkRequest, NodeExtras, PullEvent,
-    PullStream, Server, ServerBuilder, drain_pull,
+    PullStream, Readiness, Server, ServerBuilder, drain_pull,
 };

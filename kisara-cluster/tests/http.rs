@@ -1,16 +1,20 @@
-//! The HTTP API without a socket: requests through the tower service.
+//! The HTTP API without a socket: requests through the tower service, every
+//! answer checked against the OpenAPI document.
+
+mod common;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use kisara_cluster::http::{ApiBuilder, MAX_BODY_BYTES, api, metrics_router};
 use kisara_cluster::{ContainerQuery, Server};
 use kisara_core::Identity;
 use kisara_core::builtin::StaticAuthenticator;
 use kisara_core::memory::{MemoryRuntime, MemorySubnetAllocator};
+use kisara_core::model;
 use kisara_core::model::{ImageRef, NodeCapacity, NodeId};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -46,8 +50,9 @@ async fn setup() -> (Server, Router) {
     (server, app)
 }
 
-/// Sends a request with `headers`; the status, the content type and the
-/// body.
+/// Sends a request with `headers` to the API; the status, the content type
+/// and the body, which the document must describe for the route and
+/// status.
 async fn send(
     app: &Router,
     method: &str,
@@ -55,6 +60,32 @@ async fn send(
     headers: &[(header::HeaderName, String)],
     body: Option<String>,
 ) -> (StatusCode, String, Vec<u8>) {
+    let (status, answer_headers, body) = exchange(app, method, uri, headers, body).await;
+    common::CONTRACT.check(method, uri, status.as_u16(), &answer_headers, &body);
+    (status, content_type(&answer_headers), body)
+}
+
+/// [`send`] to a router that is not the API, which the document does not
+/// describe.
+async fn send_unchecked(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(header::HeaderName, String)],
+    body: Option<String>,
+) -> (StatusCode, String, Vec<u8>) {
+    let (status, answer_headers, body) = exchange(app, method, uri, headers, body).await;
+    (status, content_type(&answer_headers), body)
+}
+
+/// One request and its answer: the status, the headers, the body.
+async fn exchange(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(header::HeaderName, String)],
+    body: Option<String>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
     let mut request = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         request = request.header(name, value);
@@ -68,13 +99,16 @@ async fn send(
     };
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let content_type = response
-        .headers()
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes.to_vec())
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, content_type, bytes.to_vec())
+        .unwrap_or_default()
 }
 
 fn bearer(token: &str) -> (header::HeaderName, String) {
@@ -238,7 +272,6 @@ async fn missing_and_wrong_tokens_are_refused_alike_before_anything_happens() {
         "/v1/networks",
         "/v1/images",
         "/metrics",
-        "/v1/openapi.json",
     ] {
         let (status, _) = call(&app, "GET", route, None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{route}");
@@ -342,25 +375,313 @@ async fn bad_input_is_a_json_error_naming_the_bad_value_and_creates_nothing() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_lists_every_route() {
-    let (_, app) = setup().await;
-    let (status, doc) = call(&app, "GET", "/v1/openapi.json", Some(TOKEN), None).await;
+async fn the_document_and_the_probes_are_served_without_a_token() {
+    let (server, app) = setup().await;
+    let (status, doc) = call(&app, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in [
-        "/v1/nodes",
-        "/v1/containers",
-        "/v1/containers/{id}",
-        "/v1/containers/{id}/exec",
-        "/v1/containers/{id}/exposures",
-        "/v1/networks",
-        "/v1/images",
-        "/v1/images/pull",
-        "/v1/images/{image}",
-        "/metrics",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    assert_eq!(
+        doc,
+        serde_json::to_value(kisara_cluster::http::openapi()).unwrap(),
+        "the served document is the generated one"
+    );
+    let (status, health) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!((status, health), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, version) = call(&app, "GET", "/v1/version", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["api_version"], "1");
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready, json!({"ready": true, "reasons": []}));
+    drop(server);
+}
+
+/// A relay link that does not answer.
+#[derive(Debug)]
+struct UnreachableRelay;
+
+#[async_trait::async_trait]
+impl kisara_core::Tunnel for UnreachableRelay {
+    fn supports(&self, _protocol: model::Protocol) -> bool {
+        true
     }
+
+    async fn expose(
+        &self,
+        _request: &model::ExposeRequest,
+    ) -> kisara_core::Result<model::Exposure> {
+        Err(kisara_core::Error::unavailable("relay link down"))
+    }
+
+    async fn withdraw(&self, _exposure: &model::ExposureId) -> kisara_core::Result<()> {
+        Err(kisara_core::Error::unavailable("relay link down"))
+    }
+
+    async fn list(
+        &self,
+        _filter: &model::LabelFilter,
+    ) -> kisara_core::Result<Vec<model::Exposure>> {
+        Err(kisara_core::Error::unavailable("relay link down"))
+    }
+}
+
+/// A memory node whose engine stops answering once `down` is set (only its
+/// node stats are asked when readiness is probed).
+#[derive(Debug, Default)]
+struct FailingEngine {
+    inner: MemoryRuntime,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl kisara_core::ContainerRuntime for FailingEngine {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> kisara_core::RuntimeCapabilities {
+        self.inner.capabilities()
+    }
+    async fn create_network(
+        &self,
+        spec: &model::NetworkSpec,
+    ) -> kisara_core::Result<model::NetworkInfo> {
+        self.inner.create_network(spec).await
+    }
+    async fn inspect_network(
+        &self,
+        network: &model::NetworkId,
+    ) -> kisara_core::Result<model::NetworkInfo> {
+        self.inner.inspect_network(network).await
+    }
+    async fn list_networks(
+        &self,
+        filter: &model::LabelFilter,
+    ) -> kisara_core::Result<Vec<model::NetworkInfo>> {
+        self.inner.list_networks(filter).await
+    }
+    async fn remove_network(&self, network: &model::NetworkId) -> kisara_core::Result<()> {
+        self.inner.remove_network(network).await
+    }
+    async fn launch(
+        &self,
+        spec: &model::ContainerSpec,
+    ) -> kisara_core::Result<model::ContainerInfo> {
+        self.inner.launch(spec).await
+    }
+    async fn stop(
+        &self,
+        container: &model::ContainerId,
+        grace: std::time::Duration,
+    ) -> kisara_core::Result<()> {
+        self.inner.stop(container, grace).await
+    }
+    async fn remove(&self, container: &model::ContainerId) -> kisara_core::Result<()> {
+        self.inner.remove(container).await
+    }
+    async fn inspect(
+        &self,
+        container: &model::ContainerId,
+    ) -> kisara_core::Result<model::ContainerInfo> {
+        self.inner.inspect(container).await
+    }
+    async fn list(
+        &self,
+        filter: &model::LabelFilter,
+    ) -> kisara_core::Result<Vec<model::ContainerInfo>> {
+        self.inner.list(filter).await
+    }
+    async fn exec(
+        &self,
+        container: &model::ContainerId,
+        spec: &model::ExecSpec,
+    ) -> kisara_core::Result<kisara_core::ExecSession> {
+        self.inner.exec(container, spec).await
+    }
+    async fn resize_exec(
+        &self,
+        exec: &model::ExecId,
+        size: model::TtySize,
+    ) -> kisara_core::Result<()> {
+        self.inner.resize_exec(exec, size).await
+    }
+    async fn exec_status(&self, exec: &model::ExecId) -> kisara_core::Result<model::ExecStatus> {
+        self.inner.exec_status(exec).await
+    }
+    async fn copy_to(
+        &self,
+        container: &model::ContainerId,
+        dir: &str,
+        archive: kisara_core::ByteStream,
+    ) -> kisara_core::Result<()> {
+        self.inner.copy_to(container, dir, archive).await
+    }
+    async fn copy_from(
+        &self,
+        container: &model::ContainerId,
+        path: &str,
+    ) -> kisara_core::Result<kisara_core::ByteStream> {
+        self.inner.copy_from(container, path).await
+    }
+    async fn pull_image(
+        &self,
+        image: &ImageRef,
+    ) -> kisara_core::Result<kisara_core::ProgressStream> {
+        self.inner.pull_image(image).await
+    }
+    async fn build_image(
+        &self,
+        spec: &model::BuildSpec,
+        context: kisara_core::ByteStream,
+    ) -> kisara_core::Result<kisara_core::ProgressStream> {
+        self.inner.build_image(spec, context).await
+    }
+    async fn list_images(&self) -> kisara_core::Result<Vec<model::ImageInfo>> {
+        self.inner.list_images().await
+    }
+    async fn remove_image(&self, image: &str) -> kisara_core::Result<()> {
+        self.inner.remove_image(image).await
+    }
+    async fn events(
+        &self,
+        filter: &model::LabelFilter,
+    ) -> kisara_core::Result<kisara_core::EventStream> {
+        self.inner.events(filter).await
+    }
+    async fn container_stats(
+        &self,
+        container: &model::ContainerId,
+    ) -> kisara_core::Result<model::ContainerStats> {
+        self.inner.container_stats(container).await
+    }
+    async fn node_stats(&self) -> kisara_core::Result<model::NodeStats> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kisara_core::Error::unavailable(
+                "engine socket: connection refused",
+            ));
+        }
+        self.inner.node_stats().await
+    }
+}
+
+#[tokio::test]
+async fn readiness_names_why_the_server_cannot_serve() {
+    let subnets =
+        || Arc::new(MemorySubnetAllocator::new("10.140.0.0/16".parse().unwrap(), 24).unwrap());
+    let capacity = NodeCapacity {
+        max_containers: 10,
+        bandwidth_in: 1 << 20,
+        bandwidth_out: 1 << 20,
+    };
+    let server = Server::builder(subnets()).build();
+    let app = api(server.clone(), authenticator());
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready,
+        json!({"ready": false, "reasons": ["no node is connected"]})
+    );
+
+    // An offline node is named, but another that serves keeps it ready.
+    for node in ["n1", "n2"] {
+        server
+            .connect_node(
+                NodeId::new(node).unwrap(),
+                capacity,
+                Arc::new(MemoryRuntime::new()),
+            )
+            .await
+            .unwrap();
+    }
+    server.disconnect_node(&NodeId::new("n2").unwrap(), "test");
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(
+        ready["reasons"],
+        json!(["node n2 is offline: its link is down"])
+    );
+    server.disconnect_node(&NodeId::new("n1").unwrap(), "test");
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["reasons"][0], "no node is connected");
+
+    // A node whose engine does not answer.
+    let engine = Arc::new(FailingEngine::default());
+    server
+        .connect_node(NodeId::new("n3").unwrap(), capacity, engine.clone())
+        .await
+        .unwrap();
+    let (status, _) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    engine.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(
+        ready["reasons"][0],
+        "node n3's engine does not answer: unavailable: engine socket: connection refused"
+    );
+
+    // A relay link that does not answer.
+    let server = Server::builder(subnets())
+        .with_tunnel(Arc::new(UnreachableRelay))
+        .build();
+    server
+        .connect_node(
+            NodeId::new("n1").unwrap(),
+            capacity,
+            Arc::new(MemoryRuntime::new()),
+        )
+        .await
+        .unwrap();
+    let app = api(server, authenticator());
+    let (status, ready) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(
+        ready["reasons"],
+        json!(["the server's relay link does not answer: unavailable: relay link down"])
+    );
+}
+
+#[tokio::test]
+async fn empty_and_malformed_path_parameters_are_a_400_naming_the_parameter() {
+    let (_, app) = setup().await;
+    let exec = json!({"command": ["true"]}).to_string();
+    let cases = [
+        (
+            "POST",
+            "/v1/containers//exec",
+            Some(exec.clone()),
+            "path parameter id",
+        ),
+        ("POST", "/v1/containers/..%2Fx/exec", Some(exec), "\"../x\""),
+        ("GET", "/v1/containers/-rm", None, "\"-rm\""),
+        ("POST", "/v1/containers/a%20b/stop", None, "\"a b\""),
+        ("DELETE", "/v1/networks/%2E%2E", None, "path parameter name"),
+        (
+            "DELETE",
+            "/v1/images/Bad%20Image",
+            None,
+            "path parameter image",
+        ),
+    ];
+    for (method, uri, body, needle) in cases {
+        let (status, error) = call(&app, method, uri, Some(TOKEN), body).await;
+        assert_eq!(
+            (status, error_code(&error)),
+            (StatusCode::BAD_REQUEST, "invalid"),
+            "{method} {uri}: {error}"
+        );
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{method} {uri}: {message}");
+    }
+    let (status, error) = call(&app, "GET", "/v1/nodes?verbose=1", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verbose")
+    );
 }
 
 #[tokio::test]
@@ -567,7 +888,7 @@ async fn the_metrics_router_serves_metrics_alone_without_a_token() {
         format!("scrapes_total {n}\n")
     });
     for n in 1..=2 {
-        let (status, content_type, body) = send(&app, "GET", "/metrics", &[], None).await;
+        let (status, content_type, body) = send_unchecked(&app, "GET", "/metrics", &[], None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
         assert_eq!(
@@ -576,7 +897,7 @@ async fn the_metrics_router_serves_metrics_alone_without_a_token() {
         );
     }
     for (method, path) in [("GET", "/v1/nodes"), ("POST", "/metrics")] {
-        let (status, _, _) = send(&app, method, path, &[], None).await;
+        let (status, _, _) = send_unchecked(&app, method, path, &[], None).await;
         assert!(status.is_client_error(), "{method} {path}: {status}");
     }
     assert_eq!(scrapes.load(std::sync::atomic::Ordering::SeqCst), 2);

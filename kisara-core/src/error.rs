@@ -113,6 +113,7 @@ pub enum Error {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorKind {
     /// See [`Error::NotFound`].
     NotFound,
@@ -139,6 +140,21 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for tables of codes (an API's documentation, metrics).
+    pub const ALL: [Self; 11] = [
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::Conflict,
+        Self::Invalid,
+        Self::Exhausted,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::NotSupported,
+        Self::Backend,
+    ];
+
     /// The stable snake_case code of this kind, as used on the wire.
     pub fn code(self) -> &'static str {
         match self {
@@ -298,6 +314,34 @@ pub fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once_with_its_wire_code() {
+        let codes: std::collections::BTreeSet<&str> =
+            ErrorKind::ALL.iter().map(|kind| kind.code()).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len(), "a kind is listed twice");
+        for kind in ErrorKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.code())
+            );
+            // A new kind makes this match fail to compile, which leads
+            // here: list it in ALL as well.
+            match kind {
+                ErrorKind::NotFound
+                | ErrorKind::AlreadyExists
+                | ErrorKind::Conflict
+                | ErrorKind::Invalid
+                | ErrorKind::Exhausted
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::Unauthenticated
+                | ErrorKind::PermissionDenied
+                | ErrorKind::NotSupported
+                | ErrorKind::Backend => {}
+            }
+        }
+    }
 
     #[test]
     fn messages_name_the_value() {

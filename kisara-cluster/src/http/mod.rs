@@ -2,12 +2,16 @@
 //! service you can serve on its own or mount into an existing axum or hyper
 //! application.
 //!
-//! Every route needs `Authorization: Bearer <token>`, checked by an
-//! [`Authenticator`]. Errors are JSON, `{"error": {"code": "...", "message":
-//! "..."}}`, with a stable `code` (the [`ErrorKind`]) and a message naming the
-//! bad value. Bodies are limited in size and decoded strictly: an unknown
-//! field is an error, and nothing is created by a request that fails.
-//! `GET /v1/openapi.json` describes it all.
+//! Every route but the probes (`GET /healthz`, `GET /readyz`, `GET
+//! /v1/version`) and the document (`GET /v1/openapi.json`) needs
+//! `Authorization: Bearer <token>`, checked by an [`Authenticator`]. Errors
+//! are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable
+//! `code` (the [`ErrorKind`]) and a message naming the bad value. Bodies are
+//! limited in size and decoded strictly: an unknown field is an error, and
+//! nothing is created by a request that fails. Path parameters are checked
+//! before any backend call. The OpenAPI 3.1 document, [`openapi`], is
+//! generated from the handlers and the wire types, so a route cannot be
+//! served without being described.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -41,18 +45,22 @@
 //!     .build();
 //! ```
 //!
-//! The route needs the bearer token like every other; in Prometheus's
-//! scrape config, set `authorization: { credentials: <token> }`. Without
+//! The route needs the bearer token like every other but the probes; in
+//! Prometheus's scrape config, set `authorization: { credentials: <token> }`. Without
 //! `with_metrics` it answers 404. A program without the API serves
 //! [`metrics_router`] instead, on an address of its own.
 
 mod agents;
+mod document;
 mod pages;
+mod params;
+mod probes;
 mod recordings;
 mod terminal;
 mod upgrade;
 
 pub use agents::agent_link;
+pub use document::openapi;
 pub use terminal::{MAX_CLIENT_FRAME, PING_EVERY, close_code};
 
 use std::convert::Infallible;
@@ -63,18 +71,25 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use futures::StreamExt;
+use params::{NoQuery, ValidPath};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::session::{SessionEngine, SessionRequest, TicketBook};
 use crate::{
-    ContainerQuery, NetworkRequest, PullEvent, REQUEST_ID_HEADER, RequestId, Server, drain_pull,
+    ClusterNetwork, ContainerQuery, Launched, NetworkRequest, PullEvent, REQUEST_ID_HEADER,
+    RequestId, Server, drain_pull,
 };
-use kisara_core::model::{ContainerId, ImageRef, LaunchRequest, NodeId, Progress};
+use kisara_core::model::{
+    ContainerInfo, Exposure, ImageInfo, ImageRef, LaunchRequest, NetworkInfo, NodeId, NodeLoad,
+    Progress,
+};
 use kisara_core::{Authenticator, Credentials, Error, ErrorKind, Identity};
 use tracing::Instrument;
 
@@ -82,12 +97,24 @@ use tracing::Instrument;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// How long a launch may take when the request does not say.
 const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stop waits for the container to exit before killing it, when
+/// the request does not say.
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long an exec through the API may run at most.
 const MAX_EXEC_TIME: Duration = Duration::from_secs(300);
 /// The media type of streamed pull progress, one JSON object per line.
 const NDJSON: &str = "application/x-ndjson";
 /// The media type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The tags grouping the operations in the document.
+mod tag {
+    pub(super) const CONTAINERS: &str = "containers";
+    pub(super) const NETWORKS: &str = "networks";
+    pub(super) const IMAGES: &str = "images";
+    pub(super) const NODES: &str = "nodes";
+    pub(super) const OPERATIONS: &str = "operations";
+}
 
 /// Renders the embedding program's metrics in the Prometheus text format.
 type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
@@ -99,6 +126,8 @@ struct ApiState {
     metrics: Option<RenderMetrics>,
     sessions: SessionEngine,
     tickets: Arc<TicketBook>,
+    /// The OpenAPI document, serialized once.
+    document: Bytes,
 }
 
 /// The API as an axum router (a tower service): serve it, or `nest` it into
@@ -116,7 +145,7 @@ pub fn metrics_router(render: impl Fn() -> String + Send + Sync + 'static) -> Ro
     Router::new()
         .route(
             "/metrics",
-            get(move || std::future::ready(prometheus_text(render()))),
+            axum::routing::get(move || std::future::ready(prometheus_text(render()))),
         )
         .layer(axum::middleware::from_fn(request_span))
 }
@@ -128,20 +157,22 @@ fn prometheus_text(text: String) -> Response {
 /// Builds the API router with options; see [`api`].
 #[must_use]
 pub struct ApiBuilder {
-    state: ApiState,
+    server: Server,
+    authenticator: Arc<dyn Authenticator>,
+    metrics: Option<RenderMetrics>,
+    sessions: Option<SessionEngine>,
+    tickets: Arc<TicketBook>,
 }
 
 impl ApiBuilder {
     /// The API over `server`, every caller checked by `authenticator`.
     pub fn new(server: Server, authenticator: Arc<dyn Authenticator>) -> Self {
         Self {
-            state: ApiState {
-                sessions: SessionEngine::builder(server.clone()).build(),
-                server,
-                authenticator,
-                metrics: None,
-                tickets: Arc::new(TicketBook::default()),
-            },
+            server,
+            authenticator,
+            metrics: None,
+            sessions: None,
+            tickets: Arc::new(TicketBook::default()),
         }
     }
 
@@ -150,13 +181,13 @@ impl ApiBuilder {
     /// server gives it its policy, audit sink and recording store). The
     /// engine must be over the same [`Server`].
     pub fn with_sessions(mut self, sessions: SessionEngine) -> Self {
-        self.state.sessions = sessions;
+        self.sessions = Some(sessions);
         self
     }
 
     /// Terminal tickets are valid for `ttl` (default 60 s).
     pub fn with_ticket_ttl(mut self, ttl: Duration) -> Self {
-        self.state.tickets = Arc::new(TicketBook::new(ttl));
+        self.tickets = Arc::new(TicketBook::new(ttl));
         self
     }
 
@@ -164,35 +195,56 @@ impl ApiBuilder {
     /// Prometheus text exposition of the recorder the program installed
     /// (see the [module docs](self)).
     pub fn with_metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        self.state.metrics = Some(Arc::new(render));
+        self.metrics = Some(Arc::new(render));
         self
     }
 
     /// The router.
     pub fn build(self) -> Router {
-        Router::new()
-            .route("/v1/openapi.json", get(openapi))
-            .route("/metrics", get(metrics))
-            .route("/v1/nodes", get(list_nodes))
-            .route("/v1/containers", post(launch).get(list_containers))
-            .route("/v1/containers/{id}", get(inspect).delete(remove))
-            .route("/v1/containers/{id}/stop", post(stop))
-            .route("/v1/containers/{id}/exposures", get(exposures))
-            .route("/v1/containers/{id}/exec", post(exec))
-            .route("/v1/networks", post(create_network).get(list_networks))
-            .route("/v1/networks/{name}", delete(remove_network))
-            .route("/v1/images", get(list_images))
-            .route("/v1/images/pull", post(pull_image))
-            // A catch-all, so that a reference's `/` may come raw or as %2F.
-            .route("/v1/images/{*image}", delete(remove_image))
+        let (router, document) = routes().split_for_parts();
+        let document = document::complete(document);
+        let state = ApiState {
+            sessions: self
+                .sessions
+                .unwrap_or_else(|| SessionEngine::builder(self.server.clone()).build()),
+            server: self.server,
+            authenticator: self.authenticator,
+            metrics: self.metrics,
+            tickets: self.tickets,
+            document: Bytes::from(document.to_json().expect("the OpenAPI document serializes")),
+        };
+        router
             .merge(terminal::routes())
             .merge(recordings::routes())
             .merge(pages::router())
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(request_span))
-            .with_state(self.state)
+            .with_state(state)
     }
+}
+
+/// Every route with its documentation: `routes!` registers a handler only
+/// together with its `#[utoipa::path]`.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(document::base())
+        .routes(routes!(probes::openapi_document))
+        .routes(routes!(probes::health))
+        .routes(routes!(probes::ready))
+        .routes(routes!(probes::version))
+        .routes(routes!(metrics))
+        .routes(routes!(list_nodes))
+        .routes(routes!(launch, list_containers))
+        .routes(routes!(inspect, remove))
+        .routes(routes!(stop))
+        .routes(routes!(exposures))
+        .routes(routes!(exec))
+        .routes(routes!(create_network, list_networks))
+        .routes(routes!(remove_network))
+        .routes(routes!(list_images))
+        .routes(routes!(pull_image))
+        .routes(routes!(remove_image))
 }
 
 /// Runs each request in a span carrying its [`RequestId`] (the caller's
@@ -245,16 +297,22 @@ pub struct ApiError {
     error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a ErrorDetail,
+/// Every error answer's body.
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"error": {"code": "not_found", "message": "container not found: \"web-1\""}})))]
+struct ErrorBody {
+    /// What went wrong.
+    error: ErrorDetail,
 }
 
 /// An error's stable code and message, as every error body and every failed
 /// node of a pull carries it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ErrorDetail {
+    /// What went wrong, stable for programs to branch on.
+    #[schema(value_type = ErrorKind)]
     code: &'static str,
+    /// What went wrong for people, naming the bad value.
     message: String,
 }
 
@@ -305,7 +363,7 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: &self.error };
+        let body = ErrorBody { error: self.error };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -444,14 +502,33 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn openapi(_caller: Caller) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::NotSupported.code(),
+        format!("{method} is not allowed on {}", uri.path()),
     )
 }
 
-async fn metrics(State(state): State<ApiState>, _caller: Caller) -> ApiResult<Response> {
+/// The Prometheus metrics the embedding program exports.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "getMetrics",
+    tag = tag::OPERATIONS,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text exposition format, rendered on each scrape",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String,
+            example = "# TYPE kisara_nodes_online gauge\nkisara_nodes_online 2\n"),
+        (status = 404, description = "The program exports no metrics (built without `ApiBuilder::with_metrics`)", body = ErrorBody),
+    )
+)]
+async fn metrics(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    _query: NoQuery,
+) -> ApiResult<Response> {
     let render = state.metrics.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -462,23 +539,51 @@ async fn metrics(State(state): State<ApiState>, _caller: Caller) -> ApiResult<Re
     Ok(prometheus_text(render()))
 }
 
-async fn list_nodes(State(state): State<ApiState>, _caller: Caller) -> impl IntoResponse {
+/// Every node with its capacity and load, as placement sees it.
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    operation_id = "listNodes",
+    tag = tag::NODES,
+    security(("bearer" = [])),
+    responses((status = 200, description = "The nodes, online or not", body = Vec<NodeLoad>))
+)]
+async fn list_nodes(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    _query: NoQuery,
+) -> impl IntoResponse {
     axum::Json(state.server.nodes())
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LaunchParams {
-    timeout_secs: Option<u64>,
-}
-
+/// Launches a container.
+///
+/// It is placed on a node (or the one asked for), started, and its ports
+/// are exposed on a relay when the server has a tunnel.
+#[utoipa::path(
+    post,
+    path = "/v1/containers",
+    operation_id = "launchContainer",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::LaunchParams),
+    request_body = LaunchRequest,
+    responses(
+        (status = 201, description = "Launched (or, for a repeated idempotency key, launched before)", body = Launched),
+        (status = 404, description = "The node or the image does not exist", body = ErrorBody),
+        (status = 409, description = "A container of that name exists", body = ErrorBody),
+        (status = 503, description = "No node has room (`exhausted`) or the node is offline (`unavailable`)", body = ErrorBody),
+        (status = 504, description = "The launch took longer than `timeout_secs`", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
 async fn launch(
     State(state): State<ApiState>,
     caller: Caller,
     uri: Uri,
     JsonBody(request): JsonBody<LaunchRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let params: LaunchParams = query(&uri)?;
+    let params: params::LaunchParams = query(&uri)?;
     let timeout = params
         .timeout_secs
         .map_or(DEFAULT_LAUNCH_TIMEOUT, Duration::from_secs);
@@ -488,27 +593,37 @@ async fn launch(
     Ok((StatusCode::CREATED, axum::Json(launched)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListParams {
-    owner: Option<String>,
-    module: Option<String>,
-    node: Option<NodeId>,
-}
-
-#[derive(Serialize)]
+/// Something that lives on one node, with the node's id beside its own
+/// fields.
+#[derive(Serialize, ToSchema)]
 struct Placed<T> {
+    /// The node it is on.
     node: NodeId,
     #[serde(flatten)]
     item: T,
 }
 
+/// The Kisara containers of the cluster, running or not.
+#[utoipa::path(
+    get,
+    path = "/v1/containers",
+    operation_id = "listContainers",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::ListParams),
+    responses(
+        (status = 200, description = "The containers with their nodes", body = [Placed<ContainerInfo>]),
+        (status = 404, description = "The node does not exist", body = ErrorBody),
+        (status = 503, description = "The node is offline", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn list_containers(
     State(state): State<ApiState>,
     _caller: Caller,
     uri: Uri,
 ) -> ApiResult<impl IntoResponse> {
-    let params: ListParams = query(&uri)?;
+    let params: params::ListParams = query(&uri)?;
     let found = state
         .server
         .list(&ContainerQuery {
@@ -525,83 +640,173 @@ async fn list_containers(
     Ok(axum::Json(found))
 }
 
+/// One container and its node.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}",
+    operation_id = "inspectContainer",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::ContainerPath),
+    responses(
+        (status = 200, description = "The container with its node", body = Placed<ContainerInfo>),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 503, description = "Its node is offline", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
 async fn inspect(
     State(state): State<ApiState>,
     _caller: Caller,
-    PathParam(id): PathParam,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<impl IntoResponse> {
-    let (node, item) = state.server.inspect(&ContainerId::new(id)).await?;
+    let (node, item) = state.server.inspect(&id).await?;
     Ok(axum::Json(Placed { node, item }))
 }
 
+/// The public addresses a container's ports are exposed on.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/exposures",
+    operation_id = "listExposures",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::ContainerPath),
+    responses(
+        (status = 200, description = "Its exposures (none without a tunnel)", body = Vec<Exposure>),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 503, description = "Its node or the relay is unavailable", body = ErrorBody),
+        (status = 500, description = "The relay or the engine failed", body = ErrorBody),
+    )
+)]
 async fn exposures(
     State(state): State<ApiState>,
     _caller: Caller,
-    PathParam(id): PathParam,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(axum::Json(
-        state.server.exposures(&ContainerId::new(id)).await?,
-    ))
+    Ok(axum::Json(state.server.exposures(&id).await?))
 }
 
+/// Removes a container.
+///
+/// Running or not; its exposures are withdrawn. Removing one that is gone
+/// is fine.
+#[utoipa::path(
+    delete,
+    path = "/v1/containers/{id}",
+    operation_id = "removeContainer",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::ContainerPath),
+    responses(
+        (status = 204, description = "Removed, or there was no such container"),
+        (status = 503, description = "Its node is offline", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(state): State<ApiState>,
     _caller: Caller,
-    PathParam(id): PathParam,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<StatusCode> {
-    state.server.remove(&ContainerId::new(id)).await?;
+    state.server.remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StopParams {
-    grace_secs: Option<u64>,
-}
-
+/// Stops a container (SIGTERM, then SIGKILL after the grace period).
+#[utoipa::path(
+    post,
+    path = "/v1/containers/{id}/stop",
+    operation_id = "stopContainer",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::ContainerPath, params::StopParams),
+    responses(
+        (status = 204, description = "Stopped"),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 503, description = "Its node is offline", body = ErrorBody),
+        (status = 504, description = "The engine did not stop it in time", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
 async fn stop(
     State(state): State<ApiState>,
     _caller: Caller,
-    PathParam(id): PathParam,
+    ValidPath(id): ValidPath<params::ContainerPath>,
     uri: Uri,
 ) -> ApiResult<StatusCode> {
-    let params: StopParams = query(&uri)?;
-    let grace = Duration::from_secs(params.grace_secs.unwrap_or(10));
-    state.server.stop(&ContainerId::new(id), grace).await?;
+    let params: params::StopParams = query(&uri)?;
+    let grace = params
+        .grace_secs
+        .map_or(DEFAULT_STOP_GRACE, Duration::from_secs);
+    state.server.stop(&id, grace).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The body of `POST /v1/containers/{id}/exec`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"command": ["sh", "-c", "cat /flag"], "env": {"LANG": "C.UTF-8"}, "timeout_secs": 10})))]
 struct ExecRequest {
+    /// The program and its arguments, run without a shell.
+    #[schema(min_items = 1)]
     command: Vec<String>,
+    /// Environment variables besides the container's.
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+    /// How long it may run, in seconds, at most 300 (the default); it is
+    /// killed after that and the answer is a 504.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 300)]
     timeout_secs: Option<u64>,
 }
 
-/// What an exec printed and how it ended; output is UTF-8 text (invalid
-/// bytes replaced).
-#[derive(Debug, Serialize)]
+/// What an exec printed and how it ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(examples(json!({"stdout": "flag{...}\n", "stderr": "", "exit_code": 0})))]
 struct ExecResponse {
+    /// Its standard output, as UTF-8 text (invalid bytes replaced).
     stdout: String,
+    /// Its standard error, as UTF-8 text (invalid bytes replaced).
     stderr: String,
+    /// Its exit code.
     exit_code: i64,
 }
 
+/// Runs a command in a running container to its end and answers its output.
+#[utoipa::path(
+    post,
+    path = "/v1/containers/{id}/exec",
+    operation_id = "execInContainer",
+    tag = tag::CONTAINERS,
+    security(("bearer" = [])),
+    params(params::ContainerPath),
+    request_body = ExecRequest,
+    responses(
+        (status = 200, description = "It ran to its end, with any exit code", body = ExecResponse),
+        (status = 403, description = "The caller may not open sessions in this container, or the command policy denies the command (the message names the rule); a denied command never runs", body = ErrorBody),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 409, description = "The container is not running", body = ErrorBody),
+        (status = 503, description = "Its node is offline", body = ErrorBody),
+        (status = 504, description = "It ran longer than `timeout_secs` and was killed", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
 async fn exec(
     State(state): State<ApiState>,
-    Caller(caller): Caller,
-    PathParam(id): PathParam,
+    caller: Caller,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::ContainerPath>,
     JsonBody(request): JsonBody<ExecRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let limit = request
         .timeout_secs
         .map_or(MAX_EXEC_TIME, |s| Duration::from_secs(s).min(MAX_EXEC_TIME));
-    tracing::info!(user = %caller.username, container = %id, "exec through the API");
-    let mut session = SessionRequest::exec(caller, ContainerId::new(id.clone()), request.command);
+    tracing::info!(user = %caller.0.username, container = %id, "exec through the API");
+    let mut session = SessionRequest::exec(caller.0, id.clone(), request.command);
     session.env = request.env;
     // Dropping the session on timeout ends the process.
     let result = tokio::time::timeout(limit, state.sessions.exec(session))
@@ -617,18 +822,53 @@ async fn exec(
     }))
 }
 
+/// Creates a network.
+///
+/// Its subnet comes from the server's pool (or is the one given); it is a
+/// bridge on every online node (or the one named), or one overlay.
+#[utoipa::path(
+    post,
+    path = "/v1/networks",
+    operation_id = "createNetwork",
+    tag = tag::NETWORKS,
+    security(("bearer" = [])),
+    request_body = NetworkRequest,
+    responses(
+        (status = 201, description = "Created on the nodes", body = ClusterNetwork),
+        (status = 404, description = "The node does not exist", body = ErrorBody),
+        (status = 409, description = "A network of that name exists, or the subnet is taken", body = ErrorBody),
+        (status = 501, description = "A node's runtime cannot make this kind of network", body = ErrorBody),
+        (status = 503, description = "The pool is exhausted (`exhausted`), or no node is online (`unavailable`)", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn create_network(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
     JsonBody(request): JsonBody<NetworkRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let created = state.server.create_network(&request).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
+/// The Kisara networks on every online node.
+#[utoipa::path(
+    get,
+    path = "/v1/networks",
+    operation_id = "listNetworks",
+    tag = tag::NETWORKS,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The networks with their nodes", body = [Placed<NetworkInfo>]),
+        (status = 503, description = "A node is unavailable", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn list_networks(
     State(state): State<ApiState>,
     _caller: Caller,
+    _query: NoQuery,
 ) -> ApiResult<impl IntoResponse> {
     let found: Vec<_> = state
         .server
@@ -640,28 +880,55 @@ async fn list_networks(
     Ok(axum::Json(found))
 }
 
+/// Removes a network.
+///
+/// From every node; its subnet goes back to the pool. Removing one that is
+/// gone is fine.
+#[utoipa::path(
+    delete,
+    path = "/v1/networks/{name}",
+    operation_id = "removeNetwork",
+    tag = tag::NETWORKS,
+    security(("bearer" = [])),
+    params(params::NetworkPath),
+    responses(
+        (status = 204, description = "Removed, or there was no such network"),
+        (status = 409, description = "Containers are still attached to it", body = ErrorBody),
+        (status = 503, description = "A node is unavailable", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn remove_network(
     State(state): State<ApiState>,
     _caller: Caller,
-    PathParam(name): PathParam,
+    _query: NoQuery,
+    ValidPath(name): ValidPath<params::NetworkPath>,
 ) -> ApiResult<StatusCode> {
     state.server.remove_network(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The `node` query parameter of the image routes.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeParams {
-    node: Option<NodeId>,
-}
-
+/// The images on every online node, or on one.
+#[utoipa::path(
+    get,
+    path = "/v1/images",
+    operation_id = "listImages",
+    tag = tag::IMAGES,
+    security(("bearer" = [])),
+    params(params::NodeParams),
+    responses(
+        (status = 200, description = "The images with their nodes (one entry per node that has it)", body = [Placed<ImageInfo>]),
+        (status = 404, description = "The node does not exist", body = ErrorBody),
+        (status = 503, description = "The node is offline", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn list_images(
     State(state): State<ApiState>,
     _caller: Caller,
     uri: Uri,
 ) -> ApiResult<impl IntoResponse> {
-    let params: NodeParams = query(&uri)?;
+    let params: params::NodeParams = query(&uri)?;
     let found: Vec<_> = state
         .server
         .list_images(params.node.as_ref())
@@ -673,41 +940,68 @@ async fn list_images(
 }
 
 /// The body of `POST /v1/images/pull`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"image": "registry.example.com:5000/ctf/web-1:v2", "node": "n1"})))]
 struct PullRequest {
+    /// The image to pull from its registry.
     image: ImageRef,
+    /// Only onto this node; onto every online node when absent.
     #[serde(default)]
     node: Option<NodeId>,
+}
+
+/// How a node's pull ended.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum PullResult {
+    /// The image is on the node.
+    Ok,
+    /// The pull failed; `error` says why.
+    Error,
 }
 
 /// One line of a streamed pull, and one node's entry in a collected one:
 /// `{"node", "progress"}` while it runs, then `{"node", "result": "ok"}` or
 /// `{"node", "result": "error", "error": {"code", "message"}}`.
-#[derive(Serialize)]
-struct PullLine<'a> {
-    node: &'a NodeId,
+#[derive(Serialize, ToSchema)]
+#[schema(examples(
+    json!({"node": "n1", "progress": {"id": "a3ed95caeb02", "status": "Downloading", "current": 1048576, "total": 2811478}}),
+    json!({"node": "n1", "result": "ok"}),
+    json!({"node": "n2", "result": "error", "error": {"code": "not_found", "message": "image not found: \"ctf/web-1:v9\""}})
+))]
+struct PullLine {
+    /// The node pulling.
+    node: NodeId,
+    /// A step of the pull, as the node's engine reports it; only on lines
+    /// before the node's last.
     #[serde(skip_serializing_if = "Option::is_none")]
-    progress: Option<&'a Progress>,
+    progress: Option<Progress>,
+    /// How the pull ended, on the node's last line.
     #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'static str>,
+    result: Option<PullResult>,
+    /// Why it failed, when `result` is `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorDetail>,
 }
 
-impl<'a> PullLine<'a> {
-    fn done(node: &'a NodeId, result: &kisara_core::Result<()>) -> Self {
+impl PullLine {
+    fn done(node: NodeId, result: &kisara_core::Result<()>) -> Self {
         Self {
             node,
             progress: None,
-            result: Some(if result.is_ok() { "ok" } else { "error" }),
+            result: Some(if result.is_ok() {
+                PullResult::Ok
+            } else {
+                PullResult::Error
+            }),
             error: result.as_ref().err().map(ErrorDetail::from),
         }
     }
 }
 
-impl<'a> From<&'a PullEvent> for PullLine<'a> {
-    fn from(event: &'a PullEvent) -> Self {
+impl From<PullEvent> for PullLine {
+    fn from(event: PullEvent) -> Self {
         match event {
             PullEvent::Progress { node, progress } => Self {
                 node,
@@ -715,7 +1009,7 @@ impl<'a> From<&'a PullEvent> for PullLine<'a> {
                 result: None,
                 error: None,
             },
-            PullEvent::Done { node, result } => Self::done(node, result),
+            PullEvent::Done { node, result } => Self::done(node, &result),
         }
     }
 }
@@ -734,9 +1028,38 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Pulls an image onto one node or every online node.
+///
+/// With `Accept: application/x-ndjson`, streams one `PullLine` per line as
+/// the nodes pull (200 once started; each node's last line says how it
+/// ended). Otherwise waits and answers one `PullLine` per node, or, when any
+/// node failed, an error of the first failure's kind naming every failed
+/// node.
+#[utoipa::path(
+    post,
+    path = "/v1/images/pull",
+    operation_id = "pullImage",
+    tag = tag::IMAGES,
+    security(("bearer" = [])),
+    request_body = PullRequest,
+    responses(
+        (status = 200, description = "Pulled on every node; streamed, one `PullLine` per line, with `Accept: application/x-ndjson`",
+            content(
+                (Vec<PullLine> = "application/json"),
+                (PullLine = "application/x-ndjson"),
+            )),
+        (status = 401, description = "A registry refused the node's credentials", body = ErrorBody),
+        (status = 403, description = "A registry denied the pull", body = ErrorBody),
+        (status = 404, description = "The node, or the image in its registry, does not exist", body = ErrorBody),
+        (status = 503, description = "The node is offline, or the registry unreachable", body = ErrorBody),
+        (status = 504, description = "The registry did not answer in time", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn pull_image(
     State(state): State<ApiState>,
     caller: Caller,
+    _query: NoQuery,
     headers: HeaderMap,
     JsonBody(request): JsonBody<PullRequest>,
 ) -> ApiResult<Response> {
@@ -747,7 +1070,7 @@ async fn pull_image(
     if wants_ndjson(&headers) {
         let lines = pull.map(|event| {
             let mut line =
-                serde_json::to_vec(&PullLine::from(&event)).expect("a pull line serializes");
+                serde_json::to_vec(&PullLine::from(event)).expect("a pull line serializes");
             line.push(b'\n');
             Ok::<_, Infallible>(Bytes::from(line))
         });
@@ -769,20 +1092,39 @@ async fn pull_image(
         return Err(ApiError::new(status_of(kind), kind.code(), message));
     }
     let done: Vec<_> = outcomes
-        .iter()
-        .map(|(node, result)| PullLine::done(node, result))
+        .into_iter()
+        .map(|(node, result)| PullLine::done(node, &result))
         .collect();
     Ok(axum::Json(done).into_response())
 }
 
+/// Removes an image.
+///
+/// From one node or every online node. Removing one that is gone is fine.
+#[utoipa::path(
+    delete,
+    // A catch-all, so that a reference's `/` may come raw or as %2F; the
+    // document names it `{image}`.
+    path = "/v1/images/{*image}",
+    operation_id = "removeImage",
+    tag = tag::IMAGES,
+    security(("bearer" = [])),
+    params(params::ImagePath, params::NodeParams),
+    responses(
+        (status = 204, description = "Removed, or it was not there"),
+        (status = 404, description = "The node does not exist", body = ErrorBody),
+        (status = 409, description = "A container uses it", body = ErrorBody),
+        (status = 503, description = "The node is offline", body = ErrorBody),
+        (status = 500, description = "An engine failed", body = ErrorBody),
+    )
+)]
 async fn remove_image(
     State(state): State<ApiState>,
     caller: Caller,
-    PathParam(image): PathParam,
+    ValidPath(image): ValidPath<params::ImagePath>,
     uri: Uri,
 ) -> ApiResult<StatusCode> {
-    let params: NodeParams = query(&uri)?;
-    let image = ImageRef::parse(&image)?;
+    let params: params::NodeParams = query(&uri)?;
     tracing::info!(user = %caller.0.username, %image, node = ?params.node, "image removal through the API");
     state
         .server

@@ -64,6 +64,8 @@ mod images;
 mod launch;
 mod networks;
 mod nodes;
+mod readiness;
+
 use kisara_core::model::{
     ContainerEvent, ContainerEventKind, ContainerId, ContainerInfo, ContainerPort, ContainerState,
     ExecSpec, ExposeRequest, Exposure, ImageInfo, ImageRef, Inventory, LabelFilter, LaunchRequest,
@@ -76,13 +78,15 @@ use kisara_core::{
     ContainerRuntime, Error, ExecSession, Placement, ProgressStream, Result, SubnetAllocator,
     Tunnel,
 };
+pub use readiness::Readiness;
 
 /// How long a successful launch is remembered under its idempotency key.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
 
 /// A container launched by the cluster, with where it runs and how it is
 /// reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({"node": "n1", "container": {"id": "4f1c2a9b7e3d", "name": "web-1", "image": "ctf/web-1:latest", "state": "running", "exit_code": null, "oom_killed": false, "labels": {"io.kisara.managed": "true", "io.kisara.owner": "team-7", "io.kisara.module": "web-1"}, "networks": {"team-7": {"network_id": "9a8b7c6d5e4f", "ip": "10.128.7.2"}}, "ports": ["80/tcp"], "created_at": 1_767_787_200_000_u64}, "exposures": [{"id": "exp-4f1c2a9b-80", "relay": "relay-eu", "public": {"host": "play.example.com", "port": 31337}, "target": "10.128.7.2:80", "protocol": "tcp", "limits": {"bandwidth": 1048576, "max_connections": 64}, "labels": {"io.kisara.container": "4f1c2a9b7e3d"}}]})))]
 pub struct Launched {
     /// The node it runs on.
     pub node: NodeId,
@@ -167,13 +171,15 @@ impl ContainerQuery {
 }
 
 /// A network to create across the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"name": "team-7", "driver": "bridge", "internal": false})))]
 pub struct NetworkRequest {
     /// Its name, unique in the cluster.
     pub name: String,
-    /// This subnet; one from the pool when `None`.
+    /// This subnet (CIDR); one from the server's pool when absent.
     #[serde(default)]
+    #[schema(value_type = Option<String>, examples("10.128.7.0/24"))]
     pub subnet: Option<IpNet>,
     /// Bridge (one per node) or overlay (one across the cluster).
     #[serde(default)]
@@ -181,7 +187,7 @@ pub struct NetworkRequest {
     /// No route to the outside.
     #[serde(default)]
     pub internal: bool,
-    /// Only on this node; on every online node when `None` (bridges), or on
+    /// Only on this node; on every online node when absent (bridges), or on
     /// the first online node (an overlay spans the swarm from there).
     #[serde(default)]
     pub node: Option<NodeId>,
@@ -201,11 +207,13 @@ impl NetworkRequest {
 }
 
 /// A network as created on the nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({"subnet": "10.128.7.0/24", "nodes": [["n1", {"id": "9a8b7c6d5e4f", "name": "team-7", "subnet": "10.128.7.0/24", "gateway": "10.128.7.1", "driver": "bridge", "internal": false, "labels": {"io.kisara.managed": "true", "io.kisara.network": "team-7"}, "containers": ["4f1c2a9b7e3d"]}]]})))]
 pub struct ClusterNetwork {
-    /// Its subnet.
+    /// Its subnet (CIDR).
+    #[schema(value_type = String, examples("10.128.7.0/24"))]
     pub subnet: IpNet,
-    /// The network on each node that has it.
+    /// The network on each node that has it, as `[node, network]` pairs.
     pub nodes: Vec<(NodeId, NetworkInfo)>,
 }
 

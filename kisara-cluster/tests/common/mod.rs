@@ -1,8 +1,14 @@
-//! A stack for the session tests: the API over in-memory nodes on a real
-//! socket, with an HTTP client and WebSocket helpers.
+//! What the API tests share: the API's contract (every answer checked
+//! against the OpenAPI document), and a stack for the session tests: the
+//! API over in-memory nodes on a real socket, with an HTTP client and
+//! WebSocket helpers.
 
 // Each test binary that includes this module uses a part of it.
 #![allow(dead_code)]
+
+mod contract;
+
+pub(crate) use contract::{CONTRACT, Operation};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +81,7 @@ impl Http {
         let response = self.0.request(request).await.unwrap();
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
+        checked("GET", url, parts.status.as_u16(), &parts.headers, &bytes);
         (parts.status.as_u16(), parts.headers, bytes)
     }
 
@@ -88,10 +95,24 @@ impl Http {
             )))
             .unwrap();
         let response = self.0.request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        checked("POST", url, parts.status.as_u16(), &parts.headers, &bytes);
+        (
+            parts.status.as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+        )
     }
+}
+
+/// Checks an answer to `url` against the API's contract: every answer the
+/// session tests receive is one the document describes.
+fn checked(method: &str, url: &str, status: u16, headers: &hyper::HeaderMap, body: &[u8]) {
+    let uri = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|slash| &rest[slash..]))
+        .unwrap_or(url);
+    CONTRACT.check(method, uri, status, headers, body);
 }
 
 pub(crate) async fn stack_with(limits: SessionLimits) -> Stack {

@@ -11,10 +11,11 @@ use super::{
     ContainerId, ContainerPort, ImageRef, Labels, NodeId, Timestamp, duration_secs, labels,
 };
 
-/// Resource limits of one container. `None` means the runtime's configured
-/// default, never "unlimited": see the runtime's contract.
+/// Resource limits of one container. An absent limit means the runtime's
+/// configured default, never "unlimited": see the runtime's contract.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceLimits {
     /// CPU time in thousandths of a CPU (`500` = half a core).
     pub cpu_millis: Option<u64>,
@@ -29,10 +30,13 @@ pub struct ResourceLimits {
 /// Runtimes accept only sources under their configured allow-list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Mount {
     /// The path on the host.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub source: PathBuf,
     /// The path inside the container.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub target: PathBuf,
     /// Mounted read-only (the default).
     #[serde(default = "default_true")]
@@ -49,8 +53,9 @@ fn default_true() -> bool {
 /// `module`, `networks` and `expires_at`; see [`ContainerSpec::kisara_labels`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerSpec {
-    /// The container's name; runtimes generate a unique one when `None`.
+    /// The container's name; runtimes generate a unique one when absent.
     #[serde(default)]
     pub name: Option<String>,
     /// The image to run.
@@ -58,10 +63,12 @@ pub struct ContainerSpec {
     /// The command, replacing the image's default when given.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// The user or team the container belongs to (the Go original's uid).
+    /// The user or team the container belongs to (the Go original's uid),
+    /// labelled `io.kisara.owner`: listings filter by it.
     #[serde(default)]
     pub owner: Option<String>,
-    /// The module (challenge, lab, service) it belongs to.
+    /// The module (challenge, lab, service) it belongs to, labelled
+    /// `io.kisara.module`: listings filter by it.
     #[serde(default)]
     pub module: Option<String>,
     /// Ports the container serves (`80/tcp`).
@@ -77,15 +84,18 @@ pub struct ContainerSpec {
     #[serde(default)]
     pub mounts: Vec<Mount>,
     /// DNS servers; the runtime's default when empty.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     #[serde(default)]
     pub dns: Vec<IpAddr>,
     /// Resource limits.
     #[serde(default)]
     pub resources: ResourceLimits,
     /// Extra labels (keys under `io.kisara.` are reserved and refused).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     #[serde(default)]
     pub labels: Labels,
-    /// When the container expires; a reaper removes it after that.
+    /// When the container expires, in milliseconds since the Unix epoch; a
+    /// reaper removes it after that. A launch sets it from its lifetime.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
     /// Mount the root file system read-only.
@@ -185,15 +195,24 @@ impl ContainerSpec {
 /// plus where to run it and for how long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"lifetime_secs": 3600, "idempotency_key": "team-7/web-1/1", "container": {"name": "web-1", "image": "ctf/web-1:latest", "owner": "team-7", "module": "web-1", "ports": ["80/tcp"], "env": {"FLAG": "flag{example}"}, "resources": {"cpu_millis": 500, "memory_bytes": 268435456}}})))
+)]
 pub struct LaunchRequest {
-    /// Run on this node; placement picks one when `None`.
+    /// Run on this node; placement picks one when absent.
     #[serde(default)]
     pub node: Option<NodeId>,
-    /// How long the container may live; it expires after that.
+    /// How long the container may live, in whole seconds (`lifetime_secs`
+    /// on the wire); it expires and is removed after that. It lives until
+    /// removed when absent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     #[serde(default, with = "duration_secs::option", rename = "lifetime_secs")]
     pub lifetime: Option<Duration>,
     /// Retrying a launch with the same key returns the first launch's
-    /// result instead of starting a second container.
+    /// result instead of starting a second container (the cluster server
+    /// remembers a key for an hour).
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// The container itself.
@@ -215,6 +234,7 @@ impl LaunchRequest {
 /// The state of a container, as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ContainerState {
     /// Created, never started.
     Created,
@@ -234,15 +254,22 @@ pub enum ContainerState {
 
 /// A container's address on one network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkAttachment {
     /// The network's id.
     pub network_id: String,
     /// The container's address on it, when it has one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub ip: Option<IpAddr>,
 }
 
 /// A container as a runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "4f1c2a9b7e3d", "name": "web-1", "image": "ctf/web-1:latest", "state": "running", "exit_code": null, "oom_killed": false, "labels": {"io.kisara.managed": "true", "io.kisara.owner": "team-7", "io.kisara.module": "web-1"}, "networks": {"team-7": {"network_id": "9a8b7c6d5e4f", "ip": "10.128.7.2"}}, "ports": ["80/tcp"], "created_at": 1_767_787_200_000_u64})))
+)]
 pub struct ContainerInfo {
     /// The runtime's id.
     pub id: ContainerId,
@@ -260,6 +287,7 @@ pub struct ContainerInfo {
     /// comes after or not at all, and this stays false.
     pub oom_killed: bool,
     /// All its labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub labels: Labels,
     /// Its networks by name.
     pub networks: BTreeMap<String, NetworkAttachment>,

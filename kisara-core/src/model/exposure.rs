@@ -10,10 +10,11 @@ use super::{ExposureId, Labels, Protocol};
 /// Limits of one exposure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExposureLimits {
-    /// Bandwidth in bytes per second, each direction; unlimited when `None`.
+    /// Bandwidth in bytes per second, each direction; unlimited when absent.
     pub bandwidth: Option<u64>,
-    /// Concurrent connections (TCP) or peers (UDP); unlimited when `None`.
+    /// Concurrent connections (TCP) or peers (UDP); unlimited when absent.
     pub max_connections: Option<u32>,
 }
 
@@ -51,6 +52,7 @@ impl ExposeRequest {
 
 /// A host and port on which visitors reach an exposure.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicAddress {
     /// The relay's public host name or address.
     pub host: String,
@@ -70,6 +72,11 @@ impl fmt::Display for PublicAddress {
 
 /// An exposure in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "exp-4f1c2a9b-80", "relay": "relay-eu", "public": {"host": "play.example.com", "port": 31337}, "target": "10.128.7.2:80", "protocol": "tcp", "limits": {"bandwidth": 1048576, "max_connections": 64}, "labels": {"io.kisara.container": "4f1c2a9b7e3d"}})))
+)]
 pub struct Exposure {
     /// Its id.
     pub id: ExposureId,
@@ -78,11 +85,13 @@ pub struct Exposure {
     /// Where visitors connect.
     pub public: PublicAddress,
     /// Where traffic goes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub target: SocketAddr,
     /// TCP or UDP.
     pub protocol: Protocol,
     /// Its limits.
     pub limits: ExposureLimits,
     /// Its labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: Labels,
 }

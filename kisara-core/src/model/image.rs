@@ -226,6 +226,11 @@ impl From<ImageRef> for String {
 
 /// An image on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "sha256:5b0d2f7c1e9a8b3d4c6f0a1e2d3c4b5a69788796a5b4c3d2e1f0a9b8c7d6e5f4", "tags": ["ctf/web-1:latest"], "size_bytes": 7340032, "created_at": 1_767_787_200_000_u64, "labels": {}})))
+)]
 pub struct ImageInfo {
     /// The engine's image id (`sha256:...`).
     pub id: String,
@@ -236,6 +241,7 @@ pub struct ImageInfo {
     /// When it was built.
     pub created_at: Timestamp,
     /// Its labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: Labels,
 }
 
@@ -273,6 +279,7 @@ impl BuildSpec {
 
 /// One step of progress of a pull or a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// The layer or build step this is about, when there is one.
     pub id: Option<String>,

@@ -12,6 +12,8 @@ mod network;
 mod node;
 pub mod pool;
 mod port;
+#[cfg(feature = "openapi")]
+mod schema;
 
 pub use container::{
     ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LaunchRequest, Mount,

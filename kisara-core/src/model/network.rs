@@ -10,6 +10,7 @@ use super::{ContainerId, Labels, NetworkId, NodeId, labels};
 /// The kind of network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NetworkDriver {
     /// A bridge on one host.
     #[default]
@@ -117,20 +118,28 @@ impl NetworkSpec {
 
 /// A network as a runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"id": "9a8b7c6d5e4f", "name": "team-7", "subnet": "10.128.7.0/24", "gateway": "10.128.7.1", "driver": "bridge", "internal": false, "labels": {"io.kisara.managed": "true", "io.kisara.network": "team-7"}, "containers": ["4f1c2a9b7e3d"]})))
+)]
 pub struct NetworkInfo {
     /// The runtime's id.
     pub id: NetworkId,
     /// The name.
     pub name: String,
     /// The subnet.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub subnet: Option<IpNet>,
     /// The gateway.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub gateway: Option<IpAddr>,
     /// Bridge or overlay.
     pub driver: NetworkDriver,
     /// No route to the outside.
     pub internal: bool,
     /// All labels.
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub labels: Labels,
     /// The containers attached to it.
     pub containers: Vec<ContainerId>,

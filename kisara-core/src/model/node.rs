@@ -6,6 +6,7 @@ use super::NodeId;
 
 /// What a node may carry, as configured on its agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeCapacity {
     /// The most containers it runs at once (the Go original's `max_container`).
     pub max_containers: u32,
@@ -17,6 +18,7 @@ pub struct NodeCapacity {
 
 /// A node's current load.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStats {
     /// Kisara containers running.
     pub containers: u32,
@@ -32,6 +34,11 @@ pub struct NodeStats {
 
 /// A node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(examples(json!({"node": "n1", "online": true, "capacity": {"max_containers": 80, "bandwidth_in": 52428800, "bandwidth_out": 52428800}, "stats": {"containers": 3, "bandwidth_in": 1048576, "bandwidth_out": 2097152, "cpu": 0.25, "memory": 0.4}})))
+)]
 pub struct NodeLoad {
     /// The node.
     pub node: NodeId,
