@@ -81,6 +81,15 @@ pub(super) fn base() -> OpenApi {
             (tag::IMAGES, "Images on the nodes"),
             (tag::NODES, "The nodes (Docker hosts) of the cluster"),
             (
+                tag::SESSIONS,
+                "Terminals and interactive execs over WebSocket, through the session engine",
+            ),
+            (
+                tag::RECORDINGS,
+                "Recorded sessions: list, search, download, play, export",
+            ),
+            (tag::AUDIT, "The audit trail: query and follow"),
+            (
                 tag::OPERATIONS,
                 "Probes, version, metrics and this document",
             ),

@@ -114,6 +114,9 @@ mod tag {
     pub(super) const IMAGES: &str = "images";
     pub(super) const NODES: &str = "nodes";
     pub(super) const OPERATIONS: &str = "operations";
+    pub(super) const SESSIONS: &str = "sessions";
+    pub(super) const RECORDINGS: &str = "recordings";
+    pub(super) const AUDIT: &str = "audit";
 }
 
 /// Renders the embedding program's metrics in the Prometheus text format.
@@ -214,8 +217,6 @@ impl ApiBuilder {
             document: Bytes::from(document.to_json().expect("the OpenAPI document serializes")),
         };
         router
-            .merge(terminal::routes())
-            .merge(recordings::routes())
             .merge(pages::router())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -245,6 +246,16 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_images))
         .routes(routes!(pull_image))
         .routes(routes!(remove_image))
+        .routes(routes!(terminal::issue_ticket))
+        .routes(routes!(terminal::terminal_socket))
+        .routes(routes!(terminal::exec_socket))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::inspect))
+        .routes(routes!(recordings::cast))
+        .routes(routes!(recordings::ticket))
+        .routes(routes!(recordings::export))
+        .routes(routes!(recordings::audit))
+        .routes(routes!(recordings::follow))
 }
 
 /// Runs each request in a span carrying its [`RequestId`] (the caller's
@@ -445,8 +456,21 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
 }
 
 /// Decodes a JSON request body strictly, failures answered as an
-/// [`ApiError`].
+/// [`ApiError`]. Every body of the API is an object: serde would also take
+/// a struct from an array of its fields, and one whose fields all have
+/// defaults from `[]`.
 fn decode_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|&byte| byte != b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Invalid.code(),
+            format!(
+                "request body is not a JSON object: it starts with {:?}",
+                kisara_core::excerpt(&String::from_utf8_lossy(body))
+            ),
+        ));
+    }
     serde_json::from_slice(body).map_err(|error| {
         let what = match error.classify() {
             serde_json::error::Category::Data => "request body does not match the schema",
@@ -458,27 +482,6 @@ fn decode_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
             format!("{what}: {error}"),
         )
     })
-}
-
-/// One path parameter, percent-decoded; failures answered as an
-/// [`ApiError`].
-struct PathParam(String);
-
-impl FromRequestParts<ApiState> for PathParam {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> ApiResult<Self> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(value)| Self(value))
-            .map_err(|rejection| {
-                ApiError::new(
-                    rejection.status(),
-                    ErrorKind::Invalid.code(),
-                    rejection.body_text(),
-                )
-            })
-    }
 }
 
 /// Decodes the query string strictly, answering failures as an [`ApiError`].

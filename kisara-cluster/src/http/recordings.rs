@@ -11,19 +11,19 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{ApiError, ApiResult, ApiState, Caller, PathParam, query};
+use super::params::{self, NoQuery, ValidPath};
+use super::{ApiError, ApiResult, ApiState, Caller, ErrorBody, query, tag};
 use crate::session::{Action, TicketScope, authorize};
 use kisara_core::model::{ContainerId, SessionId, Timestamp};
 use kisara_core::{
-    AuditLog, AuditPage, AuditQuery, Error, QueryOrder, RecordingFilter, RecordingId, RecordingInfo,
+    AuditLog, AuditPage, AuditQuery, Error, QueryOrder, RecordingFilter, RecordingInfo,
 };
 
 /// The media type of asciicast files.
@@ -37,22 +37,6 @@ const MAX_LIST: usize = 1000;
 /// The most command events a search by command reads.
 const MAX_SEARCHED_EVENTS: usize = 10 * AuditQuery::MAX_LIMIT;
 
-/// The routes of this module.
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/recordings", get(list))
-        .route("/v1/recordings/{id}", get(inspect))
-        .route("/v1/recordings/{id}/cast", get(cast))
-        .route("/v1/recordings/{id}/ticket", post(ticket))
-        .route("/v1/recordings/{id}/export", get(export))
-        .route("/v1/audit", get(audit))
-        .route("/v1/audit/follow", get(follow))
-}
-
-fn recording_id(id: &str) -> ApiResult<RecordingId> {
-    Ok(RecordingId::parse(id)?)
-}
-
 fn audit_log(state: &ApiState) -> ApiResult<&std::sync::Arc<dyn AuditLog>> {
     state.sessions.audit_log().ok_or_else(|| {
         ApiError::from(Error::not_supported(
@@ -62,37 +46,39 @@ fn audit_log(state: &ApiState) -> ApiResult<&std::sync::Arc<dyn AuditLog>> {
     })
 }
 
-/// The query of `GET /v1/recordings`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListParams {
-    container: Option<String>,
-    user: Option<String>,
-    /// Started at or after, in ms since the epoch.
-    since: Option<u64>,
-    /// Started before, in ms since the epoch.
-    until: Option<u64>,
-    /// Only recordings of sessions that ran a command containing this.
-    command: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
-}
-
 /// A page of recordings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(examples(json!({"recordings": [{"id": "5d1f0c9a3b7e4f2a8c6d0e1b9a7f3c5d", "session": "c0ffee0123456789", "container": "4f1c2a9b7e3d", "username": "alice", "size": {"rows": 24, "cols": 80}, "title": "alice in 4f1c2a9b7e3d", "env": {"SHELL": "/bin/sh", "TERM": "xterm-256color"}, "started": 1_767_787_200_000_u64, "ended": 1_767_787_260_000_u64, "end_reason": "exit", "size_bytes": 2048, "truncated": false}], "total": 1})))]
 struct RecordingList {
+    /// The recordings, newest first.
     recordings: Vec<RecordingInfo>,
     /// How many matched in all.
     total: usize,
 }
 
-async fn list(
+/// The recordings, filtered, newest first; `command` finds the sessions
+/// that ran a command containing the text (from the audit log).
+#[utoipa::path(
+    get,
+    path = "/v1/recordings",
+    operation_id = "listRecordings",
+    tag = tag::RECORDINGS,
+    security(("bearer" = [])),
+    params(params::RecordingListParams),
+    responses(
+        (status = 200, description = "A page of recordings", body = RecordingList),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 501, description = "A search by command on a server whose session engine keeps no audit log", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn list(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     uri: Uri,
 ) -> ApiResult<impl IntoResponse> {
     authorize(&caller, Action::Audit)?;
-    let params: ListParams = query(&uri)?;
+    let params: params::RecordingListParams = query(&uri)?;
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIST {
         return Err(
@@ -160,21 +146,44 @@ async fn every_page(
     }
 }
 
-async fn inspect(
+/// One recording's metadata.
+#[utoipa::path(
+    get,
+    path = "/v1/recordings/{id}",
+    operation_id = "inspectRecording",
+    tag = tag::RECORDINGS,
+    security(("bearer" = [])),
+    params(params::RecordingPath),
+    responses(
+        (status = 200, description = "The recording", body = RecordingInfo),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such recording", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn inspect(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    PathParam(id): PathParam,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::RecordingPath>,
 ) -> ApiResult<impl IntoResponse> {
     authorize(&caller, Action::Audit)?;
-    let id = recording_id(&id)?;
     let recording = state.sessions.recordings().open(&id).await?;
     Ok(axum::Json(recording.info))
 }
 
 /// A playback ticket as the API gives it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(examples(json!({
+    "ticket": "0e7f3b1d5c8a2e4f6b0d9f2c6a1e0b7d4c3a8e5f1d2b6c9a",
+    "expires_in_secs": 60,
+    "cast": "/v1/recordings/5d1f0c9a3b7e4f2a8c6d0e1b9a7f3c5d/cast?ticket=0e7f3b1d5c8a2e4f6b0d9f2c6a1e0b7d4c3a8e5f1d2b6c9a",
+    "page": "/player/?recording=5d1f0c9a3b7e4f2a8c6d0e1b9a7f3c5d&ticket=0e7f3b1d5c8a2e4f6b0d9f2c6a1e0b7d4c3a8e5f1d2b6c9a"
+})))]
 struct PlaybackTicket {
+    /// The single-use secret.
     ticket: String,
+    /// How long it is valid, in seconds.
     expires_in_secs: u64,
     /// The recording's file, fetched with the ticket.
     cast: String,
@@ -182,13 +191,30 @@ struct PlaybackTicket {
     page: String,
 }
 
-async fn ticket(
+/// Gives a single-use, short-lived ticket to play one recording in the
+/// player page, for a browser that holds no token.
+#[utoipa::path(
+    post,
+    path = "/v1/recordings/{id}/ticket",
+    operation_id = "issuePlaybackTicket",
+    tag = tag::RECORDINGS,
+    security(("bearer" = [])),
+    params(params::RecordingPath),
+    responses(
+        (status = 201, description = "The ticket, with the file and the page that take it", body = PlaybackTicket),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such recording", body = ErrorBody),
+        (status = 503, description = "Too many tickets are outstanding", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn ticket(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    PathParam(id): PathParam,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::RecordingPath>,
 ) -> ApiResult<impl IntoResponse> {
     authorize(&caller, Action::Audit)?;
-    let id = recording_id(&id)?;
     // Refused now, not when the player comes.
     state.sessions.recordings().open(&id).await?;
     let ticket = state
@@ -205,21 +231,38 @@ async fn ticket(
     ))
 }
 
-/// The query of `GET /v1/recordings/{id}/cast`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CastParams {
-    ticket: Option<String>,
-}
-
-async fn cast(
+/// The recording as an asciicast v2 file, whole or the one byte range the
+/// `Range` header asks for, with a playback ticket or an admin's token.
+#[utoipa::path(
+    get,
+    path = "/v1/recordings/{id}/cast",
+    operation_id = "downloadCast",
+    tag = tag::RECORDINGS,
+    security((), ("bearer" = [])),
+    params(
+        params::RecordingPath,
+        params::CastParams,
+        ("Range" = Option<String>, Header, description = "One byte range: `bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`", example = "bytes=0-1023"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", content_type = "application/x-asciicast", body = String, example = json!("{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.5, \"o\", \"$ \"]\n")),
+        (status = 206, description = "The range asked for", content_type = "application/x-asciicast", body = String,
+            headers(("Content-Range" = String, description = "`bytes START-END/TOTAL`")), example = json!("{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.5, \"o\", \"$ \"]\n")),
+        (status = 401, description = "No token and no ticket, or one refused (unknown, used, expired or for another recording)", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such recording", body = ErrorBody),
+        (status = 416, description = "The range is malformed, asks for several ranges or lies outside the file", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */TOTAL`"))),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn cast(
     State(state): State<ApiState>,
-    PathParam(id): PathParam,
+    ValidPath(id): ValidPath<params::RecordingPath>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = recording_id(&id)?;
-    let params: CastParams = query(&uri)?;
+    let params: params::CastParams = query(&uri)?;
     match &params.ticket {
         Some(ticket) => {
             state
@@ -305,20 +348,42 @@ fn parse_range(range: &str, total: u64) -> Option<(u64, u64)> {
 
 /// A session for an outside auditor: the recording's metadata, its audit
 /// events in order, and the `.cast` file.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(examples(json!({"recording": {"id": "5d1f0c9a3b7e4f2a8c6d0e1b9a7f3c5d", "session": "c0ffee0123456789", "container": "4f1c2a9b7e3d", "username": "alice", "size": {"rows": 24, "cols": 80}, "title": "alice in 4f1c2a9b7e3d", "env": {"SHELL": "/bin/sh", "TERM": "xterm-256color"}, "started": 1_767_787_200_000_u64, "ended": 1_767_787_260_000_u64, "end_reason": "exit", "size_bytes": 2048, "truncated": false}, "audit": [{"id": 42, "time": 1_767_787_230_000_u64, "session": "c0ffee0123456789", "username": "alice", "container": "4f1c2a9b7e3d", "type": "command", "command": ["cat", "/flag"], "decision": {"decision": "allow"}, "uncertain": false}], "cast": "{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.5, \"o\", \"$ \"]\n"})))]
 struct Export {
+    /// The recording's metadata.
     recording: RecordingInfo,
+    /// The session's audit events, oldest first.
     audit: Vec<kisara_core::StoredEvent>,
+    /// The asciicast v2 file.
     cast: String,
 }
 
-async fn export(
+/// One session as a bundle for an outside auditor: the recording's
+/// metadata, every audit event of its session in order, and the `.cast`.
+#[utoipa::path(
+    get,
+    path = "/v1/recordings/{id}/export",
+    operation_id = "exportRecording",
+    tag = tag::RECORDINGS,
+    security(("bearer" = [])),
+    params(params::RecordingPath),
+    responses(
+        (status = 200, description = "The bundle, as an attachment", body = Export,
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<id>.json\"`"))),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such recording", body = ErrorBody),
+        (status = 501, description = "The server's session engine keeps no audit log", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn export(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    PathParam(id): PathParam,
+    _query: NoQuery,
+    ValidPath(id): ValidPath<params::RecordingPath>,
 ) -> ApiResult<Response> {
     authorize(&caller, Action::Audit)?;
-    let id = recording_id(&id)?;
     let recordings = state.sessions.recordings();
     let info = recordings.open(&id).await?.info;
     let file = recordings.export(&id).await?;
@@ -343,52 +408,28 @@ async fn export(
         .into_response())
 }
 
-/// The query of the audit routes: [`AuditQuery`]'s fields, times in ms.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditParams {
-    session: Option<String>,
-    user: Option<String>,
-    container: Option<String>,
-    owner: Option<String>,
-    kind: Option<String>,
-    decision: Option<String>,
-    command: Option<String>,
-    since: Option<u64>,
-    until: Option<u64>,
-    order: Option<QueryOrder>,
-    limit: Option<usize>,
-    cursor: Option<u64>,
-}
-
-impl AuditParams {
-    fn into_query(self) -> ApiResult<AuditQuery> {
-        let query = AuditQuery {
-            session: self.session.map(SessionId::new),
-            username: self.user,
-            container: self.container.map(ContainerId::new),
-            owner: self.owner,
-            kind: self.kind,
-            decision: self.decision,
-            command: self.command,
-            since: self.since.map(Timestamp::from_unix_millis),
-            until: self.until.map(Timestamp::from_unix_millis),
-            order: self.order.unwrap_or_default(),
-            limit: self.limit.unwrap_or(100),
-            cursor: self.cursor,
-        };
-        query.validate()?;
-        Ok(query)
-    }
-}
-
-async fn audit(
+/// The audit trail, filtered, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "queryAudit",
+    tag = tag::AUDIT,
+    security(("bearer" = [])),
+    params(params::AuditParams),
+    responses(
+        (status = 200, description = "A page of events; `next` continues it", body = AuditPage),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 501, description = "The server's session engine keeps no audit log, or the log cannot apply a filter", body = ErrorBody),
+        (status = 500, description = "The log failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn audit(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     uri: Uri,
 ) -> ApiResult<axum::Json<AuditPage>> {
     authorize(&caller, Action::Audit)?;
-    let query = query::<AuditParams>(&uri)?.into_query()?;
+    let query = query::<params::AuditParams>(&uri)?.into_query()?;
     Ok(axum::Json(audit_log(&state)?.query(&query).await?))
 }
 
@@ -396,14 +437,32 @@ async fn audit(
 /// recorded, as server-sent events (`id:` the event's id, `event: audit`,
 /// `data:` its JSON), from after `cursor` or from now; a comment every
 /// [`FOLLOW_KEEPALIVE`] keeps proxies from closing a quiet stream.
-async fn follow(
+#[utoipa::path(
+    get,
+    path = "/v1/audit/follow",
+    operation_id = "followAudit",
+    tag = tag::AUDIT,
+    security(("bearer" = [])),
+    params(
+        params::AuditParams,
+        ("Last-Event-ID" = Option<u64>, Header, description = "A reconnecting client's last event id: the stream goes on after it", example = 42),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: `id:` the event's id, `event: audit`, `data:` its JSON (a `StoredEvent`); `event: error` and the end when the log fails", content_type = "text/event-stream", body = String,
+            example = json!("id: 42\nevent: audit\ndata: {\"id\":42,\"time\":1767787230000,\"session\":\"c0ffee0123456789\",\"username\":\"alice\",\"container\":\"4f1c2a9b7e3d\",\"type\":\"command\",\"command\":[\"cat\",\"/flag\"],\"decision\":{\"decision\":\"allow\"},\"uncertain\":false}\n\n")),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 501, description = "The server's session engine keeps no audit log, or the log cannot apply a filter", body = ErrorBody),
+        (status = 500, description = "The log failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn follow(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     authorize(&caller, Action::Audit)?;
-    let mut query = query::<AuditParams>(&uri)?.into_query()?;
+    let mut query = query::<params::AuditParams>(&uri)?.into_query()?;
     let log = audit_log(&state)?.clone();
     // A reconnecting client says where it was.
     if let Some(last) = headers

@@ -37,11 +37,9 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -49,14 +47,16 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use utoipa::ToSchema;
 
+use super::params::{self, ValidPath};
 use super::upgrade::{ServerSocket, upgrade};
-use super::{ApiError, ApiResult, ApiState, Caller, PathParam, decode_json, query};
+use super::{ApiError, ApiResult, ApiState, Caller, ErrorBody, decode_json, query, tag};
 use crate::session::{
     Action, EndReason, Session, SessionEnd, SessionInput, SessionOutput, SessionRequest,
     TicketScope, authorize, authorize_session, check_size,
 };
-use kisara_core::model::{ContainerId, TtySize};
+use kisara_core::model::TtySize;
 use kisara_core::{Error, Identity};
 
 /// The largest frame a client may send, in bytes: keystrokes and pastes,
@@ -73,30 +73,28 @@ const STDOUT: u8 = 1;
 /// The stream byte of stderr frames.
 const STDERR: u8 = 2;
 
-/// The routes of this module.
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/containers/{id}/terminal", post(issue_ticket))
-        .route("/v1/containers/{id}/terminal/ws", get(terminal_socket))
-        .route("/v1/containers/{id}/exec/ws", get(exec_socket))
-}
-
-/// The optional body of `POST /v1/containers/{id}/terminal`.
-#[derive(Debug, Default, Deserialize)]
+/// The optional body of `POST /v1/containers/{id}/terminal`: without one,
+/// the ticket is for the caller.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TicketRequest {
+#[schema(examples(json!({"user": {"username": "alice", "team": "team-7", "roles": ["player"]}})))]
+pub(super) struct TicketRequest {
     /// The user the ticket is for, named by an admin or a platform.
     #[serde(default)]
     user: Option<TicketUser>,
 }
 
 /// A user a platform vouches for.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TicketUser {
+pub(super) struct TicketUser {
+    /// The user's name, as audited and recorded.
+    #[schema(min_length = 1)]
     username: String,
+    /// The user's team: a player reaches the containers whose owner is it.
     #[serde(default)]
     team: Option<String>,
+    /// The user's roles; `["player"]` when absent.
     #[serde(default = "player_roles")]
     roles: Vec<String>,
 }
@@ -105,10 +103,18 @@ fn player_roles() -> Vec<String> {
     vec![crate::session::PLAYER_ROLE.to_owned()]
 }
 
-/// A ticket as the API gives it.
-#[derive(Debug, Serialize)]
+/// A terminal ticket as the API gives it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(examples(json!({
+    "ticket": "9f2c6a1e0b7d4c3a8e5f1d2b6c9a0e7f3b1d5c8a2e4f6b0d",
+    "expires_in_secs": 60,
+    "websocket": "/v1/containers/4f1c2a9b7e3d/terminal/ws?ticket=9f2c6a1e0b7d4c3a8e5f1d2b6c9a0e7f3b1d5c8a2e4f6b0d",
+    "page": "/terminal/?container=4f1c2a9b7e3d&ticket=9f2c6a1e0b7d4c3a8e5f1d2b6c9a0e7f3b1d5c8a2e4f6b0d"
+})))]
 struct TicketResponse {
+    /// The single-use secret.
     ticket: String,
+    /// How long it is valid, in seconds.
     expires_in_secs: u64,
     /// The socket to open with it, relative to the API's base.
     websocket: String,
@@ -116,10 +122,31 @@ struct TicketResponse {
     page: String,
 }
 
-async fn issue_ticket(
+/// Gives a single-use, short-lived ticket for a terminal on the container,
+/// for a browser to open the terminal page or socket with. An admin or a
+/// platform may name the user it vouches for; anyone else gets a ticket for
+/// themselves. The user must be allowed a session in the container now.
+#[utoipa::path(
+    post,
+    path = "/v1/containers/{id}/terminal",
+    operation_id = "issueTerminalTicket",
+    tag = tag::SESSIONS,
+    security(("bearer" = [])),
+    params(params::ContainerPath),
+    request_body(content = TicketRequest, description = "The user the ticket is for. The body may be left out (no `Content-Type`, empty): the ticket is then for the caller"),
+    responses(
+        (status = 201, description = "The ticket, with the socket and the page that take it", body = TicketResponse),
+        (status = 403, description = "The caller may not name a user, or the user may not open sessions in this container", body = ErrorBody),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 503, description = "Its node is offline, or too many tickets are outstanding", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn issue_ticket(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-    PathParam(id): PathParam,
+    _query: params::NoQuery,
+    ValidPath(container): ValidPath<params::ContainerPath>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     // The body is optional: none asks for a ticket for the caller.
@@ -143,7 +170,6 @@ async fn issue_ticket(
         }
         None => caller,
     };
-    let container = ContainerId::new(id);
     // Refused now rather than when the browser comes.
     let (_, info) = state.sessions.server().inspect(&container).await?;
     authorize_session(&identity, &info)?;
@@ -163,15 +189,6 @@ async fn issue_ticket(
     ))
 }
 
-/// The query of the terminal socket.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TerminalParams {
-    ticket: Option<String>,
-    cols: Option<u16>,
-    rows: Option<u16>,
-}
-
 fn size_of(cols: Option<u16>, rows: Option<u16>) -> ApiResult<TtySize> {
     let size = TtySize {
         cols: cols.unwrap_or(80),
@@ -180,16 +197,41 @@ fn size_of(cols: Option<u16>, rows: Option<u16>) -> ApiResult<TtySize> {
     Ok(check_size(size)?)
 }
 
-async fn terminal_socket(State(state): State<ApiState>, mut request: Request) -> Response {
+/// Opens a terminal in the container: a WebSocket (see the frame protocol
+/// in the crate's README) running the session's shell, with the ticket
+/// (browsers) or the bearer token. Every line typed is judged by the
+/// terminal policy and audited; the session is recorded.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/terminal/ws",
+    operation_id = "openTerminal",
+    tag = tag::SESSIONS,
+    security((), ("bearer" = [])),
+    params(params::ContainerPath, params::TerminalParams),
+    responses(
+        (status = 101, description = "Switched to the WebSocket; the session runs"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad size", body = ErrorBody),
+        (status = 401, description = "No token and no ticket, or one refused (unknown, used, expired or for another container)", body = ErrorBody),
+        (status = 403, description = "The user may not open sessions in this container, or a session hook refused", body = ErrorBody),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 409, description = "The container is not running", body = ErrorBody),
+        (status = 503, description = "Its node is offline", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn terminal_socket(
+    State(state): State<ApiState>,
+    ValidPath(container): ValidPath<params::ContainerPath>,
+    mut request: Request,
+) -> Response {
     let (uri, headers, remote) = (
         request.uri().clone(),
         request.headers().clone(),
         remote_of(&request),
     );
     let opened = async {
-        let params: TerminalParams = query(&uri)?;
+        let params: params::TerminalParams = query(&uri)?;
         let size = size_of(params.cols, params.rows)?;
-        let container = container_in(&uri)?;
         let identity = match &params.ticket {
             Some(ticket) => state
                 .tickets
@@ -204,7 +246,32 @@ async fn terminal_socket(State(state): State<ApiState>, mut request: Request) ->
     socket_for(opened, &mut request)
 }
 
-async fn exec_socket(State(state): State<ApiState>, mut request: Request) -> Response {
+/// Runs a command in the container interactively over a WebSocket (the
+/// CLI's `exec -it`): stdin up, stdout and stderr down, the exit code in
+/// the `ended` frame. A one-shot command is judged by the command policy
+/// before it runs; a denied one never runs.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}/exec/ws",
+    operation_id = "openExecSocket",
+    tag = tag::SESSIONS,
+    security(("bearer" = [])),
+    params(params::ContainerPath, params::ExecSocketParams),
+    responses(
+        (status = 101, description = "Switched to the WebSocket; the command runs"),
+        (status = 400, description = "Not a WebSocket upgrade, no command, or a bad size", body = ErrorBody),
+        (status = 403, description = "The caller may not open sessions in this container, or the command policy denies the command", body = ErrorBody),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 409, description = "The container is not running", body = ErrorBody),
+        (status = 503, description = "Its node is offline", body = ErrorBody),
+        (status = 500, description = "The engine failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn exec_socket(
+    State(state): State<ApiState>,
+    ValidPath(container): ValidPath<params::ContainerPath>,
+    mut request: Request,
+) -> Response {
     let (uri, headers, remote) = (
         request.uri().clone(),
         request.headers().clone(),
@@ -212,72 +279,16 @@ async fn exec_socket(State(state): State<ApiState>, mut request: Request) -> Res
     );
     let opened = async {
         let Caller(identity) = Caller::authenticate(&state, &headers, remote).await?;
-        let container = container_in(&uri)?;
-        let (command, tty, size) = exec_params(&uri)?;
-        let mut session_request = SessionRequest::exec(identity, container, command);
+        let params = params::ExecSocketParams::decode(&uri)?;
+        let size = size_of(params.cols, params.rows)?;
+        let mut session_request = SessionRequest::exec(identity, container, params.command);
         session_request.stdin = true;
-        session_request.tty = tty.then_some(size);
+        session_request.tty = params.tty.unwrap_or(false).then_some(size);
         session_request.remote = remote;
         ApiResult::Ok(state.sessions.open(session_request).await?)
     }
     .await;
     socket_for(opened, &mut request)
-}
-
-/// The container named in a session socket's path.
-fn container_in(uri: &Uri) -> ApiResult<ContainerId> {
-    let id = uri
-        .path()
-        .strip_prefix("/v1/containers/")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default();
-    if id.is_empty() {
-        return Err(Error::invalid("id", "the container id in the path is empty").into());
-    }
-    Ok(ContainerId::new(id))
-}
-
-/// `command` (repeated, one per word), `tty`, `cols` and `rows` of the exec
-/// socket.
-fn exec_params(uri: &Uri) -> ApiResult<(Vec<String>, bool, TtySize)> {
-    let pairs: Vec<(String, String)> = query(uri)?;
-    let mut command = Vec::new();
-    let (mut tty, mut cols, mut rows) = (false, None, None);
-    for (key, value) in pairs {
-        let number = |value: &str| {
-            value.parse::<u16>().map_err(|_| {
-                ApiError::from(Error::invalid(
-                    "query",
-                    format!("{key}={value:?} is not a number"),
-                ))
-            })
-        };
-        match key.as_str() {
-            "command" => command.push(value),
-            "tty" => {
-                tty = value.parse().map_err(|_| {
-                    Error::invalid("query", format!("tty={value:?} is neither true nor false"))
-                })?;
-            }
-            "cols" => cols = Some(number(&value)?),
-            "rows" => rows = Some(number(&value)?),
-            other => {
-                return Err(Error::invalid(
-                    "query",
-                    format!("unknown parameter {other:?}: expected command, tty, cols, rows"),
-                )
-                .into());
-            }
-        }
-    }
-    if command.is_empty() {
-        return Err(Error::invalid(
-            "command",
-            "name the command, one word per command= parameter",
-        )
-        .into());
-    }
-    Ok((command, tty, size_of(cols, rows)?))
 }
 
 fn remote_of(request: &Request) -> Option<std::net::SocketAddr> {

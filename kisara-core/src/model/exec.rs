@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A terminal size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TtySize {
     /// Rows.
     pub rows: u16,

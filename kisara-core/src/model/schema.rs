@@ -7,6 +7,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::{ContainerPort, ImageRef, NodeId};
+use crate::RecordingId;
 
 /// Implements `ToSchema` for a type whose wire form is one string.
 macro_rules! string_schema {
@@ -57,4 +58,13 @@ string_schema!(
     pattern: Some("^\\s*[0-9]+\\s*(/\\s*([tT][cC][pP]|[uU][dD][pP])\\s*)?$"),
     max_length: None,
     example: "80/tcp"
+);
+
+string_schema!(
+    RecordingId,
+    "A recording, by the id its store generated: 32 lowercase hex digits (128 random bits), \
+     never a file name.",
+    pattern: Some("^[0-9a-f]{32}$"),
+    max_length: Some(32),
+    example: "5d1f0c9a3b7e4f2a8c6d0e1b9a7f3c5d"
 );

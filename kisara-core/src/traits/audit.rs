@@ -12,6 +12,7 @@ use crate::model::{ContainerId, SessionId, Timestamp, TtySize};
 
 /// How a session reached the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     /// A one-shot exec through the API.
@@ -24,6 +25,7 @@ pub enum SessionKind {
 
 /// A policy's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum PolicyDecision {
     /// The command may run.
@@ -44,13 +46,15 @@ impl PolicyDecision {
 
 /// What happened in a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AuditEventKind {
     /// The session opened.
     SessionStarted {
         /// How.
         kind: SessionKind,
-        /// From where.
+        /// From where: the client's address and port.
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "192.0.2.7:51234"))]
         remote: Option<SocketAddr>,
     },
     /// A command was checked against the policy.
@@ -81,6 +85,7 @@ pub enum AuditEventKind {
 
 /// One audit event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// When.
     pub time: Timestamp,
@@ -112,6 +117,8 @@ pub trait AuditSink: Send + Sync + fmt::Debug {
 
 /// An event as a log keeps it: the [`AuditEvent`] serde form plus its `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(examples(json!({"id": 42, "time": 1_767_787_230_000_u64, "session": "c0ffee0123456789", "username": "alice", "container": "4f1c2a9b7e3d", "type": "command", "command": ["cat", "/flag"], "decision": {"decision": "allow"}, "uncertain": false}))))]
 pub struct StoredEvent {
     /// The log's sequence number of the event: increasing in the order
     /// events were recorded.
@@ -123,6 +130,7 @@ pub struct StoredEvent {
 
 /// Which end of the results comes first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum QueryOrder {
     /// Highest id first.
@@ -268,6 +276,8 @@ impl AuditQuery {
 
 /// One page of results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(examples(json!({"events": [{"id": 42, "time": 1_767_787_230_000_u64, "session": "c0ffee0123456789", "username": "alice", "container": "4f1c2a9b7e3d", "type": "command", "command": ["cat", "/flag"], "decision": {"decision": "allow"}, "uncertain": false}], "next": 42}))))]
 pub struct AuditPage {
     /// The events, in the query's order.
     pub events: Vec<StoredEvent>,

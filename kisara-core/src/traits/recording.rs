@@ -126,6 +126,8 @@ pub struct RecordingEvent {
 
 /// A recording's metadata, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(examples(json!({"id": "5d1f0c9a3b7e4f2a8c6d0e1b9a7f3c5d", "session": "c0ffee0123456789", "container": "4f1c2a9b7e3d", "username": "alice", "size": {"rows": 24, "cols": 80}, "title": "alice in 4f1c2a9b7e3d", "env": {"SHELL": "/bin/sh", "TERM": "xterm-256color"}, "started": 1_767_787_200_000_u64, "ended": 1_767_787_260_000_u64, "end_reason": "exit", "size_bytes": 2048, "truncated": false}))))]
 pub struct RecordingInfo {
     /// Its id.
     pub id: RecordingId,
