@@ -49,19 +49,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 const XTABLES_LOCK_WAIT_SECS: &str = "10";
 
 /// Whether [`crate::DockerRuntime`] enforces the isolation of internal
-/// networks with firewall rules.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Isolation {
-    /// Install rules for every internal bridge network and reconcile them
-    /// when connecting; connecting fails when no firewall tool works.
-    #[default]
-    Enforce,
-    /// Install no rules. Containers on internal networks then reach every
-    /// service of the host that listens on the wildcard address or on the
-    /// bridge's gateway address: only for hosts whose firewall is managed
-    /// otherwise, or where that is acceptable.
-    Off,
-}
+/// networks with firewall rules; the `[agent] internal_isolation` key.
+pub use kisara_core::config::Isolation;
 
 /// A bridge interface's name on the host, checked to be a plain interface
 /// name (1 to 15 of `A-Z a-z 0-9 _ . -`, not starting with `-`), so it is
@@ -497,7 +486,7 @@ impl Firewall {
                 Err(Error::unavailable(format!(
                     "network isolation: no firewall tool works on this host; tried {}. Run the runtime as \
                      root (it needs CAP_NET_ADMIN) on the engine's host with iptables or nft installed, or \
-                     turn enforcement off explicitly (DockerOptions::isolation = Isolation::Off) and accept \
+                     turn enforcement off explicitly (`internal_isolation = \"off\"` in [agent], or DockerOptions::isolation = Isolation::Off) and accept \
                      that containers on internal networks reach the host's services",
                     tried.join("; ")
                 )))

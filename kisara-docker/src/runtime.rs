@@ -69,6 +69,7 @@ impl DockerOptions {
         Self {
             host: agent.docker_host.clone(),
             defaults: defaults.clone(),
+            isolation: agent.internal_isolation,
             ..Self::default()
         }
     }
@@ -231,7 +232,7 @@ impl DockerRuntime {
                 format!(
                     "isolating internal networks of the engine at {endpoint}: it is not on this host, \
                      and the rules go into the engine host's firewall; run the runtime on that host, \
-                     or turn enforcement off explicitly (DockerOptions::isolation = Isolation::Off)"
+                     or turn enforcement off explicitly (`internal_isolation = \"off\"` in [agent], or DockerOptions::isolation = Isolation::Off)"
                 ),
             ));
         }
@@ -484,6 +485,10 @@ mod tests {
         let mut defaults = ContainerDefaults::default();
         defaults.pids = 17;
         let options = DockerOptions::from_agent_config(&agent, &defaults);
+        assert_eq!(options.isolation, Isolation::Enforce);
+        agent.internal_isolation = Isolation::Off;
+        let options = DockerOptions::from_agent_config(&agent, &defaults);
+        assert_eq!(options.isolation, Isolation::Off);
         assert_eq!(options.host.as_deref(), Some("tcp://127.0.0.1:2375"));
         assert_eq!(options.defaults, defaults);
         assert_eq!(

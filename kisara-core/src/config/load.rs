@@ -351,6 +351,25 @@ mod tests {
     }
 
     #[test]
+    fn internal_isolation_is_enforced_unless_turned_off_by_name() {
+        use crate::config::Isolation;
+        let default = Config::from_toml_str("", "site.toml").unwrap();
+        assert_eq!(default.agent.internal_isolation, Isolation::Enforce);
+        let off =
+            Config::from_toml_str("[agent]\ninternal_isolation = \"off\"\n", "site.toml").unwrap();
+        assert_eq!(off.agent.internal_isolation, Isolation::Off);
+        let from_env = with_env("", &[("KISARA_AGENT__INTERNAL_ISOLATION", "off")]).unwrap();
+        assert_eq!(from_env.agent.internal_isolation, Isolation::Off);
+        let err = Config::from_toml_str("[agent]\ninternal_isolation = \"none\"\n", "site.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("none") && err.contains("enforce") && err.contains("off"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_section_is_rejected() {
         let err = Config::from_toml_str("[agnet]\n", "site.toml")
             .unwrap_err()

@@ -353,6 +353,26 @@ pub struct AgentConfig {
     /// on overlay networks (which the host cannot reach) through sidecars;
     /// unset, such exposures point at addresses only the swarm reaches.
     pub sidecar_binary: Option<PathBuf>,
+    /// Whether containers on `internal` networks are kept from the host by
+    /// firewall rules the agent installs: `enforce` (the default) or `off`.
+    pub internal_isolation: Isolation,
+}
+
+/// Whether the runtime keeps containers on `internal` networks from
+/// reaching the host (`[agent] internal_isolation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Install firewall rules for every internal bridge network and
+    /// reconcile them when connecting; connecting fails when no firewall
+    /// tool works.
+    #[default]
+    Enforce,
+    /// Install no rules. Containers on internal networks then reach every
+    /// service of the host that listens on the wildcard address or on the
+    /// bridge's gateway address: only for hosts whose firewall is managed
+    /// otherwise, or where that is acceptable.
+    Off,
 }
 
 /// A relay an agent links to (`[[agent.relays]]`), as the tunnel client
@@ -447,6 +467,7 @@ impl Default for AgentConfig {
             tls_cert: None,
             tls_key: None,
             sidecar_binary: None,
+            internal_isolation: Isolation::Enforce,
         }
     }
 }
