@@ -11,7 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Process, free_port, http, kisara, remove_node_leftovers};
+use common::{Process, exchange_parts, free_port, http, kisara, remove_node_leftovers};
+use kisara_cluster::testing::CONTRACT;
 use kisara_core::model::LabelFilter;
 use kisara_core::{ContainerRuntime, model::labels};
 use serde_json::{Value, json};
@@ -135,8 +136,16 @@ relays = [{{ name = "relay-1", address = "127.0.0.1:{relay}", token = "{RELAY_TO
             self.api,
             body.len()
         );
-        match http(&self.api, &request).await {
-            Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
+        let answer = match tokio::net::TcpStream::connect(&self.api).await {
+            Ok(stream) => exchange_parts(stream, &request).await,
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok((status, headers, body)) => {
+                // Every answer is one the API's document describes.
+                CONTRACT.check(method, path, status, &headers, body.as_bytes());
+                (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+            }
             Err(error) => (0, Value::String(format!("{method} {path}: {error}"))),
         }
     }

@@ -10,6 +10,8 @@ mod node_id;
 mod request_id;
 mod server;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
 

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use tower::ServiceExt;
 
 use common::CONTRACT;
-use common::contract::Operation;
+use kisara_cluster::testing::Operation;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 

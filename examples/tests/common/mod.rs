@@ -107,9 +107,19 @@ pub(crate) async fn http(address: &str, request: &str) -> std::io::Result<(u16, 
 /// A raw HTTP/1.1 exchange over `stream` (plain or TLS), the answer read to
 /// the end: its status and body.
 pub(crate) async fn exchange(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    stream: impl AsyncRead + AsyncWrite + Unpin,
     request: &str,
 ) -> std::io::Result<(u16, String)> {
+    exchange_parts(stream, request)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// [`exchange`], with the answer's headers.
+pub(crate) async fn exchange_parts(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    request: &str,
+) -> std::io::Result<(u16, axum::http::HeaderMap, String)> {
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
@@ -119,10 +129,23 @@ pub(crate) async fn exchange(
     let (head, body) = answer
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other(format!("not HTTP: {answer:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((status, body.to_owned()))
+    let mut headers = axum::http::HeaderMap::new();
+    for line in lines {
+        let parsed = line.split_once(':').and_then(|(name, value)| {
+            Some((
+                axum::http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+                axum::http::HeaderValue::from_str(value.trim()).ok()?,
+            ))
+        });
+        let (name, value) =
+            parsed.ok_or_else(|| std::io::Error::other(format!("bad header line {line:?}")))?;
+        headers.append(name, value);
+    }
+    Ok((status, headers, body.to_owned()))
 }

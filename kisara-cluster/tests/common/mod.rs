@@ -6,9 +6,7 @@
 // Each test binary that includes this module uses a part of it.
 #![allow(dead_code)]
 
-pub(crate) mod contract;
-
-pub(crate) use contract::CONTRACT;
+pub(crate) use kisara_cluster::testing::CONTRACT;
 
 use std::sync::Arc;
 use std::time::Duration;

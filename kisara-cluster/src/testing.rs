@@ -1,6 +1,16 @@
-//! The API's contract, for the tests: every answer a test receives is
-//! checked against what the OpenAPI document says of its route and status,
-//! so that the document and the server cannot disagree.
+//! The API's contract, for tests (the `testing` feature): every answer a
+//! test receives is checked against what the OpenAPI document says of its
+//! route and status, so that the document and the server cannot disagree.
+//! The crate's own HTTP tests and the end-to-end tests of the binaries
+//! check every answer with [`CONTRACT`].
+//!
+//! ```
+//! use kisara_cluster::testing::CONTRACT;
+//! let mut headers = axum::http::HeaderMap::new();
+//! headers.insert("content-type", "application/json".parse().unwrap());
+//! headers.insert("x-request-id", "r-1".parse().unwrap());
+//! CONTRACT.check("GET", "/healthz", 200, &headers, br#"{"status":"ok"}"#);
+//! ```
 
 use std::sync::LazyLock;
 
@@ -8,35 +18,38 @@ use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
 
 /// The document, as the server serves it.
-pub(crate) static CONTRACT: LazyLock<Contract> = LazyLock::new(|| {
-    Contract::new(
-        serde_json::to_value(kisara_cluster::http::openapi()).expect("the document serializes"),
-    )
+pub static CONTRACT: LazyLock<Contract> = LazyLock::new(|| {
+    Contract::new(serde_json::to_value(crate::http::openapi()).expect("the document serializes"))
 });
 
 /// An OpenAPI document, to check answers against.
-pub(crate) struct Contract {
+pub struct Contract {
     document: Value,
 }
 
 /// An operation of the document: its path template, method and description.
-pub(crate) struct Operation<'a> {
-    pub(crate) template: &'a str,
-    pub(crate) method: &'a str,
-    pub(crate) operation: &'a Value,
+pub struct Operation<'a> {
+    /// The path template, `/v1/containers/{id}`.
+    pub template: &'a str,
+    /// The method, lowercase as the document writes it.
+    pub method: &'a str,
+    /// The operation object.
+    pub operation: &'a Value,
 }
 
 impl Contract {
-    pub(crate) fn new(document: Value) -> Self {
+    /// Checks answers against `document` (an OpenAPI 3.1 document as JSON).
+    pub fn new(document: Value) -> Self {
         Self { document }
     }
 
-    pub(crate) fn document(&self) -> &Value {
+    /// The document.
+    pub fn document(&self) -> &Value {
         &self.document
     }
 
     /// Every operation, in the document's order.
-    pub(crate) fn operations(&self) -> Vec<Operation<'_>> {
+    pub fn operations(&self) -> Vec<Operation<'_>> {
         let mut all = Vec::new();
         for (template, item) in self.document["paths"].as_object().expect("paths") {
             for (method, operation) in item.as_object().expect("a path item") {
@@ -57,7 +70,7 @@ impl Contract {
     /// most literal segments (a parameter matches one segment, a catch-all
     /// one, marked `x-catch-all`, the rest of the path), then the method on
     /// that route.
-    pub(crate) fn operation(&self, method: &str, path: &str) -> Option<Operation<'_>> {
+    pub fn operation(&self, method: &str, path: &str) -> Option<Operation<'_>> {
         let segments: Vec<&str> = path.split('/').collect();
         let matched: Vec<(usize, Operation<'_>)> = self
             .operations()
@@ -83,7 +96,7 @@ impl Contract {
 
     /// Resolves a local `$ref` (`#/components/...`) once, or returns
     /// `value` itself.
-    pub(crate) fn resolve<'a>(&'a self, value: &'a Value) -> &'a Value {
+    pub fn resolve<'a>(&'a self, value: &'a Value) -> &'a Value {
         match value.get("$ref").and_then(Value::as_str) {
             Some(reference) => {
                 let pointer = reference.strip_prefix('#').expect("a local $ref");
@@ -97,7 +110,7 @@ impl Contract {
 
     /// The errors of `instance` against `schema`, a schema of the document
     /// whose `$ref`s resolve against the document's components.
-    pub(crate) fn errors(&self, schema: &Value, instance: &Value) -> Vec<String> {
+    pub fn errors(&self, schema: &Value, instance: &Value) -> Vec<String> {
         let mut root = match schema {
             Value::Object(object) => object.clone(),
             other => panic!("not a schema object: {other}"),
@@ -115,14 +128,7 @@ impl Contract {
     /// `uri` is what the document says it may be: a documented status, its
     /// documented headers, a documented media type and a body of its
     /// schema.
-    pub(crate) fn check(
-        &self,
-        method: &str,
-        uri: &str,
-        status: u16,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) {
+    pub fn check(&self, method: &str, uri: &str, status: u16, headers: &HeaderMap, body: &[u8]) {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .map(|value| value.to_str().expect("a textual content type"))
