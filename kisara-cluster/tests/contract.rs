@@ -24,6 +24,11 @@ use common::CONTRACT;
 use kisara_cluster::testing::Operation;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+const PLATFORM_TOKEN: &str = "platform-token-0123456789abcdef";
+/// A player of a team that owns no container.
+const PLAYER_TOKEN: &str = "player-token-0123456789abcdef";
+/// A known user without roles.
+const NOBODY_TOKEN: &str = "nobody-token-0123456789abcdef";
 
 /// A server with one node holding the images the document's examples name,
 /// and the API over it with metrics.
@@ -44,8 +49,16 @@ async fn setup() -> Router {
         .connect_node(NodeId::new("n1").unwrap(), capacity, Arc::new(runtime))
         .await
         .unwrap();
-    let tokens =
-        StaticAuthenticator::new().with_token(Identity::new("platform").with_role("admin"), TOKEN);
+    let tokens = StaticAuthenticator::new()
+        .with_token(Identity::new("admin").with_role("admin"), TOKEN)
+        .with_token(Identity::new("ctfd").with_role("platform"), PLATFORM_TOKEN)
+        .with_token(
+            Identity::new("mallory")
+                .with_role("player")
+                .with_team("team-9"),
+            PLAYER_TOKEN,
+        )
+        .with_token(Identity::new("nobody"), NOBODY_TOKEN);
     ApiBuilder::new(server, Arc::new(tokens))
         .with_metrics(|| "# TYPE up gauge\nup 1\n".to_owned())
         .build()
@@ -77,6 +90,17 @@ async fn send_any(
     token: bool,
     body: Option<&[u8]>,
 ) -> (StatusCode, String) {
+    send_as(app, method, uri, token.then_some(TOKEN), body).await
+}
+
+/// [`send_any`] with `token` (none: no `Authorization`).
+async fn send_as(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (StatusCode, String) {
     let mut request = Request::builder().method(method).uri(uri);
     let path = uri.split('?').next().unwrap_or_default();
     if CONTRACT
@@ -90,8 +114,8 @@ async fn send_any(
             .header(header::SEC_WEBSOCKET_VERSION, "13")
             .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==");
     }
-    if token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = match body {
         Some(body) => request
@@ -491,6 +515,89 @@ async fn requests_generated_from_the_document_get_documented_answers_and_never_a
         }
     }
     assert!(sent > 100, "only {sent} requests generated");
+}
+
+/// Which roles may call an operation, by its tag: the cluster's state and
+/// sessions are for admins and platforms (players reach only their own
+/// team's containers, through tickets or sessions), recordings and the
+/// audit trail for admins alone.
+fn platform_may(operation: &Operation<'_>) -> bool {
+    let tag = operation.operation["tags"][0].as_str().unwrap();
+    !matches!(tag, "recordings" | "audit")
+}
+
+#[tokio::test]
+async fn every_secured_operation_holds_callers_to_their_roles() {
+    let app = setup().await;
+    let operations = CONTRACT.operations();
+    let valid = |id: &str| {
+        let operation = operations
+            .iter()
+            .find(|operation| operation.operation["operationId"] == id)
+            .unwrap();
+        let body = body_schema(operation).map(|schema| schema_example(schema).to_string());
+        (fill(operation, example), body)
+    };
+    // What the others name: the example container, and a recording of an
+    // exec in it.
+    for id in ["launchContainer", "execInContainer"] {
+        let (path, body) = valid(id);
+        let (status, answer) = send_any(
+            &app,
+            "POST",
+            &path,
+            true,
+            body.as_deref().map(str::as_bytes),
+        )
+        .await;
+        assert!(status.is_success(), "{id}: {status} {answer}");
+    }
+    let mut operations: Vec<_> = operations
+        .iter()
+        .filter(|operation| operation.operation.get("security").is_some())
+        .collect();
+    operations.sort_by_key(|operation| match operation.method {
+        "delete" => 2,
+        _ if operation.template.ends_with("/stop") => 1,
+        _ => 0,
+    });
+    let mut checked = 0;
+    for operation in operations {
+        let method = operation.method.to_ascii_uppercase();
+        let name = operation.operation["operationId"].as_str().unwrap();
+        let path = with_fixtures(&app, operation, fill(operation, example)).await;
+        let path = format!("{path}{}", required_query(operation));
+        let body = body_schema(operation).map(|schema| schema_example(schema).to_string());
+        for (role, token, may) in [
+            ("none", NOBODY_TOKEN, false),
+            ("player of another team", PLAYER_TOKEN, false),
+            ("platform", PLATFORM_TOKEN, platform_may(operation)),
+        ] {
+            let (status, answer) = send_as(
+                &app,
+                &method,
+                &path,
+                Some(token),
+                body.as_deref().map(str::as_bytes),
+            )
+            .await;
+            assert!(
+                !status.is_server_error(),
+                "{name} as {role}: {status} {answer}"
+            );
+            if may {
+                assert_ne!(status, StatusCode::FORBIDDEN, "{name} as {role}: {answer}");
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{name} as {role}: {answer}");
+                assert!(
+                    answer.contains("permission_denied"),
+                    "{name} as {role}: {answer}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} operations checked");
 }
 
 /// An authenticator whose backend is down.

@@ -154,6 +154,11 @@ pub(super) fn complete(mut document: OpenApi) -> OpenApi {
                     503,
                     "The authenticator cannot decide (its backend is down)",
                 );
+                add_error(
+                    operation,
+                    403,
+                    "The caller's roles do not allow it; the message names the roles that may",
+                );
             }
             if operation.request_body.is_some() {
                 add_error(

@@ -81,7 +81,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::session::{SessionEngine, SessionRequest, TicketBook};
+use crate::session::{Action, SessionEngine, SessionRequest, TicketBook, authorize};
 use crate::{
     ClusterNetwork, ContainerQuery, Launched, NetworkRequest, PullEvent, REQUEST_ID_HEADER,
     RequestId, Server, drain_pull,
@@ -403,6 +403,39 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
+/// An authenticated caller whose roles allow `P`'s action: a 403 naming
+/// the user, the action and the roles that may, when not.
+struct Allowed<P: Permission>(Identity, std::marker::PhantomData<P>);
+
+/// An action a route needs, as a type, so a handler's signature says it.
+trait Permission: Send + Sync {
+    const ACTION: Action;
+}
+
+/// Reading the cluster's state: nodes, containers, networks, images.
+struct Read;
+
+impl Permission for Read {
+    const ACTION: Action = Action::Read;
+}
+
+/// Launching, stopping and removing; networks and images.
+struct Manage;
+
+impl Permission for Manage {
+    const ACTION: Action = Action::Manage;
+}
+
+impl<P: Permission> FromRequestParts<ApiState> for Allowed<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> ApiResult<Self> {
+        let Caller(identity) = Caller::from_request_parts(parts, state).await?;
+        authorize(&identity, P::ACTION)?;
+        Ok(Self(identity, std::marker::PhantomData))
+    }
+}
+
 impl Caller {
     async fn authenticate(
         state: &ApiState,
@@ -529,7 +562,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 )]
 async fn metrics(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     _query: NoQuery,
 ) -> ApiResult<Response> {
     let render = state.metrics.ok_or_else(|| {
@@ -553,7 +586,7 @@ async fn metrics(
 )]
 async fn list_nodes(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     _query: NoQuery,
 ) -> impl IntoResponse {
     axum::Json(state.server.nodes())
@@ -582,7 +615,7 @@ async fn list_nodes(
 )]
 async fn launch(
     State(state): State<ApiState>,
-    caller: Caller,
+    caller: Allowed<Manage>,
     uri: Uri,
     JsonBody(request): JsonBody<LaunchRequest>,
 ) -> ApiResult<impl IntoResponse> {
@@ -623,7 +656,7 @@ struct Placed<T> {
 )]
 async fn list_containers(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     uri: Uri,
 ) -> ApiResult<impl IntoResponse> {
     let params: params::ListParams = query(&uri)?;
@@ -660,7 +693,7 @@ async fn list_containers(
 )]
 async fn inspect(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<impl IntoResponse> {
@@ -685,7 +718,7 @@ async fn inspect(
 )]
 async fn exposures(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<impl IntoResponse> {
@@ -711,7 +744,7 @@ async fn exposures(
 )]
 async fn remove(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Manage>,
     _query: NoQuery,
     ValidPath(id): ValidPath<params::ContainerPath>,
 ) -> ApiResult<StatusCode> {
@@ -737,7 +770,7 @@ async fn remove(
 )]
 async fn stop(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Manage>,
     ValidPath(id): ValidPath<params::ContainerPath>,
     uri: Uri,
 ) -> ApiResult<StatusCode> {
@@ -847,7 +880,7 @@ async fn exec(
 )]
 async fn create_network(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Manage>,
     _query: NoQuery,
     JsonBody(request): JsonBody<NetworkRequest>,
 ) -> ApiResult<impl IntoResponse> {
@@ -870,7 +903,7 @@ async fn create_network(
 )]
 async fn list_networks(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     _query: NoQuery,
 ) -> ApiResult<impl IntoResponse> {
     let found: Vec<_> = state
@@ -903,7 +936,7 @@ async fn list_networks(
 )]
 async fn remove_network(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Manage>,
     _query: NoQuery,
     ValidPath(name): ValidPath<params::NetworkPath>,
 ) -> ApiResult<StatusCode> {
@@ -928,7 +961,7 @@ async fn remove_network(
 )]
 async fn list_images(
     State(state): State<ApiState>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     uri: Uri,
 ) -> ApiResult<impl IntoResponse> {
     let params: params::NodeParams = query(&uri)?;
@@ -1061,7 +1094,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 )]
 async fn pull_image(
     State(state): State<ApiState>,
-    caller: Caller,
+    caller: Allowed<Manage>,
     _query: NoQuery,
     headers: HeaderMap,
     JsonBody(request): JsonBody<PullRequest>,
@@ -1123,7 +1156,7 @@ async fn pull_image(
 )]
 async fn remove_image(
     State(state): State<ApiState>,
-    caller: Caller,
+    caller: Allowed<Manage>,
     ValidPath(image): ValidPath<params::ImagePath>,
     uri: Uri,
 ) -> ApiResult<StatusCode> {
