@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod admin;
 mod error;
 pub mod keys;
 pub mod notify;
@@ -8,6 +9,7 @@ pub mod service;
 pub mod store;
 pub mod token;
 
+pub use admin::AdminApi;
 pub use error::{RegistryError, Result};
 pub use keys::{KeyRing, KidFormat, SigningKey};
 pub use notify::NotificationIntake;

@@ -220,7 +220,7 @@ fn token_response(issued: &IssuedToken, refresh_token: Option<String>) -> Respon
 
 /// A refused token request, answered in the registry's error shape.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -375,7 +375,7 @@ async fn post_token(State(service): State<Arc<TokenService>>, request: Request) 
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, Refusal> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, Refusal> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -85,7 +85,8 @@ pub struct Issuer {
 /// The shortest lifetime: the spec says clients should expect at least 60 s.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(60);
 
-pub(crate) fn unix_now() -> u64 {
+/// Seconds since the epoch, as tokens count time.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
