@@ -319,8 +319,8 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
     assert_eq!(claims(&body)["sub"], "alice");
     for (form, expect) in [
         (format!("grant_type=refresh_token&refresh_token=forged&service={SERVICE}"), "unknown or expired"),
-        (format!("grant_type=magic&service={SERVICE}"), "unsupported grant_type \"magic\""),
-        (format!("grant_type=password&username=alice&service={SERVICE}"), "no \"password\" field"),
+        (format!("grant_type=magic&service={SERVICE}"), "unsupported grant_type"),
+        (format!("grant_type=password&username=alice&service={SERVICE}"), "no \\\"password\\\" field"),
     ] {
         let (status, body) = http("POST", &format!("{url}/token"), &[], &form).await.unwrap();
         assert!(status == 400 || status == 401, "{form}: {status} {body}");
