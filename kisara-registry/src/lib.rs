@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod admin;
+pub mod config;
 mod error;
 pub mod keys;
 pub mod notify;
