@@ -76,14 +76,12 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body, refused with the failing field named.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(
-        |e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("bad JSON body at {}: {}", e.path(), e.inner()),
-            )
-        },
-    )
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("bad JSON body at {}: {}", e.path(), e.inner()),
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -141,7 +139,12 @@ pub(crate) async fn admin_identity(
     authenticator: &dyn Authenticator,
     credentials: Option<kisara_core::Credentials>,
 ) -> ApiResult<()> {
-    let unauthorised = || ApiError(StatusCode::UNAUTHORIZED, "admin credentials needed".to_owned());
+    let unauthorised = || {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "admin credentials needed".to_owned(),
+        )
+    };
     let credentials = credentials.ok_or_else(unauthorised)?;
     let identity = authenticator
         .authenticate(&credentials, None)
@@ -219,18 +222,33 @@ async fn list_images(
 }
 
 async fn jwks(State(api): State<Arc<AdminApi>>) -> Response {
-    let keys = api.issuer.keys().read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let keys = api
+        .issuer
+        .keys()
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     axum::Json(keys.jwks()).into_response()
 }
 
 async fn bundle(State(api): State<Arc<AdminApi>>) -> Response {
-    let keys = api.issuer.keys().read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let keys = api
+        .issuer
+        .keys()
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     keys.bundle_pem().into_response()
 }
 
 async fn rotate(State(api): State<Arc<AdminApi>>) -> ApiResult<Response> {
-    let mut keys = api.issuer.keys().write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut keys = api
+        .issuer
+        .keys()
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     keys.rotate(&api.key_name, api.kid)?;
-    tracing::info!(kid = keys.current().kid(), "signing key rotated; restart the registry to trust it");
+    tracing::info!(
+        kid = keys.current().kid(),
+        "signing key rotated; restart the registry to trust it"
+    );
     Ok(axum::Json(serde_json::json!({"kid": keys.current().kid()})).into_response())
 }

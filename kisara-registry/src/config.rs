@@ -85,10 +85,8 @@ impl RegistryAuthConfig {
             authenticator.clone(),
             store.clone(),
         );
-        let intake = NotificationIntake::new(
-            store.clone(),
-            Secret::new(self.notification_secret.clone()),
-        );
+        let intake =
+            NotificationIntake::new(store.clone(), Secret::new(self.notification_secret.clone()));
         let admin = AdminApi {
             store,
             issuer,
@@ -128,12 +126,18 @@ users = "users.toml"
         for (text, expect) in [
             (format!("{good}colour = 1\n"), "unknown field `colour`"),
             (format!("{good}kid = \"md5\"\n"), "unknown variant `md5`"),
-            (good.replace("0123456789abcdef", "short"), "under 16 characters"),
+            (
+                good.replace("0123456789abcdef", "short"),
+                "under 16 characters",
+            ),
             (format!("{good}token_lifetime_secs = 5\n"), "under the 60 s"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = RegistryAuthConfig::load(&path).unwrap_err().to_string();
-            assert!(err.contains("registry-auth.toml") && err.contains(expect), "{err}");
+            assert!(
+                err.contains("registry-auth.toml") && err.contains(expect),
+                "{err}"
+            );
         }
     }
 }

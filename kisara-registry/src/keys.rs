@@ -294,7 +294,10 @@ fn load(dir: &Path, name: &str, kid: KidFormat) -> Result<Option<SigningKey>> {
     if mode & 0o077 != 0 {
         return Err(RegistryError::file(
             &key_path,
-            format!("is readable by others (mode {:o}); chmod 600 it", mode & 0o777),
+            format!(
+                "is readable by others (mode {:o}); chmod 600 it",
+                mode & 0o777
+            ),
         ));
     }
     let key = fs::read_to_string(&key_path).map_err(|e| RegistryError::file(&key_path, e))?;
@@ -391,6 +394,9 @@ mod tests {
         let err = KeyRing::open(dir.path(), "test", KidFormat::Libtrust)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("signing.key") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("signing.key") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 }

@@ -175,7 +175,8 @@ pub struct RepositoryName {
 impl RepositoryName {
     /// Checks `name` against the grammar.
     pub fn parse(name: &str) -> Result<Self> {
-        let bad = |why: String| RegistryError::invalid("repository name", format!("{name:?}: {why}"));
+        let bad =
+            |why: String| RegistryError::invalid("repository name", format!("{name:?}: {why}"));
         if name.is_empty() {
             return Err(bad("is empty".to_owned()));
         }

@@ -98,7 +98,11 @@ impl TokenService {
     /// What `identity` (`None`: anonymous) gets of `scopes`: per scope the
     /// intersection of the asked and the allowed actions, possibly none,
     /// never an error.
-    pub async fn grant(&self, identity: Option<&Identity>, scopes: &[Scope]) -> Result<Vec<Access>> {
+    pub async fn grant(
+        &self,
+        identity: Option<&Identity>,
+        scopes: &[Scope],
+    ) -> Result<Vec<Access>> {
         let superuser = identity.is_some_and(|i| i.has_role(roles::ADMIN));
         let projects = scopes
             .iter()
@@ -170,19 +174,21 @@ impl TokenService {
                 self.store
                     .refresh_identity(&token, self.service.clone())
                     .await
-                    .map_err(Refusal::internal)?
-                    .ok_or_else(|| Refusal::unauthorized("the refresh token is unknown or expired"))?,
+                    .map_err(|e| Refusal::internal(&e))?
+                    .ok_or_else(|| {
+                        Refusal::unauthorized("the refresh token is unknown or expired")
+                    })?,
             ),
         };
         let access = self
             .grant(identity.as_ref(), &scopes)
             .await
-            .map_err(Refusal::internal)?;
+            .map_err(|e| Refusal::internal(&e))?;
         let subject = identity.as_ref().map_or("", |i| i.username.as_str());
         let issued = self
             .issuer
             .issue(subject, &self.service, &access)
-            .map_err(Refusal::internal)?;
+            .map_err(|e| Refusal::internal(&e))?;
         let refresh_token = match (&identity, ask.offline, ask.refresh_token) {
             (Some(_), _, Some(kept)) => Some(kept),
             (Some(identity), true, None) => {
@@ -195,7 +201,7 @@ impl TokenService {
                         self.refresh_lifetime.as_secs(),
                     )
                     .await
-                    .map_err(Refusal::internal)?;
+                    .map_err(|e| Refusal::internal(&e))?;
                 Some(token)
             }
             _ => None,
@@ -257,7 +263,7 @@ impl Refusal {
         }
     }
 
-    fn internal(error: RegistryError) -> Self {
+    fn internal(error: &RegistryError) -> Self {
         tracing::error!(%error, "token request failed");
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -323,7 +329,10 @@ async fn get_token(State(service): State<Arc<TokenService>>, request: Request) -
         })
     })();
     match result {
-        Ok(ask) => service.answer(ask).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(ask) => service
+            .answer(ask)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         Err(refusal) => refusal.into_response(),
     }
 }
@@ -370,7 +379,10 @@ async fn post_token(State(service): State<Arc<TokenService>>, request: Request) 
             })
         });
     match ask {
-        Ok(ask) => service.answer(ask).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(ask) => service
+            .answer(ask)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         Err(refusal) => refusal.into_response(),
     }
 }

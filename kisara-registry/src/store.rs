@@ -180,7 +180,9 @@ impl Store {
     ) -> Result<T> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             work(&mut conn)
         })
         .await
@@ -320,7 +322,8 @@ impl Store {
     ) -> Result<Vec<(bool, Option<Role>)>> {
         self.call(move |c| {
             let mut public = c.prepare("SELECT public FROM projects WHERE name = ?1")?;
-            let mut role = c.prepare("SELECT role FROM members WHERE project = ?1 AND username = ?2")?;
+            let mut role =
+                c.prepare("SELECT role FROM members WHERE project = ?1 AND username = ?2")?;
             projects
                 .iter()
                 .map(|project| {
@@ -490,7 +493,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("project name") && err.contains("Bad Name"), "{err}");
+        assert!(
+            err.contains("project name") && err.contains("Bad Name"),
+            "{err}"
+        );
         store
             .put_member("ctf".to_owned(), "alice".to_owned(), Role::Developer)
             .await
@@ -502,7 +508,10 @@ mod tests {
             .to_string();
         assert!(err.contains("project not found: \"nope\""), "{err}");
         let access = store
-            .access_of(Some("alice".to_owned()), vec!["ctf".to_owned(), "other".to_owned()])
+            .access_of(
+                Some("alice".to_owned()),
+                vec!["ctf".to_owned(), "other".to_owned()],
+            )
             .await
             .unwrap();
         assert_eq!(access, vec![(false, Some(Role::Developer)), (false, None)]);
@@ -519,7 +528,11 @@ mod tests {
         store.record_push(image("1", "sha256:a")).await.unwrap();
         store.record_push(image("1", "sha256:b")).await.unwrap();
         let images = store.images(None).await.unwrap();
-        assert_eq!(images, vec![image("1", "sha256:b")], "a moved tag keeps one row");
+        assert_eq!(
+            images,
+            vec![image("1", "sha256:b")],
+            "a moved tag keeps one row"
+        );
         assert_eq!(
             store
                 .record_delete("ctf/x".to_owned(), "sha256:b".to_owned())

@@ -123,7 +123,10 @@ impl Issuer {
         audience: &str,
         access: &[Access],
     ) -> Result<IssuedToken> {
-        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = keys.current();
         let header = Header {
             alg: "ES256",
@@ -201,11 +204,18 @@ mod tests {
         let ring = KeyRing::open(dir.path(), "t", KidFormat::Libtrust).unwrap();
         let point = ring.current().public_point().to_vec();
         let kid = ring.current().kid().to_owned();
-        let issuer = Issuer::new(Arc::new(RwLock::new(ring)), "kisara", Duration::from_secs(1));
+        let issuer = Issuer::new(
+            Arc::new(RwLock::new(ring)),
+            "kisara",
+            Duration::from_secs(1),
+        );
         let scope = Scope::parse("repository:ctf/x:pull,push").unwrap();
         let access = [Access::new(&scope.resource, vec![Action::Pull])];
         let token = issuer.issue("alice", "registry", &access).unwrap();
-        assert_eq!(token.expires_in, MIN_LIFETIME, "lifetimes under 60 s are raised");
+        assert_eq!(
+            token.expires_in, MIN_LIFETIME,
+            "lifetimes under 60 s are raised"
+        );
         let parts: Vec<_> = token.token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
@@ -221,7 +231,10 @@ mod tests {
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["aud"], "registry", "aud is a string");
         assert_eq!(claims["sub"], "alice");
-        assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            60
+        );
         assert_eq!(
             claims["access"],
             serde_json::json!([{"type": "repository", "name": "ctf/x", "actions": ["pull"]}])

@@ -22,7 +22,9 @@ async fn stack() -> Stack {
 
 async fn busybox() -> String {
     let runtime = kisara_docker::testing::connect_default().await;
-    kisara_docker::testing::test_image(&runtime).await.to_string()
+    kisara_docker::testing::test_image(&runtime)
+        .await
+        .to_string()
 }
 
 async fn wait_for_index(stack: &Stack, repository: &str, tag: &str) -> serde_json::Value {
@@ -38,12 +40,7 @@ async fn wait_for_index(stack: &Stack, repository: &str, tag: &str) -> serde_jso
         .unwrap();
         assert_eq!(status, 200, "{body}");
         let images: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if let Some(found) = images
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["tag"] == tag)
-        {
+        if let Some(found) = images.as_array().unwrap().iter().find(|i| i["tag"] == tag) {
             return found.clone();
         }
         assert!(
@@ -64,7 +61,13 @@ async fn docker_pushes_and_pulls_by_role_through_the_token_service() {
 
     let out = alice
         .run(
-            &["login", "--username", "alice", "--password-stdin", &registry],
+            &[
+                "login",
+                "--username",
+                "alice",
+                "--password-stdin",
+                &registry,
+            ],
             Some("wrong password"),
         )
         .await;
@@ -76,7 +79,12 @@ async fn docker_pushes_and_pulls_by_role_through_the_token_service() {
     let ctf_x = format!("{}:1", stack.image("ctf/x"));
     alice.tag(&image, &ctf_x).await;
     let out = alice.run(&["push", &ctf_x], None).await;
-    assert!(out.ok, "push as developer: {}\n{}", out.text, stack.registry_log());
+    assert!(
+        out.ok,
+        "push as developer: {}\n{}",
+        out.text,
+        stack.registry_log()
+    );
     let indexed = wait_for_index(&stack, "ctf/x", "1").await;
     assert_eq!(indexed["actor"], "alice", "{indexed}");
     assert!(indexed["digest"].as_str().unwrap().starts_with("sha256:"));
@@ -93,7 +101,11 @@ async fn docker_pushes_and_pulls_by_role_through_the_token_service() {
     let ctf_y = format!("{}:1", stack.image("ctf/y"));
     gus.tag(&image, &ctf_y).await;
     let out = gus.run(&["push", &ctf_y], None).await;
-    assert!(!out.ok && out.text.contains("denied"), "guest push: {}", out.text);
+    assert!(
+        !out.ok && out.text.contains("denied"),
+        "guest push: {}",
+        out.text
+    );
     let out = gus.run(&["pull", &ctf_x], None).await;
     assert!(out.ok, "pull as guest: {}", out.text);
 
@@ -148,7 +160,11 @@ async fn the_registry_refuses_foreign_and_expired_tokens() {
     let image = busybox().await;
     let stack = stack().await;
     let cli = DockerCli::new();
-    assert!(cli.login(&stack.registry_addr.to_string(), "alice").await.ok);
+    assert!(
+        cli.login(&stack.registry_addr.to_string(), "alice")
+            .await
+            .ok
+    );
     let ctf_x = format!("{}:1", stack.image("ctf/x"));
     cli.tag(&image, &ctf_x).await;
     let out = cli.run(&["push", &ctf_x], None).await;
@@ -185,7 +201,10 @@ async fn the_registry_refuses_foreign_and_expired_tokens() {
     let (status, body) = manifest_with(&stack, &foreign.token).await;
     assert_eq!(status, 401, "a token of a foreign key: {body}");
 
-    let wrong_audience = stack.issuer.issue("alice", "another-registry", &access).unwrap();
+    let wrong_audience = stack
+        .issuer
+        .issue("alice", "another-registry", &access)
+        .unwrap();
     let (status, _) = manifest_with(&stack, &wrong_audience.token).await;
     assert_eq!(status, 401, "a token for another service");
 
@@ -211,7 +230,9 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
                 Some(a) => vec![("authorization", a.as_str())],
                 None => vec![],
             };
-            http("GET", &format!("{url}/token?{query}"), &headers, "").await.unwrap()
+            http("GET", &format!("{url}/token?{query}"), &headers, "")
+                .await
+                .unwrap()
         }
     };
     let claims = |body: &str| {
@@ -225,7 +246,9 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
     };
 
     let (status, body) = get(
-        format!("service={SERVICE}&scope=repository:ctf/x:pull,push,delete&scope=registry:catalog:*"),
+        format!(
+            "service={SERVICE}&scope=repository:ctf/x:pull,push,delete&scope=registry:catalog:*"
+        ),
         Some(alice.clone()),
     )
     .await;
@@ -240,10 +263,18 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
     // The intersection table per role.
     for (user, repository, expected) in [
         ("gus", "ctf/x", serde_json::json!(["pull"])),
-        ("dora", "pub/x", serde_json::json!(["pull", "push", "delete"])),
+        (
+            "dora",
+            "pub/x",
+            serde_json::json!(["pull", "push", "delete"]),
+        ),
         ("dora", "ctf/x", serde_json::json!([])),
         ("alice", "pub/x", serde_json::json!(["pull"])),
-        ("root", "ctf/x", serde_json::json!(["pull", "push", "delete"])),
+        (
+            "root",
+            "ctf/x",
+            serde_json::json!(["pull", "push", "delete"]),
+        ),
         ("alice", "nosuchproject/x", serde_json::json!([])),
     ] {
         let (status, body) = get(
@@ -252,7 +283,11 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
         )
         .await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(claims(&body)["access"][0]["actions"], expected, "{user} on {repository}");
+        assert_eq!(
+            claims(&body)["access"][0]["actions"],
+            expected,
+            "{user} on {repository}"
+        );
     }
     // Anonymous: pull of public projects only.
     let (status, body) = get(
@@ -263,22 +298,40 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
     assert_eq!(status, 200, "{body}");
     let anonymous = claims(&body);
     assert_eq!(anonymous["sub"], "");
-    assert_eq!(anonymous["access"][0]["actions"], serde_json::json!(["pull"]));
+    assert_eq!(
+        anonymous["access"][0]["actions"],
+        serde_json::json!(["pull"])
+    );
     assert_eq!(anonymous["access"][1]["actions"], serde_json::json!([]));
 
     // Bad input names what is wrong.
     for (query, expect) in [
-        (format!("service={SERVICE}&scope=repository:CTF/x:pull"), "must start and end"),
-        (format!("service={SERVICE}&scope=repository:ctf/x:steal"), "unknown action"),
-        (format!("service={SERVICE}&scope=nonsense"), "is not `type:name:action"),
+        (
+            format!("service={SERVICE}&scope=repository:CTF/x:pull"),
+            "must start and end",
+        ),
+        (
+            format!("service={SERVICE}&scope=repository:ctf/x:steal"),
+            "unknown action",
+        ),
+        (
+            format!("service={SERVICE}&scope=nonsense"),
+            "is not `type:name:action",
+        ),
         ("service=elsewhere".to_owned(), "unknown service"),
         (format!("service={SERVICE}&scope=%zz"), "bad percent escape"),
         (
-            format!("service={SERVICE}{}", "&scope=repository:ctf/x:pull".repeat(33)),
+            format!(
+                "service={SERVICE}{}",
+                "&scope=repository:ctf/x:pull".repeat(33)
+            ),
             "more than 32 scopes",
         ),
         (
-            format!("service={SERVICE}&scope=repository:{}:pull", "a/".repeat(5000)),
+            format!(
+                "service={SERVICE}&scope=repository:{}:pull",
+                "a/".repeat(5000)
+            ),
             "byte limit",
         ),
     ] {
@@ -305,7 +358,10 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["token"], answer["access_token"]);
     assert!(answer["expires_in"].as_u64().unwrap() >= 60);
-    assert_eq!(claims(&body)["access"][1]["actions"], serde_json::json!(["push"]));
+    assert_eq!(
+        claims(&body)["access"][1]["actions"],
+        serde_json::json!(["push"])
+    );
     let refresh = answer["refresh_token"].as_str().unwrap().to_owned();
     let (status, body) = http(
         "POST",
@@ -318,11 +374,22 @@ async fn the_token_endpoint_refuses_bad_input_and_grants_by_role() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(claims(&body)["sub"], "alice");
     for (form, expect) in [
-        (format!("grant_type=refresh_token&refresh_token=forged&service={SERVICE}"), "unknown or expired"),
-        (format!("grant_type=magic&service={SERVICE}"), "unsupported grant_type"),
-        (format!("grant_type=password&username=alice&service={SERVICE}"), "no \\\"password\\\" field"),
+        (
+            format!("grant_type=refresh_token&refresh_token=forged&service={SERVICE}"),
+            "unknown or expired",
+        ),
+        (
+            format!("grant_type=magic&service={SERVICE}"),
+            "unsupported grant_type",
+        ),
+        (
+            format!("grant_type=password&username=alice&service={SERVICE}"),
+            "no \\\"password\\\" field",
+        ),
     ] {
-        let (status, body) = http("POST", &format!("{url}/token"), &[], &form).await.unwrap();
+        let (status, body) = http("POST", &format!("{url}/token"), &[], &form)
+            .await
+            .unwrap();
         assert!(status == 400 || status == 401, "{form}: {status} {body}");
         assert!(body.contains(expect), "{form}: {body}");
     }
@@ -342,24 +409,47 @@ async fn notifications_need_the_secret_valid_json_and_are_deduplicated() {
     assert_eq!(status, 401, "{body}");
     let (status, _) = http("POST", &url, &[], envelope).await.unwrap();
     assert_eq!(status, 401);
-    let (status, body) = http("POST", &url, &[("authorization", &auth)], "{\"events\": [{}]}")
-        .await
-        .unwrap();
+    let (status, body) = http(
+        "POST",
+        &url,
+        &[("authorization", &auth)],
+        "{\"events\": [{}]}",
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("events[0]") && body.contains("id"), "{body}");
-    let (status, body) = http("POST", &url, &[("authorization", &auth)], "not json").await.unwrap();
+    let (status, body) = http("POST", &url, &[("authorization", &auth)], "not json")
+        .await
+        .unwrap();
     assert_eq!(status, 400, "{body}");
-    let (status, body) = http("POST", &url, &[("authorization", &auth)], envelope).await.unwrap();
+    let (status, body) = http("POST", &url, &[("authorization", &auth)], envelope)
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, r#"{"duplicates":0,"recorded":1}"#, "layers are not images");
-    let (_, body) = http("POST", &url, &[("authorization", &auth)], envelope).await.unwrap();
+    assert_eq!(
+        body, r#"{"duplicates":0,"recorded":1}"#,
+        "layers are not images"
+    );
+    let (_, body) = http("POST", &url, &[("authorization", &auth)], envelope)
+        .await
+        .unwrap();
     assert_eq!(body, r#"{"duplicates":2,"recorded":0}"#);
     let images = stack.store.images(Some("ctf/z".to_owned())).await.unwrap();
     assert_eq!(images.len(), 1);
     assert_eq!((images[0].tag.as_str(), images[0].size), ("7", 527));
     let delete = r#"{"events":[{"id":"ev-3","action":"delete","target":{"digest":"sha256:abc","repository":"ctf/z"}}]}"#;
-    let (status, _) = http("POST", &url, &[("authorization", &auth)], delete).await.unwrap();
+    let (status, _) = http("POST", &url, &[("authorization", &auth)], delete)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    assert!(stack.store.images(Some("ctf/z".to_owned())).await.unwrap().is_empty());
+    assert!(
+        stack
+            .store
+            .images(Some("ctf/z".to_owned()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     stack.stop().await;
 }

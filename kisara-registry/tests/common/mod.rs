@@ -58,9 +58,14 @@ impl Stack {
         build: impl FnOnce(&Store, &Issuer, Arc<dyn Authenticator>) -> (TokenService, axum::Router),
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyRing::open(&dir.path().join("keys"), "kisara test", KidFormat::Libtrust).unwrap();
+        let keys =
+            KeyRing::open(&dir.path().join("keys"), "kisara test", KidFormat::Libtrust).unwrap();
         let bundle = keys.bundle_path();
-        let issuer = Issuer::new(Arc::new(RwLock::new(keys)), ISSUER, Duration::from_secs(300));
+        let issuer = Issuer::new(
+            Arc::new(RwLock::new(keys)),
+            ISSUER,
+            Duration::from_secs(300),
+        );
         let store = Store::open(&dir.path().join("registry.db")).unwrap();
         for (name, public) in [("ctf", false), ("pub", true)] {
             store
@@ -168,7 +173,8 @@ notifications:
     async fn wait_for_registry(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((status, _)) = http("GET", &format!("{}/v2/", self.registry_url()), &[], "").await
+            if let Ok((status, _)) =
+                http("GET", &format!("{}/v2/", self.registry_url()), &[], "").await
                 && status == 401
             {
                 return;
@@ -275,7 +281,11 @@ impl DockerCli {
             .arg("--config")
             .arg(self.config.path())
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap_or_else(|e| {
