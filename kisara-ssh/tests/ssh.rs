@@ -94,8 +94,11 @@ async fn stack() -> Stack {
                 .container
         }
     };
-    let red = launch("red").await.id;
-    let blue_name = launch("blue").await.name;
+    // Teams of this run only: tests share the engine, and the gateway
+    // picks a team's container from everything the node runs.
+    let red_team = format!("red-{}", cleanup.run());
+    let red = launch(&red_team).await.id;
+    let blue_name = launch(&format!("blue-{}", cleanup.run())).await.name;
 
     let dir = tempfile::tempdir().unwrap();
     let casts = dir.path().join("casts");
@@ -120,7 +123,7 @@ async fn stack() -> Stack {
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let alice = Identity::new("alice")
         .with_role(PLAYER_ROLE)
-        .with_team("red");
+        .with_team(red_team);
     let authenticator = StaticAuthenticator::new()
         .with_password(alice.clone(), PASSWORD)
         .with_public_key(alice, public.trim());
@@ -445,9 +448,21 @@ async fn an_interactive_shell_in_tmux_resizes_and_is_recorded() {
         .await;
     // Resizing the client's window reaches the shell's terminal.
     tmux.command(&["resize-window", "-t", "ssh", "-x", "120", "-y", "40"]);
-    tmux.type_line("clear; stty size");
-    tmux.until_screen(|s| s.contains("40 120"), "stty size 40 120")
-        .await;
+    // The resize goes to the engine's runtime beside the typed input, and
+    // may land just after a line typed at once: ask again until it shows.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        tmux.type_line("clear; stty size");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if tmux.screen().contains("40 120") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw stty size 40 120:\n{}",
+            tmux.screen()
+        );
+    }
     tmux.type_line("echo marker-$((6*7))");
     tmux.until_screen(|s| s.contains("marker-42"), "the echo")
         .await;
