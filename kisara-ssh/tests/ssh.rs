@@ -60,7 +60,20 @@ fn require_tools() {
     }
 }
 
+/// Who checks the logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A table in the process.
+    Static,
+    /// That table behind the authentication webhook, over HTTP.
+    Webhook,
+}
+
 async fn stack() -> Stack {
+    stack_with(Backend::Static).await
+}
+
+async fn stack_with(backend: Backend) -> Stack {
     require_tools();
     let runtime = testing::connect_default().await;
     let image = testing::test_image(&runtime).await;
@@ -127,6 +140,37 @@ async fn stack() -> Stack {
     let authenticator = StaticAuthenticator::new()
         .with_password(alice.clone(), PASSWORD)
         .with_public_key(alice, public.trim());
+    let authenticator: Arc<dyn kisara_core::Authenticator> = match backend {
+        Backend::Static => Arc::new(authenticator),
+        Backend::Webhook => {
+            let handler = kisara_webhook::server::BackendHandler::new(
+                Arc::new(authenticator),
+                Arc::new(kisara_core::builtin::StaticConfigProvider::new(None)),
+            );
+            let app = kisara_webhook::server::router(
+                Arc::new(handler),
+                kisara_webhook::server::ServerOptions::default(),
+            );
+            let webhook = Arc::new(
+                kisara_webhook::server::WebhookServer::bind(
+                    "127.0.0.1:0".parse().unwrap(),
+                    app,
+                    None,
+                )
+                .await
+                .unwrap(),
+            );
+            let url = format!("http://{}", webhook.local_addr());
+            tokio::spawn(async move { webhook.serve(std::future::pending()).await });
+            Arc::new(
+                kisara_webhook::WebhookAuthenticator::new(
+                    &url,
+                    kisara_webhook::ClientOptions::default(),
+                )
+                .unwrap(),
+            )
+        }
+    };
     let askpass = dir.path().join("askpass");
     std::fs::write(&askpass, format!("#!/bin/sh\necho '{PASSWORD}'\n")).unwrap();
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -134,7 +178,7 @@ async fn stack() -> Stack {
     std::fs::write(&wrong, "#!/bin/sh\necho 'wrong'\n").unwrap();
     std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    let gateway = SshGateway::builder(engine, Arc::new(authenticator))
+    let gateway = SshGateway::builder(engine, authenticator)
         .host_key_dir(dir.path().join("host"))
         .rejection_delay(Duration::from_millis(200))
         .login_grace(Duration::from_secs(3))
@@ -346,6 +390,29 @@ async fn logins_execs_exit_codes_and_refusals_through_openssh() {
     let out = stack.run("alice", Login::Key, &["echo still here"]).await;
     assert_eq!(text(&out.stdout), "still here\n", "{}", text(&out.stderr));
 
+    stack.server.remove(&stack.red).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_checked_by_the_auth_webhook() {
+    let stack = stack_with(Backend::Webhook).await;
+    let out = stack
+        .run("alice", PASSWORD_LOGIN, &["echo", "by", "webhook"])
+        .await;
+    assert_eq!(text(&out.stdout), "by webhook\n", "{}", text(&out.stderr));
+    let out = stack.run("alice", Login::Key, &["exit 4"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let wrong = Login::Password {
+        askpass: "askpass-wrong",
+        method: "password",
+    };
+    let out = stack.run("alice", wrong, &["true"]).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
     stack.server.remove(&stack.red).await.ok();
 }
 
