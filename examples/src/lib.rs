@@ -200,6 +200,21 @@ pub async fn api_router(
     config: &ResolvedConfig,
     origin: &Path,
 ) -> Result<(axum::Router, AgentGateway), Failure> {
+    let sessions = session_engine(server, config, origin).await?;
+    api_router_with(server, config, sessions)
+}
+
+/// [`api_router`] over a session engine of the caller's, for a program
+/// that opens sessions through it elsewhere too (the SSH gateway).
+///
+/// # Errors
+///
+/// As [`api_router`].
+pub fn api_router_with(
+    server: &Server,
+    config: &ResolvedConfig,
+    sessions: SessionEngine,
+) -> Result<(axum::Router, AgentGateway), Failure> {
     let server_config = &config.server;
     // A link silent for three heartbeats is dead: fit them in the timeout.
     let heartbeat = server_config.heartbeat_timeout() / 3;
@@ -213,7 +228,7 @@ pub async fn api_router(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let api = ApiBuilder::new(server.clone(), Arc::new(server_config.api_authenticator()))
         .with_metrics(move || metrics.render())
-        .with_sessions(session_engine(server, config, origin).await?)
+        .with_sessions(sessions)
         .with_ticket_ttl(config.sessions.ticket_ttl())
         .build();
     Ok((api.merge(agent_link(gateway.clone())), gateway))

@@ -236,7 +236,7 @@ pub(super) struct SectionInfo {
 
 /// Every section of [`Config`] with its keys, read from the serde derives so
 /// they cannot drift from the structs.
-pub(super) fn sections() -> [SectionInfo; 10] {
+pub(super) fn sections() -> [SectionInfo; 11] {
     fn section<T: DeserializeOwned>(name: &'static str) -> SectionInfo {
         SectionInfo {
             name,
@@ -254,6 +254,7 @@ pub(super) fn sections() -> [SectionInfo; 10] {
         section::<RelayConfig>("relay"),
         section::<ContainerDefaults>("containers"),
         section::<SessionsConfig>("sessions"),
+        section::<super::SshConfig>("ssh"),
     ]
 }
 

@@ -85,6 +85,7 @@
 
 mod load;
 mod resolve;
+mod ssh;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -100,6 +101,7 @@ use crate::model::{ContainerSpec, ResourceLimits};
 use crate::{Identity, Secret};
 
 pub use resolve::{ConfigErrors, ConfigProblem, ResolvedConfig, Role};
+pub use ssh::SshConfig;
 
 /// A whole configuration file as written: the Go original's sections and
 /// Kisara's own, each defaulted when absent.
@@ -135,6 +137,8 @@ pub struct Config {
     /// `[sessions]`: execs and terminals on the server: where they are
     /// audited and recorded, their limits.
     pub sessions: SessionsConfig,
+    /// `[ssh]`: the SSH gateway of the server.
+    pub ssh: SshConfig,
     /// `[policy]`: the command policy, kept as written. Its owner checks it:
     /// `kisara-audit`'s `RulePolicy::from_file` reads this table from the
     /// same file and refuses a bad rule naming it; here it only has to load.

@@ -6,7 +6,7 @@ use std::path::{Component, PathBuf};
 
 use super::{
     AgentConfig, AgentRelay, Config, ContainerDefaults, Mode, NetworkConfig, RelayConfig,
-    ServerConfig, SessionsConfig,
+    ServerConfig, SessionsConfig, SshConfig,
 };
 use crate::model::pool::{self, PoolPattern, SubnetPool};
 use crate::{Error, Secret};
@@ -69,6 +69,8 @@ pub struct ResolvedConfig {
     pub containers: ContainerDefaults,
     /// Sessions on the server.
     pub sessions: SessionsConfig,
+    /// The SSH gateway.
+    pub ssh: SshConfig,
     /// The `[policy]` table as written, for the program that enforces it.
     pub policy: toml::Table,
 }
@@ -212,6 +214,7 @@ impl Config {
             relay: self.relay.clone(),
             containers: self.containers.clone(),
             sessions: self.sessions.clone(),
+            ssh: self.ssh.clone(),
             policy: self.policy.clone(),
         };
         let (server, agent) = (ServerConfig::default(), AgentConfig::default());
@@ -468,6 +471,9 @@ impl Checker {
         if role.runs("server") {
             self.check_server(&r.server);
             self.check_sessions(&r.sessions);
+            for problem in r.ssh.problems() {
+                self.problem(problem.key, problem.message);
+            }
         }
         if role.runs("agent") {
             self.check_agent(&r.agent);
