@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use kisara_core::model::check_path_component;
 use serde::Serialize;
 
 use crate::error::{RegistryError, Result};
@@ -220,39 +221,6 @@ impl fmt::Display for RepositoryName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full)
     }
-}
-
-pub(crate) fn check_path_component(part: &str) -> std::result::Result<(), String> {
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let bytes = part.as_bytes();
-    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
-        return Err("has an empty path component".to_owned());
-    };
-    if !alnum(first) || !alnum(last) {
-        return Err(format!(
-            "path component {part:?} must start and end with [a-z0-9]"
-        ));
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        if alnum(bytes[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator: `.`, `_`, `__` or one or more `-`.
-        let start = i;
-        while i < bytes.len() && !alnum(bytes[i]) {
-            i += 1;
-        }
-        let separator = &part[start..i];
-        let ok = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
-        if !ok {
-            return Err(format!(
-                "path component {part:?} has the separator {separator:?} (only ., _, __ or dashes join [a-z0-9] runs)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_domain(domain: &str) -> std::result::Result<(), String> {

@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{RegistryError, Result};
-use crate::scope::{Action, check_path_component};
+use crate::scope::Action;
 use crate::token::unix_now;
+use kisara_core::model::check_path_component;
 
 /// A member's role in a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -103,7 +103,7 @@ fn validate_name(name: &str) -> std::result::Result<(), String> {
         components.remove(0);
     }
     for component in components {
-        validate_path_component(component)?;
+        check_path_component(component)?;
     }
     Ok(())
 }
@@ -131,20 +131,24 @@ fn validate_domain(domain: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn validate_path_component(component: &str) -> std::result::Result<(), String> {
-    let bad = || {
-        format!(
-            "path component {component:?} must be lowercase letters and digits, \
-             separated by '.', '_', '__' or dashes"
-        )
+/// Checks one `/`-separated component of a repository name against the
+/// distribution reference grammar: `[a-z0-9]` runs joined by `.`, `_`,
+/// `__` or dashes. The error names the component and what is wrong with
+/// it. Image references and registry scopes both use it.
+///
+/// # Errors
+///
+/// The message, when `part` is not a valid component.
+pub fn check_path_component(part: &str) -> std::result::Result<(), String> {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = part.as_bytes();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return Err("has an empty path component".to_owned());
     };
-    if component.is_empty() {
-        return Err("the name has an empty path component".into());
-    }
-    let bytes = component.as_bytes();
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-        return Err(bad());
+    if !alnum(first) || !alnum(last) {
+        return Err(format!(
+            "path component {part:?} must start and end with [a-z0-9]"
+        ));
     }
     let mut i = 0;
     while i < bytes.len() {
@@ -152,15 +156,17 @@ fn validate_path_component(component: &str) -> std::result::Result<(), String> {
             i += 1;
             continue;
         }
-        // A separator run: '.', '_', '__' or any number of '-'.
+        // A separator: `.`, `_`, `__` or one or more `-`.
         let start = i;
         while i < bytes.len() && !alnum(bytes[i]) {
             i += 1;
         }
-        let separator = &component[start..i];
+        let separator = &part[start..i];
         let ok = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
         if !ok {
-            return Err(bad());
+            return Err(format!(
+                "path component {part:?} has the separator {separator:?} (only ., _, __ or dashes join [a-z0-9] runs)"
+            ));
         }
     }
     Ok(())

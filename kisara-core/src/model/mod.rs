@@ -25,7 +25,7 @@ pub use exposure::{ExposeRequest, Exposure, ExposureLimits, PublicAddress};
 pub use ids::{
     ContainerId, ExecId, ExposureId, NetworkId, NodeId, SessionId, Timestamp, duration_secs,
 };
-pub use image::{BuildSpec, ImageInfo, ImageRef, Progress};
+pub use image::{BuildSpec, ImageInfo, ImageRef, Progress, check_path_component};
 pub use labels::{LabelFilter, Labels};
 pub use network::{NetworkDriver, NetworkInfo, NetworkSpec};
 pub use node::{Inventory, NodeCapacity, NodeLoad, NodeStats};
